@@ -1,0 +1,167 @@
+"""The diffusion SDEs of the literature, each a thin definition on top of :class:`LinearSDE`.
+
+Each gives F and G (or its marginals, where the literature defines it by them) and a default sampling
+window [t_min, t_max]; everything else is derived by the same layer as a user's SDE.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+import sympy as sp
+import torch
+
+from .derive import T
+from .linear import LinearSDE
+from .tables import PiecewiseLinear, TableFunction, table_function
+
+_LINEAR_BETA = "beta_min + (beta_max - beta_min) * t"
+
+
+class VPSDE(LinearSDE):
+    """Variance-preserving SDE with linear beta(t) = beta_min + t (beta_max - beta_min), t in [0, 1]:
+    F = -beta/2, G = sqrt(beta) (Song et al., "Score-Based Generative Modeling through SDEs", ICLR 2021).
+
+    Default window: t_min = 1e-3 (the score-SDE sampling epsilon), t_max = 1.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-3, t_max: float = 1.0):
+        _positive(beta_min=beta_min, beta_max=beta_max)
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        super().__init__(drift=f"-({_LINEAR_BETA}) / 2", diffusion=f"sqrt({_LINEAR_BETA})", t_max=t_max,
+                         t_min=t_min, beta_min=self.beta_min, beta_max=self.beta_max)
+
+
+class SubVPSDE(LinearSDE):
+    """Sub-VP SDE (Song et al. 2021): F = -beta/2, G = sqrt(beta (1 - exp(-2 int_0^t beta))); its marginal
+    std is 1 - alpha^2. Default window: t_min = 1e-3, t_max = 1."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-3, t_max: float = 1.0):
+        _positive(beta_min=beta_min, beta_max=beta_max)
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        discount = "1 - exp(-2 * beta_min * t - (beta_max - beta_min) * t**2)"
+        super().__init__(drift=f"-({_LINEAR_BETA}) / 2", diffusion=f"sqrt(({_LINEAR_BETA}) * ({discount}))",
+                         t_max=t_max, t_min=t_min, beta_min=self.beta_min, beta_max=self.beta_max)
+
+
+class CosineVPSDE(LinearSDE):
+    """VP SDE of the cosine schedule (Nichol & Dhariwal, "Improved DDPM", 2021), given by its marginal
+    alpha(t)^2 = f(t) / f(0), f(t) = cos^2((t + s) / (1 + s) pi / 2), sigma^2 = 1 - alpha^2, t in [0, 1).
+
+    alpha vanishes at t = 1, so the default t_max is 0.9946 (as in DPM-Solver, rho(t_max) ~ 119);
+    t_min = 1e-3.
+    """
+
+    def __init__(self, s: float = 0.008, *, t_min: float = 1e-3, t_max: float = 0.9946):
+        _positive(s=s)
+        if not t_max < 1:
+            raise ValueError(f"t_max must be < 1 for the cosine schedule (alpha(1) = 0); got {t_max}")
+        self.s = float(s)
+        # alpha = cos(u) / cos(u0); 1 - alpha^2 = sin(u - u0) sin(u + u0) / cos(u0)^2, written so that sigma
+        # keeps full relative precision near t = 0.
+        u, u0 = "(t + s) / (1 + s) * pi / 2", "s / (1 + s) * pi / 2"
+        alpha = f"cos({u}) / cos({u0})"
+        sigma = f"sqrt(sin({u} - {u0}) * sin({u} + {u0})) / cos({u0})"
+        self._init_marginals(sigma, alpha, log_alpha=None, t_max=t_max, t_min=t_min, t0=0.0, s=self.s)
+
+
+class VESDE(LinearSDE):
+    """Variance-exploding SDE (Song et al. 2021): F = 0, G = sigma_min r^t sqrt(2 log r), r = sigma_max /
+    sigma_min, with sigma_init = sigma_min so that sigma(t) = sigma_min r^t exactly.
+
+    Default window: t_min = 1e-5 (the score-SDE sampling epsilon), t_max = 1.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, t_min: float = 1e-5,
+                 t_max: float = 1.0):
+        _positive(sigma_min=sigma_min, sigma_max=sigma_max)
+        if not sigma_max > sigma_min:
+            raise ValueError(f"sigma_max must be greater than sigma_min; got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        super().__init__(drift=0, diffusion="sigma_min * (sigma_max / sigma_min)**t * sqrt(2 * log(sigma_max / sigma_min))",
+                         sigma_init="sigma_min", t_max=t_max, t_min=t_min, sigma_min=self.sigma_min,
+                         sigma_max=self.sigma_max)
+
+
+class EDM(LinearSDE):
+    """The EDM parameterisation (Karras et al., "Elucidating the Design Space...", 2022): alpha = 1,
+    sigma(t) = t, so F = 0 and G = sqrt(2 t). Window [sigma_min, sigma_max], default [0.002, 80]."""
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        _positive(sigma_min=sigma_min, sigma_max=sigma_max)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self._init_marginals("t", log_alpha=None, t_max=self.sigma_max, t_min=self.sigma_min, t0=0.0)
+        self.parameters = {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+class DiscreteVP(LinearSDE):
+    """A DDPM-style tabulated VP schedule, in the model's own time units.
+
+    ``betas`` (length N) give alphas_cumprod[n] = prod_{i <= n} (1 - betas[i]); time n = 0..N-1 is the
+    model's timestep and alpha(n) = sqrt(alphas_cumprod[n]), sigma = sqrt(1 - alpha^2). log alpha is
+    interpolated piecewise linearly between integer times (as DPM-Solver does), and the data sits at
+    t0 = -1, where alpha = 1 (diffusers' ``set_alpha_to_one``). Default window [0, N - 1].
+    """
+
+    def __init__(self, betas: torch.Tensor | np.ndarray | list[float], *, t_min: float = 0.0, t_max: float | None = None):
+        b = np.asarray(torch.as_tensor(betas, dtype=torch.float64).cpu().numpy() if isinstance(betas, torch.Tensor)
+                       else betas, dtype=np.float64)
+        if b.ndim != 1 or len(b) < 2:
+            raise ValueError(f"betas must be a 1-D sequence of length >= 2; got shape {b.shape}")
+        if not np.all((b > 0) & (b < 1)):
+            raise ValueError("betas must lie in (0, 1)")
+        self._init_from_log_alpha(np.concatenate([[0.0], 0.5 * np.cumsum(np.log1p(-b))]), t_min, t_max)
+        self.betas = torch.as_tensor(b)
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor | np.ndarray | list[float], *, t_min: float = 0.0,
+                            t_max: float | None = None) -> DiscreteVP:
+        """Build from a table of alphas_cumprod (strictly decreasing, in (0, 1))."""
+        a = np.asarray(alphas_cumprod.detach().cpu().double().numpy() if isinstance(alphas_cumprod, torch.Tensor)
+                       else alphas_cumprod, dtype=np.float64)
+        if a.ndim != 1 or len(a) < 2:
+            raise ValueError(f"alphas_cumprod must be a 1-D sequence of length >= 2; got shape {a.shape}")
+        if not (np.all((a > 0) & (a < 1)) and np.all(np.diff(a) < 0)):
+            raise ValueError("alphas_cumprod must lie in (0, 1) and be strictly decreasing")
+        self = cls.__new__(cls)
+        self._init_from_log_alpha(np.concatenate([[0.0], 0.5 * np.log(a)]), t_min, t_max)
+        self.betas = torch.as_tensor(1 - a / np.concatenate([[1.0], a[:-1]]))
+        return self
+
+    def _init_from_log_alpha(self, log_alpha: np.ndarray, t_min: float, t_max: float | None) -> None:
+        n = len(log_alpha) - 1
+        la = _discrete_log_alpha(log_alpha.tobytes())
+        self._init_marginals(sp.sqrt(1 - sp.exp(2 * la(T))), log_alpha=la(T), t0=-1.0, t_min=t_min,
+                             t_max=float(n - 1) if t_max is None else t_max)
+        self.num_timesteps = n
+        self.alphas_cumprod = torch.as_tensor(np.exp(2 * log_alpha[1:]))
+        self.parameters = {"num_timesteps": n}
+
+    @classmethod
+    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteVP:
+        """The DDPM linear schedule (Ho et al. 2020): betas evenly spaced from beta_start to beta_end."""
+        return cls(np.linspace(beta_start, beta_end, num_timesteps))
+
+
+@functools.lru_cache(maxsize=32)
+def _discrete_log_alpha(log_alpha_bytes: bytes) -> type[TableFunction]:
+    """The piecewise-linear log-alpha of a table as a sympy function (one class per distinct table)."""
+    values = np.frombuffer(log_alpha_bytes, dtype=np.float64).copy()
+    nodes = np.arange(len(values), dtype=np.float64) - 1.0
+    table = PiecewiseLinear(nodes, values)
+    digest = hashlib.sha1(log_alpha_bytes).hexdigest()[:8]
+    slope = table_function(f"discrete_log_alpha_slope_{digest}", table.slope_numpy, table.slope_torch,
+                           derivative=lambda x: sp.S.Zero, table=table)
+    fn = table_function(f"discrete_log_alpha_{digest}", table.numpy, table.torch, derivative=lambda x: slope(x),
+                        table=table)
+    fn._inverse = table_function(f"discrete_log_alpha_inverse_{digest}", table.inverse_numpy, table.inverse_torch,
+                                 derivative=lambda x: 1 / slope(fn._inverse(x)), table=table)
+    return fn
+
+
+def _positive(**values: float) -> None:
+    for name, v in values.items():
+        if not (isinstance(v, (int, float)) and v > 0 and np.isfinite(v)):
+            raise ValueError(f"{name} must be a finite positive number; got {v!r}")

@@ -1,0 +1,241 @@
+"""Symbolic derivation of the marginals of a scalar linear SDE dx = F(t) x dt + G(t) dw (MATH.md 1, 3).
+
+Two integrals and one inverse are needed:
+
+* log alpha(t) = int_{t0}^t F,
+* rho^2(t) = sigma_init^2 + int_{t0}^t G^2 exp(-2 log alpha)  (so sigma = alpha rho),
+* t(rho), the inverse of the strictly increasing rho(t).
+
+Each is tried symbolically with strategies that are fast on the usual diffusion SDEs and bounded in time
+on the unusual ones; ``None`` means "not found", and the caller then builds an accurate numerical table.
+Everything symbolic is verified numerically by the caller before it is trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import threading
+from collections.abc import Iterator
+
+import sympy as sp
+from sympy.integrals.manualintegrate import manualintegrate
+
+T = sp.Symbol("t", real=True)
+S = sp.Symbol("tau", real=True)
+RHO = sp.Symbol("rho", positive=True)
+_U = sp.Symbol("u", positive=True)
+
+
+class _Timeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt a sympy computation after ``seconds`` (main thread only; elsewhere no limit)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Timeout
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _generic_branch(expr: sp.Expr) -> sp.Expr:
+    """Replace Piecewise results (e.g. ``Ne(log(c), 0)`` guards) by their generic first branch.
+
+    Safe because every symbolic result is verified numerically with the actual parameter values.
+    """
+    return expr.replace(lambda e: isinstance(e, sp.Piecewise), lambda e: e.args[0].expr)
+
+
+def _closed(expr: sp.Expr | None) -> bool:
+    return expr is not None and not expr.has(sp.Integral) and expr.is_finite is not False
+
+
+def antiderivative(f: sp.Expr, x: sp.Symbol, budget: float = 2.0) -> tuple[sp.Expr | None, str]:
+    """An antiderivative of ``f`` in ``x`` and the strategy that found it, or ``(None, reason)``."""
+    if not f.has(x):
+        return f * x, "symbolic (constant integrand)"
+    for name, integrate in (("sympy manualintegrate", manualintegrate), ("sympy integrate", sp.integrate)):
+        try:
+            with time_limit(budget):
+                result = integrate(f, x)
+        except _Timeout:
+            continue
+        except Exception:  # sympy raises a wide variety of internal errors on hard integrands
+            continue
+        if _closed(result):
+            return _generic_branch(result), f"symbolic ({name})"
+    return None, f"no closed form within {budget:g} s per strategy"
+
+
+@functools.lru_cache(maxsize=256)
+def log_alpha_closed_form(drift: sp.Expr, t0: sp.Expr) -> tuple[sp.Expr | None, str]:
+    """int_{t0}^t F as a closed form, or None."""
+    if drift == 0:
+        return sp.S.Zero, "symbolic (zero drift)"
+    a, how = antiderivative(drift, T)
+    if a is None:
+        return None, how
+    return a - a.subs(T, t0), how
+
+
+def _as_function_of_u(h: sp.Expr, log_alpha: sp.Expr) -> sp.Expr | None:
+    """Write h(t) as a function of u = exp(-2 log alpha(t)), or None."""
+    base = -2 * log_alpha
+    repl = {}
+    for e in h.atoms(sp.exp):
+        if not e.has(T):
+            continue
+        k = sp.cancel(e.args[0] / base)
+        if k.has(T):
+            return None
+        repl[e] = _U**k
+    hu = h.xreplace(repl)
+    return None if hu.has(T) else hu
+
+
+@functools.lru_cache(maxsize=256)
+def rho2_closed_form(
+    drift: sp.Expr, diffusion2: sp.Expr, log_alpha: sp.Expr, sigma_init2: sp.Expr, t0: sp.Expr
+) -> tuple[sp.Expr | None, str]:
+    """rho^2(t) = sigma_init^2 + int_{t0}^t G^2 exp(-2 log alpha) as a closed form, or None.
+
+    First the substitution u = exp(-2 log alpha) = 1 / alpha^2 (du = -2 F u dt): when G^2 / (-2 F) is a
+    function of u alone, the integral becomes int h(u) du, which is how VP-type schedules (G^2 = -2 F for VP,
+    -2 F (1 - alpha^4) for sub-VP) integrate instantly. Then direct integration in t.
+    """
+    if drift != 0:
+        h = diffusion2 / (-2 * drift)
+        hu = _as_function_of_u(h, log_alpha)
+        if hu is None:
+            hu = _as_function_of_u(sp.powsimp(sp.cancel(sp.together(h)), combine="exp"), log_alpha)
+        if hu is not None:
+            H, how = antiderivative(hu, _U)
+            if H is not None:
+                u_t = sp.exp(-2 * log_alpha)
+                u_0 = sp.exp(-2 * log_alpha.subs(T, t0))
+                return sigma_init2 + H.subs(_U, u_t) - H.subs(_U, u_0), how + " after u = 1/alpha^2"
+    a, how = antiderivative(diffusion2 * sp.exp(-2 * log_alpha), T)
+    if a is None:
+        return None, how
+    return sigma_init2 + a - a.subs(T, t0), how
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inversion of rho^2(t) = r^2 for t
+
+
+_MAX_CANDIDATES = 16
+
+
+def _inverse_function(f: sp.Function, rhs: sp.Expr) -> list[sp.Expr]:
+    if isinstance(f, sp.cos):
+        return [sp.acos(rhs), -sp.acos(rhs)]
+    if isinstance(f, sp.sin):
+        return [sp.asin(rhs), sp.pi - sp.asin(rhs)]
+    if isinstance(f, sp.tan):
+        return [sp.atan(rhs)]
+    if isinstance(f, sp.exp):
+        return [sp.log(rhs)]
+    if isinstance(f, sp.log):
+        return [sp.exp(rhs)]
+    try:
+        inv = f.inverse()
+    except Exception:
+        return []
+    return [inv(rhs)]
+
+
+def _generators(expr: sp.Expr) -> list[tuple[sp.Expr, sp.Symbol, sp.Expr]]:
+    """Ways to write expr as a rational function R(g) of one generator: (R(g), g, what g stands for).
+
+    g stands for t itself, for one t-dependent function such as cos(u(t)), or for exp(a) when every
+    exponential in expr is exp(k a) with rational k (so exp(2a) = g^2, exp(-a) = 1/g). Each exponential
+    can serve as exp(a); the orientations give algebraically equal roots that differ in round-off (one may
+    subtract nearly equal numbers), so all are offered and the caller keeps the most accurate.
+    """
+    funcs = {f for f in expr.atoms(sp.Function) if f.has(T)}
+    outer = [f for f in funcs if not any(o != f and o.has(f) for o in funcs)]
+    if not outer:
+        return [(expr, T, T)] if expr.is_rational_function(T) else []
+    g = sp.Dummy("g", positive=True)
+    if all(isinstance(f, sp.exp) for f in outer):
+        options = []
+        for chosen in outer:
+            base = chosen.args[0]
+            ks = [sp.cancel(e.args[0] / base) for e in outer]
+            if all(k.is_Rational for k in ks):
+                options.append(({e: g**k for e, k in zip(outer, ks)}, sp.exp(base)))
+    elif len(outer) == 1:
+        options = [({outer[0]: g}, outer[0])]
+    else:
+        return []
+    out = []
+    for repl, stands_for in options:
+        eg = expr.xreplace(repl)
+        if not eg.has(T) and eg.is_rational_function(g):
+            out.append((eg, g, stands_for))
+    return out
+
+
+def invert(lhs: sp.Expr, rhs: sp.Expr, depth: int = 0) -> list[sp.Expr]:
+    """Candidate closed forms t(rhs) with lhs(t) = rhs; the caller keeps the branch that checks out."""
+    if depth > 24:
+        return []
+    if lhs == T:
+        return [rhs]
+    if not lhs.has(T):
+        return []
+    if lhs.is_Add:
+        indep, dep = lhs.as_independent(T, as_Add=True)
+        if indep != 0:
+            return invert(dep, rhs - indep, depth + 1)
+    if lhs.is_Mul:
+        indep, dep = lhs.as_independent(T, as_Add=False)
+        if indep != 1:
+            return invert(dep, rhs / indep, depth + 1)
+    if lhs.is_Pow:
+        b, e = lhs.as_base_exp()
+        if not e.has(T):
+            roots = [rhs ** (1 / e)]
+            if e.is_Rational and sp.Rational(e).p % 2 == 0:
+                roots.append(-(rhs ** (1 / e)))
+            return [c for r in roots for c in invert(b, r, depth + 1)][:_MAX_CANDIDATES]
+        if not b.has(T):
+            return invert(e, sp.log(rhs) / sp.log(b), depth + 1)
+    if isinstance(lhs, sp.Function) and len(lhs.args) == 1:
+        return [c for r in _inverse_function(lhs, rhs) for c in invert(lhs.args[0], r, depth + 1)][:_MAX_CANDIDATES]
+    out: list[sp.Expr] = []
+    for eg, g, g_expr in _generators(lhs):
+        num = sp.numer(sp.together(eg - rhs))
+        try:
+            poly = sp.Poly(sp.expand(num), g)
+        except sp.PolificationFailed:
+            continue
+        if not 1 <= poly.degree() <= 4:
+            continue
+        for root in sp.roots(poly, multiple=True) or []:
+            out.extend([root] if g_expr == T else invert(g_expr, root, depth + 1))
+    return out[: 2 * _MAX_CANDIDATES]
+
+
+@functools.lru_cache(maxsize=256)
+def inverse_candidates(rho2: sp.Expr, budget: float = 2.0) -> tuple[sp.Expr, ...]:
+    """Closed-form candidates for t(rho) from rho^2(t) = rho^2 (bounded in time)."""
+    try:
+        with time_limit(budget):
+            return tuple(invert(rho2, RHO**2))
+    except _Timeout:
+        return ()

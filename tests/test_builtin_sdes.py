@@ -1,0 +1,116 @@
+"""Every built-in SDE against its closed forms from the literature, in float64, across the whole window."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ei_toolkit as ei
+
+
+def vp_alpha(t, b0=0.1, b1=20.0):
+    return np.exp(-0.25 * t**2 * (b1 - b0) - 0.5 * t * b0)  # Song et al. 2021, eq. (33)
+
+
+def cosine_alpha(t, s=0.008):
+    f = lambda x: np.cos((x + s) / (1 + s) * np.pi / 2)  # noqa: E731  (Nichol & Dhariwal 2021, eq. 17)
+    return f(t) / f(0.0)
+
+
+def ddpm_alphas_cumprod(n=1000):
+    return np.cumprod(1 - np.linspace(1e-4, 0.02, n))  # Ho et al. 2020
+
+
+CASES = {
+    "vp": (ei.VPSDE, lambda t: vp_alpha(t), lambda t: np.sqrt(-np.expm1(2 * np.log(vp_alpha(t))))),
+    "subvp": (ei.SubVPSDE, lambda t: vp_alpha(t), lambda t: -np.expm1(2 * np.log(vp_alpha(t)))),
+    "cosine": (ei.CosineVPSDE, cosine_alpha, lambda t: np.sqrt(1 - cosine_alpha(t) ** 2)),
+    "ve": (ei.VESDE, lambda t: np.ones_like(t), lambda t: 0.01 * (50.0 / 0.01) ** t),
+    "edm": (ei.EDM, lambda t: np.ones_like(t), lambda t: t),
+}
+
+
+def window(sde, n=501):
+    t = np.linspace(sde.t_min, sde.t_max, n)
+    t = np.concatenate([t, sde.t_min + np.geomspace(1e-9, 1e-2, 20) * (sde.t_max - sde.t_min)])
+    return np.unique(np.clip(t, sde.t_min, sde.t_max))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_builtin_marginals_match_literature(name):
+    cls, alpha, sigma = CASES[name]
+    sde = cls()
+    t = window(sde)
+    tt = torch.tensor(t, dtype=torch.float64)
+    np.testing.assert_allclose(sde.alpha(tt).numpy(), alpha(t), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sde.sigma(tt).numpy(), sigma(t), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sde.rho(tt).numpy(), sigma(t) / alpha(t), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", [*CASES, "discrete"])
+def test_t_of_rho_inverts_rho_on_the_whole_window(name):
+    sde = ei.DiscreteVP.linear() if name == "discrete" else CASES[name][0]()
+    t = torch.tensor(window(sde), dtype=torch.float64)
+    back = sde.t_of_rho(sde.rho(t))
+    assert back.dtype == torch.float64
+    torch.testing.assert_close(back, t, rtol=1e-10, atol=1e-10 * max(1.0, sde.t_max))
+    # both ends exactly
+    ends = torch.tensor([sde.t_min, sde.t_max], dtype=torch.float64)
+    torch.testing.assert_close(sde.t_of_rho(sde.rho(ends)), ends, rtol=1e-10, atol=1e-10 * max(1.0, sde.t_max))
+
+
+def test_discrete_vp_matches_alphas_cumprod_and_interpolates_log_alpha():
+    ac = ddpm_alphas_cumprod()
+    sde = ei.DiscreteVP.linear()
+    n = torch.arange(1000, dtype=torch.float64)
+    np.testing.assert_allclose(sde.alpha(n).numpy() ** 2, ac, rtol=1e-12)
+    np.testing.assert_allclose(sde.sigma(n).numpy() ** 2, 1 - ac, rtol=1e-10)
+    # between integers log alpha is linear; the data time t0 = -1 has alpha = 1
+    t = torch.tensor([-1.0, -0.5, 10.25, 998.5], dtype=torch.float64)
+    la = np.log(np.concatenate([[1.0], ac])) / 2
+    np.testing.assert_allclose(sde.log_alpha(t).numpy(), np.interp(t.numpy(), np.arange(-1, 1000), la), rtol=1e-12)
+    assert sde.t_min == 0 and sde.t_max == 999 and sde.t0 == -1
+    same = ei.DiscreteVP.from_alphas_cumprod(torch.tensor(ac))
+    torch.testing.assert_close(same.rho(n), sde.rho(n), rtol=1e-12, atol=0)
+
+
+def test_psi_is_the_alpha_ratio_for_builtins():
+    for cls in (ei.VPSDE, ei.CosineVPSDE, ei.SubVPSDE):
+        sde = cls()
+        t = torch.tensor([0.3, 0.9], dtype=torch.float64)
+        s = torch.tensor([0.1, 0.5], dtype=torch.float64)
+        torch.testing.assert_close(sde.psi(t, s), sde.alpha(t) / sde.alpha(s), rtol=1e-12, atol=0)
+
+
+def test_drho_dt_matches_finite_difference():
+    for sde in (ei.VPSDE(), ei.CosineVPSDE(), ei.VESDE(), ei.EDM(), ei.SubVPSDE()):
+        t = torch.linspace(sde.t_min + 0.01 * (sde.t_max - sde.t_min), sde.t_max * 0.99, 7, dtype=torch.float64)
+        h = 1e-6 * (sde.t_max - sde.t_min)
+        fd = (sde.rho(t + h) - sde.rho(t - h)) / (2 * h)
+        torch.testing.assert_close(sde.drho_dt(t), fd, rtol=1e-6, atol=0)
+
+
+def test_builtins_are_closed_form_where_the_literature_is():
+    assert "symbolic" in ei.VPSDE().how["t_of_rho"]
+    assert "symbolic" in ei.VESDE().how["rho"]
+    assert ei.EDM().symbolic.rho.free_symbols == {ei.EDM().symbolic.t}
+    assert all(v.startswith("symbolic") for v in ei.SubVPSDE().how.values())
+
+
+def test_building_twice_reuses_the_derivation():
+    a, b = ei.VPSDE(beta_min=0.2), ei.VPSDE(beta_min=0.2)
+    assert a._b is b._b
+    c = ei.VPSDE(beta_min=0.3)  # other values: new tables and functions, same symbolic derivation
+    assert c._b is not a._b
+    assert c.symbolic.rho == a.symbolic.rho
+
+
+def test_defaults_and_repr():
+    sde = ei.VPSDE()
+    assert (sde.t_min, sde.t_max) == (1e-3, 1.0)
+    assert repr(sde) == "VPSDE(beta_min=0.1, beta_max=20.0)"
+    assert (ei.EDM().t_min, ei.EDM().t_max) == (0.002, 80.0)
+    assert ei.CosineVPSDE().t_max < 1
+    assert math.isclose(ei.VESDE().rho_max, 50.0, rel_tol=1e-12)
+    assert "t_of_rho" in sde.describe()
