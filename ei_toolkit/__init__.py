@@ -3,19 +3,19 @@ as the flagship client (Zhang & Chen, "Fast Sampling of Diffusion Models with Ex
 ICLR 2023)."""
 
 from .errors import NumericalError
-from .sde import EDM, CosineVPSDE, DiscreteVP, LinearSDE, SubVPSDE, SymbolicForms, VESDE, VPSDE
+from .sde import EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, LinearSDE, SubVPSDE, SymbolicForms
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EDM",
+    "VESDE",
+    "VPSDE",
     "CosineVPSDE",
     "DiscreteVP",
     "LinearSDE",
     "NumericalError",
     "SubVPSDE",
     "SymbolicForms",
-    "VESDE",
-    "VPSDE",
     "__version__",
 ]

@@ -1,6 +1,6 @@
 """The symbolic linear-SDE layer and the built-in diffusion SDEs."""
 
-from .builtins import EDM, CosineVPSDE, DiscreteVP, SubVPSDE, VESDE, VPSDE
+from .builtins import EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, SubVPSDE
 from .linear import LinearSDE, SymbolicForms
 
-__all__ = ["EDM", "CosineVPSDE", "DiscreteVP", "LinearSDE", "SubVPSDE", "SymbolicForms", "VESDE", "VPSDE"]
+__all__ = ["EDM", "VESDE", "VPSDE", "CosineVPSDE", "DiscreteVP", "LinearSDE", "SubVPSDE", "SymbolicForms"]

@@ -80,9 +80,9 @@ class VESDE(LinearSDE):
         if not sigma_max > sigma_min:
             raise ValueError(f"sigma_max must be greater than sigma_min; got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
-        super().__init__(drift=0, diffusion="sigma_min * (sigma_max / sigma_min)**t * sqrt(2 * log(sigma_max / sigma_min))",
-                         sigma_init="sigma_min", t_max=t_max, t_min=t_min, sigma_min=self.sigma_min,
-                         sigma_max=self.sigma_max)
+        diffusion = "sigma_min * (sigma_max / sigma_min)**t * sqrt(2 * log(sigma_max / sigma_min))"
+        super().__init__(drift=0, diffusion=diffusion, sigma_init="sigma_min", t_max=t_max, t_min=t_min,
+                         sigma_min=self.sigma_min, sigma_max=self.sigma_max)
 
 
 class EDM(LinearSDE):
@@ -105,7 +105,8 @@ class DiscreteVP(LinearSDE):
     t0 = -1, where alpha = 1 (diffusers' ``set_alpha_to_one``). Default window [0, N - 1].
     """
 
-    def __init__(self, betas: torch.Tensor | np.ndarray | list[float], *, t_min: float = 0.0, t_max: float | None = None):
+    def __init__(self, betas: torch.Tensor | np.ndarray | list[float], *, t_min: float = 0.0,
+                 t_max: float | None = None):
         b = np.asarray(torch.as_tensor(betas, dtype=torch.float64).cpu().numpy() if isinstance(betas, torch.Tensor)
                        else betas, dtype=np.float64)
         if b.ndim != 1 or len(b) < 2:

@@ -40,7 +40,7 @@ def _lambdify(args: tuple[sp.Symbol, ...], expr: sp.Expr, backend: str) -> Calla
     ns = dict(_NUMPY_NS if backend == "numpy" else _TORCH_NS)
     ns.update({name: impls[0 if backend == "numpy" else 1] for name, impls in tables.items()})
     try:
-        import scipy.special  # noqa: F401  (erf for NumPy)
+        import scipy.special
 
         if backend == "numpy":
             ns.update(erf=scipy.special.erf, erfc=scipy.special.erfc)
@@ -56,8 +56,10 @@ def to_numpy(expr: sp.Expr, args: Sequence[sp.Symbol]) -> Callable[..., np.ndarr
     def call(*xs: object) -> np.ndarray:
         xs = tuple(np.asarray(x, dtype=np.float64) for x in xs)
         with np.errstate(all="ignore"):
-            out = f(*xs)
-        return np.broadcast_to(np.asarray(out, dtype=np.float64), np.broadcast(*xs).shape).copy()
+            out = np.asarray(f(*xs))
+            if np.iscomplexobj(out):  # a branch that leaves the reals is NaN, never silently truncated
+                out = np.where(np.abs(out.imag) <= 1e-12 * np.abs(out.real), out.real, np.nan)
+        return np.broadcast_to(out.astype(np.float64), np.broadcast(*xs).shape).copy()
 
     return call
 

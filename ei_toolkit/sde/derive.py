@@ -177,7 +177,7 @@ def _generators(expr: sp.Expr) -> list[tuple[sp.Expr, sp.Symbol, sp.Expr]]:
             base = chosen.args[0]
             ks = [sp.cancel(e.args[0] / base) for e in outer]
             if all(k.is_Rational for k in ks):
-                options.append(({e: g**k for e, k in zip(outer, ks)}, sp.exp(base)))
+                options.append(({e: g**k for e, k in zip(outer, ks, strict=True)}, sp.exp(base)))
     elif len(outer) == 1:
         options = [({outer[0]: g}, outer[0])]
     else:

@@ -10,11 +10,13 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from tokenize import TokenError
+from typing import Any
 
 import numpy as np
 import sympy as sp
 import torch
+from sympy.parsing.sympy_parser import parse_expr
 
 from ..errors import NumericalError
 from . import derive
@@ -22,10 +24,19 @@ from .compile import to_numpy, to_torch
 from .derive import RHO, S, T
 from .tables import CumulativeIntegral, MonotoneInverse, TableFunction, table_function
 
-ExprLike = Union[sp.Expr, str, float, int]
-Tensorish = Union[torch.Tensor, float, int]
+ExprLike = sp.Expr | str | float | int
+Tensorish = torch.Tensor | float | int
 
 _RESERVED = {"t", "tau", "rho", "u"}
+# Strings are parsed with the elementary functions only, so that a name such as ``beta`` or ``gamma`` is a
+# parameter symbol (not sympy's special function of that name).
+_PARSE_GLOBALS: dict[str, Any] = {
+    name: getattr(sp, name)
+    for name in ("Integer", "Float", "Rational", "Symbol", "Function", "exp", "log", "sqrt", "sin", "cos", "tan",
+                 "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "erf", "erfc", "pi",
+                 "E", "Abs", "Min", "Max")
+}
+_PARSE_GLOBALS.update(ln=sp.log, abs=sp.Abs)
 
 
 @dataclass(frozen=True)
@@ -76,8 +87,9 @@ def parse_coefficient(what: str, value: ExprLike, symbols: Mapping[str, sp.Symbo
     the declared parameters only."""
     local = {**symbols, "t": T}
     try:
-        expr = sp.sympify(value, locals=local) if isinstance(value, str) else sp.sympify(value)
-    except (sp.SympifyError, SyntaxError, TypeError) as exc:
+        expr = parse_expr(value, local_dict=local, global_dict=_PARSE_GLOBALS) if isinstance(value, str) else (
+            sp.sympify(value))
+    except (sp.SympifyError, SyntaxError, TypeError, TokenError) as exc:
         raise ValueError(f"{what} could not be parsed as an expression in t: {value!r} ({exc})") from None
     if not isinstance(expr, sp.Expr):
         raise ValueError(f"{what} must be a scalar expression in t; got {type(expr).__name__}: {value!r}")
@@ -260,7 +272,8 @@ class LinearSDE:
     def describe(self) -> str:
         """A human-readable account of what was derived and how."""
         f = self.symbolic
-        lines = [f"{self!r} on [t0={self.t0:g}, t_max={self.t_max:g}], sampling window [{self.t_min:g}, {self.t_max:g}]"]
+        lines = [f"{self!r} on [t0={self.t0:g}, t_max={self.t_max:g}], "
+                 f"sampling window [{self.t_min:g}, {self.t_max:g}]"]
         for name in ("drift", "diffusion", "alpha", "sigma", "rho", "t_of_rho", "psi"):
             lines.append(f"  {name:<10} = {getattr(f, name)}")
         lines.append("  derived by:")
@@ -408,6 +421,8 @@ class _Built:
         self.G_np = to_numpy(sub(G), [T])
         self.rho_np = to_numpy(sub(rho), [T])
         self.alpha_np = to_numpy(sub(alpha), [T])
+        if spec[0] == "coefficients":  # for given marginals a bad G shows as a non-monotone rho: say that
+            self.check_diffusion_positive(t0, t_max, strict=False)
         self._check_marginals(grid)
         self.rho_t0 = float(self.rho_np(np.array([t0]))[0])
         self.rho_tmax = float(self.rho_np(np.array([t_max]))[0])
@@ -479,13 +494,15 @@ class _Built:
             raise ValueError(f"rho = sigma/alpha must be strictly increasing in t on [t0, t_max]; it does not "
                              f"increase near t = {bad:.6g} (rho = {r[1:][dec][0]:.6g})")
 
-    def check_diffusion_positive(self, t_min: float, t_max: float) -> None:
+    def check_diffusion_positive(self, t_min: float, t_max: float, strict: bool = True) -> None:
+        """G > 0 on the window (``strict``), or G real and >= 0 on the whole domain."""
         g = _grid(t_min, t_max)
         gv = self.G_np(g)
-        bad = ~(np.isfinite(gv) & (gv > 0))
+        bad = ~(np.isfinite(gv) & ((gv > 0) if strict else (gv >= 0)))
         if np.any(bad):
-            raise ValueError(f"diffusion must be real and positive on the window [t_min, t_max] = [{t_min:g}, "
-                             f"{t_max:g}]; G({g[bad][0]:.6g}) = {gv[bad][0]!r}")
+            where = "the window [t_min, t_max]" if strict else "the domain [t0, t_max]"
+            raise ValueError(f"diffusion must be real and positive on {where} = [{t_min:g}, {t_max:g}]; "
+                             f"G({g[bad][0]:.6g}) = {float(gv[bad][0])!r}")
 
     def _inverse(self, r2: sp.Expr, dr2: sp.Expr, how: dict[str, str]) -> sp.Expr:
         """t(rho): the closed-form branch that checks out numerically, else a Newton-refined table."""

@@ -34,7 +34,7 @@ class _Table:
     def _on(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         key = (like.device, like.dtype)
         if key not in self._cache:
-            self._cache[key] = tuple(torch.as_tensor(a, dtype=like.dtype, device=like.device) for a in self._arrays())
+            self._cache[key] = tuple(torch.tensor(a, dtype=like.dtype, device=like.device) for a in self._arrays())
         return self._cache[key]
 
 
@@ -162,7 +162,8 @@ class CumulativeIntegral(_Table):
     def numpy(self, x: Any) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         i = np.clip(np.floor((x - self.a) / self.h).astype(np.int64), 0, len(self.nodes) - 2)
-        return _hermite(x, self.nodes[i], self.h, self.values[i], self.values[i + 1], self.slopes[i], self.slopes[i + 1])
+        v, d = self.values, self.slopes
+        return _hermite(x, self.nodes[i], self.h, v[i], v[i + 1], d[i], d[i + 1])
 
     def torch(self, x: torch.Tensor) -> torch.Tensor:
         nodes, values, slopes = self._on(x)
