@@ -114,3 +114,34 @@ def test_defaults_and_repr():
     assert ei.CosineVPSDE().t_max < 1
     assert math.isclose(ei.VESDE().rho_max, 50.0, rel_tol=1e-12)
     assert "t_of_rho" in sde.describe()
+
+
+def mp_reference(name, t):
+    """sigma and rho in 40-digit arithmetic (mpmath), for relative accuracy near t_min."""
+    import mpmath as mp
+
+    mp.mp.dps = 40
+    t = mp.mpf(t)
+    if name in ("vp", "subvp"):
+        a2 = mp.exp(-(mp.mpf("0.1") * t + (mp.mpf(20) - mp.mpf("0.1")) * t**2 / 2))
+        sig = mp.sqrt(1 - a2) if name == "vp" else 1 - a2
+        return sig, sig / mp.sqrt(a2)
+    if name == "cosine":
+        s = mp.mpf("0.008")
+        a = mp.cos((t + s) / (1 + s) * mp.pi / 2) / mp.cos(s / (1 + s) * mp.pi / 2)
+        return mp.sqrt(1 - a**2), mp.sqrt(1 - a**2) / a
+    if name == "ve":
+        v = mp.mpf("0.01") * (mp.mpf(50) / mp.mpf("0.01")) ** t
+        return v, v
+    return t, t
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_sigma_and_rho_keep_relative_accuracy_near_t_min(name):
+    sde = CASES[name][0]()
+    ts = np.linspace(sde.t_min, sde.t_min * 10, 7)
+    ref = np.array([[float(v) for v in mp_reference(name, x)] for x in ts])
+    for dtype, rtol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        tt = torch.tensor(ts, dtype=dtype)
+        np.testing.assert_allclose(sde.sigma(tt).double().numpy(), ref[:, 0], rtol=rtol, atol=0)
+        np.testing.assert_allclose(sde.rho(tt).double().numpy(), ref[:, 1], rtol=rtol, atol=0)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import sympy as sp
 import torch
-from sympy.codegen.rewriting import optimize, optims_c99
+from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
 
 from .tables import table_namespace
 
@@ -30,7 +30,7 @@ _NUMPY_NS.update(asin=np.arcsin, acos=np.arccos, atan=np.arctan, asinh=np.arcsin
 
 def prepare(expr: sp.Expr) -> sp.Expr:
     """Rewrite for accurate evaluation and fold constants to floats."""
-    expr = optimize(expr, optims_c99)
+    expr = optimize(expr, (expm1_opt, log1p_opt))
     return sp.nfloat(expr, n=17, exponent=False)
 
 

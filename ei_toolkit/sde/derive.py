@@ -190,6 +190,14 @@ def _generators(expr: sp.Expr) -> list[tuple[sp.Expr, sp.Symbol, sp.Expr]]:
     return out
 
 
+def factor_in_generator(expr: sp.Expr) -> sp.Expr:
+    """Factor expr as a rational function of its generator, e.g. 1 - 2 e^x + e^(2x) -> (1 - e^x)^2, which
+    then evaluates without cancellation; expr itself when there is no single generator."""
+    for eg, g, stands_for in _generators(expr):
+        return sp.factor(eg).subs(g, stands_for)
+    return expr
+
+
 def invert(lhs: sp.Expr, rhs: sp.Expr, depth: int = 0) -> list[sp.Expr]:
     """Candidate closed forms t(rhs) with lhs(t) = rhs; the caller keeps the branch that checks out."""
     if depth > 24:

@@ -399,8 +399,11 @@ class _Built:
             if r2 is None:
                 r2 = self._numeric_integral("numeric_rho2", G2 * sp.exp(-2 * la), sigma_init**2, how, "rho")
             alpha = sp.exp(la)
-            sigma = sp.sqrt(sp.powsimp(sp.expand(sp.exp(2 * la) * r2)))
-            rho = sp.sqrt(r2)
+            # Factored forms evaluate without cancellation near t0 (sub-VP: rho^2 = (e - 1)^2 / e, not
+            # e + 1/e - 2); of equal forms of sigma keep the cheaper (sqrt(1 - e) for VP, sigma_min r^t for VE).
+            rho = sp.sqrt(derive.factor_in_generator(r2))
+            s2 = derive.factor_in_generator(sp.powsimp(sp.expand(sp.exp(2 * la) * r2)))
+            sigma = min(sp.sqrt(s2), alpha * rho, key=sp.count_ops)
         else:
             _, la, alpha, sigma = spec
             how.update(log_alpha="given (marginal alpha)", rho="given (sigma / alpha)")
