@@ -1,0 +1,118 @@
+"""Time grids for sampling: small named functions, freely combined with any integrator.
+
+Each returns a float64 CPU tensor of ``steps + 1`` strictly decreasing times from ``t_start`` to ``t_end``
+in the SDE's own units (fractional times for discrete schedules: there is no rounding, so no duplicate
+timesteps at any step count). A power law with exponent k in a variable v (t or rho),
+v_i = (v_start^(1/k) + i/N (v_end^(1/k) - v_start^(1/k)))^k, gives ``uniform_t`` (k=1), ``quadratic_t``
+(k=2, the DEIS default for tAB), ``uniform_rho`` (k=1 in rho) and ``karras`` (k=7 in rho, Karras et al.
+2022); ``uniform_logrho`` is uniform in log rho (MATH.md section 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from .errors import NumericalError
+
+if TYPE_CHECKING:
+    from .sde import LinearSDE
+
+GridFn = Callable[..., torch.Tensor]
+
+
+def _power(v0: float, v1: float, steps: int, k: float) -> torch.Tensor:
+    i = torch.arange(steps + 1, dtype=torch.float64) / steps
+    a, b = v0 ** (1.0 / k), v1 ** (1.0 / k)
+    v = (a + i * (b - a)) ** k
+    v[0], v[-1] = v0, v1  # exact ends
+    return v
+
+
+def _in_rho(sde: LinearSDE, rho: torch.Tensor, t_start: float, t_end: float) -> torch.Tensor:
+    t = sde.t_of_rho(rho)
+    t[0], t[-1] = t_start, t_end
+    return t
+
+
+def _offset(sde: LinearSDE) -> float:
+    """Power laws in t need nonnegative times: measure t from the data time t0 (-1 for DiscreteVP)."""
+    return sde.t0
+
+
+def uniform_t(sde: LinearSDE, steps: int, t_start: float, t_end: float) -> torch.Tensor:
+    """Uniform in t."""
+    return _power(t_start, t_end, steps, 1.0)
+
+
+def quadratic_t(sde: LinearSDE, steps: int, t_start: float, t_end: float, k: float = 2.0) -> torch.Tensor:
+    """Power law in t - t0 with exponent k (2: the DEIS paper's grid for tAB)."""
+    o = _offset(sde)
+    return _power(t_start - o, t_end - o, steps, k) + o
+
+
+def uniform_rho(sde: LinearSDE, steps: int, t_start: float, t_end: float) -> torch.Tensor:
+    """Uniform in rho = sigma / alpha."""
+    r = sde.rho(torch.tensor([t_start, t_end], dtype=torch.float64))
+    return _in_rho(sde, _power(r[0].item(), r[1].item(), steps, 1.0), t_start, t_end)
+
+
+def karras(sde: LinearSDE, steps: int, t_start: float, t_end: float, p: float = 7.0) -> torch.Tensor:
+    """Power law in rho with exponent p (Karras et al. 2022, p = 7)."""
+    r = sde.rho(torch.tensor([t_start, t_end], dtype=torch.float64))
+    return _in_rho(sde, _power(r[0].item(), r[1].item(), steps, p), t_start, t_end)
+
+
+def uniform_logrho(sde: LinearSDE, steps: int, t_start: float, t_end: float) -> torch.Tensor:
+    """Uniform in log rho (the half-log-SNR lambda = -log rho of DPM-Solver)."""
+    r = sde.rho(torch.tensor([t_start, t_end], dtype=torch.float64))
+    if r[1] <= 0:
+        raise ValueError("uniform_logrho needs rho(t_end) > 0; choose t_end above the data time")
+    lr = torch.linspace(r[0].log().item(), r[1].log().item(), steps + 1, dtype=torch.float64)
+    return _in_rho(sde, lr.exp(), t_start, t_end)
+
+
+GRIDS: dict[str, GridFn] = {
+    "uniform_t": uniform_t,
+    "quadratic_t": quadratic_t,
+    "uniform_rho": uniform_rho,
+    "uniform_logrho": uniform_logrho,
+    "karras": karras,
+}
+
+
+def time_grid(sde: LinearSDE, grid: str | torch.Tensor, steps: int, t_start: float, t_end: float,
+              **options: float) -> torch.Tensor:
+    """The grid ``grid`` (a name from :data:`GRIDS`, or an explicit tensor of times) with ``steps`` steps.
+
+    Raises a clear error for an unknown name, and a :class:`NumericalError` if the result is not strictly
+    decreasing (which no built-in grid produces, at any step count).
+    """
+    if isinstance(grid, torch.Tensor) or not isinstance(grid, str):
+        t = torch.as_tensor(grid, dtype=torch.float64).flatten().cpu()
+        if t.numel() < 2:
+            raise ValueError(f"an explicit grid needs at least 2 times; got {t.numel()}")
+        _check_decreasing(t, "an explicit grid", ValueError)
+        lo, hi = sde.t0, sde.t_max
+        if t[0] > hi + 1e-12 or t[-1] < lo - 1e-12:
+            raise ValueError(f"grid times must lie in the SDE's domain [{lo:g}, {hi:g}]; got [{t[-1]:g}, {t[0]:g}]")
+        return t
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; valid grids: {', '.join(GRIDS)} (or an explicit tensor of times)")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer; got {steps!r}")
+    t = GRIDS[grid](sde, steps, t_start, t_end, **options)
+    _check_decreasing(t, f"the {grid} grid with {steps} steps")
+    return t
+
+
+def _check_decreasing(t: torch.Tensor, what: str, error: type[Exception] = NumericalError) -> None:
+    if not torch.isfinite(t).all():
+        raise error(f"{what} contains non-finite times: {t.tolist()}")
+    d = t[1:] - t[:-1]
+    if not (d < 0).all():
+        i = int((d >= 0).nonzero()[0])
+        raise error(f"{what} must be strictly decreasing (no duplicates); times {i} and {i + 1} are "
+                             f"{t[i].item()!r} and {t[i + 1].item()!r}")

@@ -1,0 +1,219 @@
+"""One entry point for sampling: :func:`sample` returns the final tensor, :func:`solve` a :class:`Solution`.
+
+``model(x, t)`` returns a tensor shaped like ``x`` (eps, x0, v or score, per ``prediction``); ``t`` is a
+1-D tensor of the batch size in the SDE's own time units (fractional model timesteps for DiscreteVP).
+Coefficients are computed in float64 once per (method, SDE, grid) and cached; the loop multiplies by Python
+floats, so dtype and device follow ``x`` and nothing in the loop waits on the device.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import NumericalError
+from .grids import time_grid
+from .integrators import Integrator, MultistepPlan, RungeKuttaPlan, get_integrator
+from .sde import LinearSDE
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+PREDICTIONS = ("eps", "x0", "v", "score")
+DEFAULT_METHOD = "tab3"
+
+_PLANS: OrderedDict[tuple, MultistepPlan | RungeKuttaPlan] = OrderedDict()
+_PLAN_CACHE_SIZE = 64
+
+
+@dataclass
+class Solution:
+    """What :func:`solve` returns."""
+
+    x: torch.Tensor  # the state at t_end
+    times: torch.Tensor  # the time grid (float64), from t_start to t_end
+    eval_times: torch.Tensor  # the time of each model evaluation (float64)
+    nfe: int  # model evaluations used
+    method: str
+    grid: str
+    trajectory: torch.Tensor | None = None  # states at every grid time, stacked time-first, if requested
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def plan_for(integrator: Integrator, sde: LinearSDE, grid: torch.Tensor) -> MultistepPlan | RungeKuttaPlan:
+    """The cached float64 plan of ``integrator`` on ``grid``."""
+    key = (id(integrator), integrator.name, id(sde._b), grid.numpy().tobytes())
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = integrator.plan(sde, grid)
+        _check_plan(plan, integrator.name)
+        _PLANS[key] = plan
+        if len(_PLANS) > _PLAN_CACHE_SIZE:
+            _PLANS.popitem(last=False)
+    else:
+        _PLANS.move_to_end(key)
+    return plan
+
+
+def _check_plan(plan: MultistepPlan | RungeKuttaPlan, name: str) -> None:
+    values = list(plan.psi) + [w for row in plan.weights for w in row]
+    if not all(v == v and abs(v) != float("inf") for v in values):
+        raise NumericalError(f"the coefficients of {name!r} on this grid are not finite")
+
+
+class _ModelEvaluator:
+    """Calls the model at the plan's evaluation times, converts its output to eps, checks it."""
+
+    def __init__(self, model: Model, x: torch.Tensor, sde: LinearSDE, eval_times: torch.Tensor,
+                 prediction: str) -> None:
+        self.model, self.prediction, self.shape, self.dtype = model, prediction, x.shape, x.dtype
+        time_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        self.times64 = eval_times
+        self.t_dev = eval_times.to(device=x.device, dtype=time_dtype)  # one host-to-device copy
+        self.batch = x.shape[0]
+        self.alpha = sde.alpha(eval_times).tolist()
+        self.sigma = sde.sigma(eval_times).tolist()
+        if prediction == "v":
+            a, s = sde.alpha(eval_times), sde.sigma(eval_times)
+            if not torch.allclose(a * a + s * s, torch.ones_like(a), atol=1e-6):
+                raise ValueError("prediction='v' needs a variance-preserving SDE (alpha^2 + sigma^2 = 1)")
+        self.check_now = x.device.type == "cpu"
+        self.finite: list[torch.Tensor] = []
+        self.count = 0
+
+    def __call__(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        out = self.model(x, self.t_dev[k].expand(self.batch))
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the model must return a tensor; got {type(out).__name__}")
+        if out.shape != self.shape:
+            raise ValueError(f"the model returned shape {tuple(out.shape)}; expected {tuple(self.shape)} (the shape "
+                             "of x)")
+        if out.dtype != self.dtype:
+            raise TypeError(f"the model returned dtype {out.dtype}; expected {self.dtype} (the dtype of x)")
+        ok = torch.isfinite(out).all()
+        if self.check_now:
+            if not bool(ok):
+                self._raise(k)
+        else:
+            self.finite.append(ok)
+        self.count += 1
+        if self.prediction == "eps":
+            return out
+        a, s = self.alpha[k], self.sigma[k]
+        if self.prediction == "x0":
+            return (x - a * out) / s
+        if self.prediction == "score":
+            return out * -s
+        return out * a + x * s  # v
+
+    def _raise(self, k: int) -> None:
+        raise NumericalError(f"the model output is not finite at evaluation {k} (t = {self.times64[k].item():.6g})")
+
+    def check(self) -> None:
+        """Report a non-finite model output (one device synchronisation, after the loop)."""
+        if self.finite:
+            flags = torch.stack(self.finite).cpu()
+            if not bool(flags.all()):
+                self._raise(int((~flags).nonzero()[0]))
+
+
+def solve(
+    model: Model,
+    x: torch.Tensor,
+    sde: LinearSDE,
+    *,
+    method: str | Integrator = DEFAULT_METHOD,
+    nfe: int | None = None,
+    grid: str | torch.Tensor | None = None,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    prediction: str = "eps",
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    trajectory: bool = False,
+) -> Solution:
+    """Integrate the probability-flow ODE of ``sde`` from ``t_start`` (default ``sde.t_max``) down to
+    ``t_end`` (default ``sde.t_min``) with exactly ``nfe`` model evaluations (default 10).
+
+    ``method`` names an integrator (``ei_toolkit.integrators.INTEGRATORS``) and ``grid`` a time grid
+    (``ei_toolkit.grids.GRIDS``; default: the integrator's recommended grid) or gives the times explicitly.
+    ``generator`` is accepted for the stochastic samplers and unused by deterministic ones.
+    """
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"sde must be an ei_toolkit.LinearSDE; got {type(sde).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating-point tensor; got {got}")
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError(f"x must have a batch dimension first; got shape {tuple(x.shape)}")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
+    if not callable(model):
+        raise TypeError("model must be callable as model(x, t)")
+    integrator = get_integrator(method)
+    t_start = sde.t_max if t_start is None else float(t_start)
+    t_end = sde.t_min if t_end is None else float(t_end)
+    explicit = grid is not None and not isinstance(grid, str)
+    if not explicit:
+        if not t_start > t_end:
+            raise ValueError(f"t_start must be greater than t_end (sampling runs backwards in time); got "
+                             f"t_start={t_start}, t_end={t_end}")
+        for name, v in (("t_start", t_start), ("t_end", t_end)):
+            if not sde.t0 <= v <= sde.t_max:
+                raise ValueError(f"{name} must lie in the SDE's domain [{sde.t0:g}, {sde.t_max:g}]; got {v}")
+        steps = integrator.steps_for_nfe(10 if nfe is None else nfe)
+        grid_name = grid or integrator.default_grid
+        times = time_grid(sde, grid_name, steps, t_start, t_end)
+    else:
+        times = time_grid(sde, grid, 0, t_start, t_end)
+        grid_name = "explicit"
+        needed = (len(times) - 1) * integrator.evals_per_step
+        if nfe is not None and nfe != needed:
+            raise ValueError(f"nfe={nfe} does not match the explicit grid: {len(times) - 1} steps of "
+                             f"{integrator.name} use {needed} evaluations")
+    plan = plan_for(integrator, sde, times)
+    evaluator = _ModelEvaluator(model, x, sde, plan.eval_times, prediction)
+    states: list[torch.Tensor] = [x] if trajectory else []
+    n_steps = len(times) - 1
+    bar = _Progress(n_steps) if progress else None
+
+    def on_step(i: int, state: torch.Tensor) -> None:
+        if trajectory:
+            states.append(state)
+        if bar is not None:
+            bar.update(i)
+
+    out = integrator.integrate(plan, x, evaluator, callback=on_step if (trajectory or bar) else None)
+    if bar is not None:
+        bar.close()
+    evaluator.check()
+    return Solution(x=out, times=times, eval_times=plan.eval_times, nfe=evaluator.count, method=integrator.name,
+                    grid=grid_name, trajectory=torch.stack(states) if trajectory else None)
+
+
+def sample(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str | Integrator = DEFAULT_METHOD,
+           nfe: int | None = None, grid: str | torch.Tensor | None = None, t_start: float | None = None,
+           t_end: float | None = None, prediction: str = "eps", generator: torch.Generator | None = None,
+           progress: bool = False) -> torch.Tensor:
+    """Like :func:`solve`, returning only the final tensor."""
+    return solve(model, x, sde, method=method, nfe=nfe, grid=grid, t_start=t_start, t_end=t_end,
+                 prediction=prediction, generator=generator, progress=progress).x
+
+
+class _Progress:
+    """A minimal text progress bar on stderr."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.update(0)
+
+    def update(self, i: int) -> None:
+        width = 30
+        done = int(width * i / max(self.total, 1))
+        sys.stderr.write(f"\rsampling [{'#' * done}{'.' * (width - done)}] {i}/{self.total}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
