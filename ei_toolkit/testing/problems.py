@@ -9,6 +9,7 @@ eps(x, t) = sigma sum_k r_k(x) (x - alpha mu_k) / (alpha^2 s_k^2 + sigma^2).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,26 +64,32 @@ class GaussianMixture:
 
         return model
 
-    def reference(self, sde: LinearSDE, x: torch.Tensor, t_start: float, t_end: float, rtol: float = 1e-10,
-                  atol: float = 1e-10) -> torch.Tensor:
+    def reference(self, sde: LinearSDE, x: torch.Tensor, t_start: float, t_end: float | Sequence[float],
+                  rtol: float = 1e-10, atol: float = 1e-10) -> torch.Tensor:
         """The probability-flow ODE solved from t_start to t_end by dopri5 at tight tolerance, in the log-rho
-        frame dy/dlog rho = rho eps (well conditioned at both ends), float64."""
+        frame dy/dlog rho = rho eps (well conditioned at both ends), float64. A sequence of end times
+        (decreasing) gives the states at each of them, stacked time-first, from one solve."""
         model = self.eps_model(sde)
-        ts = torch.tensor([t_start, t_end], dtype=torch.float64)
+        many = not isinstance(t_end, (int, float))
+        ends = [float(v) for v in (t_end if many else [t_end])]
+        ts = torch.tensor([t_start, *ends], dtype=torch.float64)
+        if not bool((ts[1:] < ts[:-1]).all()):
+            raise ValueError("reference(): end times must be decreasing and below t_start")
         rho = sde.rho(ts)
         x = x.to(torch.float64)
-        if rho[1] <= 0:
+        if rho[-1] <= 0:
             raise ValueError("reference(): t_end must have rho > 0")
 
         def f(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             r = torch.exp(s)
-            t = sde.t_of_rho(r.clamp(rho[1], rho[0]))
+            t = sde.t_of_rho(r.clamp(rho[-1], rho[0]))
             return r * model(sde.alpha(t) * y, batch_time(t, y))
 
         s_span = rho.log()
         y = torchdiffeq.odeint(f, x / sde.alpha(ts[0]), s_span, rtol=rtol, atol=atol, method="dopri5",
-                               options={"step_t": s_span})[-1]
-        return sde.alpha(ts[1]) * y
+                               options={"step_t": s_span})[1:]
+        out = sde.alpha(ts[1:]).view(-1, *([1] * x.ndim)) * y
+        return out if many else out[0]
 
 
 def _circle(k: int, radius: float) -> torch.Tensor:
