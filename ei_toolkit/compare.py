@@ -1,0 +1,180 @@
+"""Accuracy per model evaluation, against the exact ODE solution, for our integrators and the peers.
+
+For each Gaussian-mixture problem (exact eps), trajectories start from exact samples of x at t_start and
+are integrated to t_end with a budget of NFE model evaluations; the error is measured against the
+probability-flow ODE solved by dopri5 at tolerance 1e-10 (in log rho) to the time each sampler ends at.
+Two figures per run: the RMS over all trajectories, and the median over trajectories of each trajectory's
+RMS error (robust to the rare trajectory that sits on a boundary between modes and flips).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .grids import GRIDS
+from .integrators import INTEGRATORS
+from .sampling import solve
+from .sde import DiscreteVP, LinearSDE
+from .testing import get_problem
+
+
+@dataclass
+class Row:
+    problem: str
+    sampler: str  # "method / grid" for ours, the peer's name otherwise
+    ours: bool
+    nfe: int  # requested budget
+    nfe_used: int
+    rms: float
+    median: float
+    t_end: float
+    seconds: float
+
+
+def _errors(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    d = (x.double() - ref).reshape(len(x), -1)
+    per = d.pow(2).mean(1).sqrt()
+    return float(d.pow(2).mean().sqrt()), float(per.median())
+
+
+def run_comparison(
+    problems: Sequence[str] = ("gmm2d",),
+    sde: LinearSDE | None = None,
+    methods: Sequence[str] | None = None,
+    grids: Sequence[str] | None = None,
+    nfes: Sequence[int] = (5, 10, 15, 20, 50),
+    n: int = 1000,
+    peers: bool = True,
+    seed: int = 0,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    log: bool = False,
+) -> list[Row]:
+    """Every (method, grid) of ours and every available peer at every NFE on every problem."""
+    from .peers import available_peers
+
+    sde = sde or DiscreteVP.linear()
+    t_start = sde.t_max if t_start is None else t_start
+    t_end = sde.t_min if t_end is None else t_end
+    methods = list(methods or INTEGRATORS)
+    grids = list(grids or GRIDS)
+    peer_fns = available_peers() if (peers and isinstance(sde, DiscreteVP) and t_start == sde.t_max
+                                     and t_end == sde.t_min) else {}
+    rows: list[Row] = []
+    for pname in problems:
+        problem = get_problem(pname)
+        model = problem.eps_model(sde)
+        x = problem.sample_marginal(sde, t_start, n, torch.Generator().manual_seed(seed))
+        refs: dict[float, torch.Tensor] = {}
+
+        def reference(t: float, problem=problem, x=x, refs=refs) -> torch.Tensor:
+            key = round(t, 9)
+            if key not in refs:
+                refs[key] = problem.reference(sde, x, t_start, t) if t < t_start else x
+            return refs[key]
+
+        reference(t_end)
+        for nfe in nfes:
+            for m in methods:
+                integ = INTEGRATORS[m]
+                if nfe % integ.evals_per_step:
+                    continue
+                for g in grids:
+                    start = time.perf_counter()
+                    sol = solve(model, x, sde, method=m, nfe=nfe, grid=g, t_start=t_start, t_end=t_end)
+                    rms, med = _errors(sol.x, reference(t_end))
+                    rows.append(Row(pname, f"{m} / {g}", True, nfe, sol.nfe, rms, med, t_end,
+                                    time.perf_counter() - start))
+            for name, peer in peer_fns.items():
+                start = time.perf_counter()
+                out, te, used = peer(model, x, sde, nfe)
+                rms, med = _errors(out, reference(te))
+                rows.append(Row(pname, name, False, nfe, used, rms, med, te, time.perf_counter() - start))
+            if log:
+                best = min((r for r in rows if r.problem == pname and r.nfe == nfe), key=lambda r: r.median)
+                print(f"  {pname} NFE {nfe}: best {best.sampler} median {best.median:.2e}", flush=True)
+    return rows
+
+
+def best(rows: Sequence[Row], problem: str, nfe: int, ours: bool) -> Row | None:
+    cands = [r for r in rows if r.problem == problem and r.nfe == nfe and r.ours == ours and r.nfe_used == nfe]
+    return min(cands, key=lambda r: r.median) if cands else None
+
+
+def summary_table(rows: Sequence[Row]) -> str:
+    """Per problem and NFE: the best of ours against the best peer, and the ratio of median errors."""
+    lines = ["| problem | NFE | best ei_toolkit (median / RMS) | best peer (median / RMS) | median ratio |",
+             "|---|---|---|---|---|"]
+    for p in dict.fromkeys(r.problem for r in rows):
+        for nfe in sorted({r.nfe for r in rows if r.problem == p}):
+            a, b = best(rows, p, nfe, True), best(rows, p, nfe, False)
+            if a is None:
+                continue
+            peer = f"{b.sampler}: {b.median:.2e} / {b.rms:.2e}" if b else "n/a"
+            ratio = f"{a.median / b.median:.2f}" if b else "n/a"
+            lines.append(f"| {p} | {nfe} | {a.sampler}: {a.median:.2e} / {a.rms:.2e} | {peer} | {ratio} |")
+    return "\n".join(lines)
+
+
+def full_table(rows: Sequence[Row], problem: str, metric: str = "median") -> str:
+    """Every sampler's error at every NFE for one problem (rows sorted by the error at the middle NFE)."""
+    nfes = sorted({r.nfe for r in rows if r.problem == problem})
+    samplers = list(dict.fromkeys(r.sampler for r in rows if r.problem == problem))
+    val = {(r.sampler, r.nfe): r for r in rows if r.problem == problem}
+    mid = nfes[len(nfes) // 2]
+    samplers.sort(key=lambda s: val[(s, mid)].median if (s, mid) in val else math.inf)
+    head = "| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |"
+    lines = [head, "|---" * (len(nfes) + 1) + "|"]
+    for s in samplers:
+        cells = []
+        for n in nfes:
+            r = val.get((s, n))
+            if r is None:
+                cells.append("-")
+            else:
+                v = getattr(r, metric)
+                cells.append(f"{v:.2e}" + (f" ({r.nfe_used})" if r.nfe_used != n else ""))
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Row], path: str | Path, highlight: Sequence[str] = ()) -> Path:
+    """Median error vs NFE: our best (envelope), our highlighted methods, and every peer; one panel per
+    problem."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = list(dict.fromkeys(r.problem for r in rows))
+    fig, axes = plt.subplots(1, len(problems), figsize=(5.5 * len(problems), 4.5), squeeze=False)
+    for ax, p in zip(axes[0], problems, strict=True):
+        nfes = sorted({r.nfe for r in rows if r.problem == p})
+        env = [best(rows, p, n, True) for n in nfes]
+        ax.plot(nfes, [r.median for r in env], "k-", lw=2.5, label="ei_toolkit best")
+        for s in highlight:
+            pts = [(r.nfe, r.median) for r in rows if r.problem == p and r.sampler == s and r.nfe_used == r.nfe]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "-o", ms=3, label=s)
+        for s in dict.fromkeys(r.sampler for r in rows if r.problem == p and not r.ours):
+            pts = [(r.nfe_used, r.median) for r in rows if r.problem == p and r.sampler == s]
+            ax.plot(*zip(*pts, strict=True), "--", lw=1, label=s)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel("median trajectory RMS error")
+        ax.set_title(p)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
