@@ -1,7 +1,9 @@
 """Command line: ``ei-toolkit`` / ``python -m ei_toolkit``.
 
-``describe`` (the default) derives a built-in or user SDE and prints its closed forms, how each was
-obtained, and a numerical self-check.
+``compare`` (the default) measures accuracy per model evaluation on a Gaussian-mixture problem against the
+exact ODE solution, for our integrators and diffusers / k-diffusion, prints the tables and writes a plot.
+``describe`` derives a built-in or user SDE and prints its closed forms, how each was obtained, and a
+numerical self-check.
 """
 
 from __future__ import annotations
@@ -52,19 +54,64 @@ def describe(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_COMPARE_METHODS = ("ddim", "tab3", "rhoab3", "logrhoab2", "logrhoab3", "ipndm", "rhork-kutta3", "euler")
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ei_toolkit import GRIDS, INTEGRATORS, compare
+    from ei_toolkit.peers import available_peers
+
+    methods = list(INTEGRATORS) if args.methods == ["all"] else args.methods
+    for m in methods:
+        if m not in INTEGRATORS:
+            raise SystemExit(f"unknown method {m!r}; valid methods: {', '.join(INTEGRATORS)}")
+    grids = list(GRIDS) if args.grids == ["all"] else args.grids
+    for g in grids or []:
+        if g not in GRIDS:
+            raise SystemExit(f"unknown grid {g!r}; valid grids: {', '.join(GRIDS)}")
+    sde = make_sde(args.sde)
+    peers = available_peers() if not args.no_peers else {}
+    print(f"Comparing on {args.problem} ({args.n} trajectories), {sde!r}, NFE {args.nfe}; peers: "
+          f"{', '.join(peers) if peers else 'none (pip install ei_toolkit[bench]; pip install --no-deps k-diffusion)'}")
+    pairs = [(m, g or INTEGRATORS[m].default_grid) for g in (grids or [None]) for m in methods]
+    rows = compare.run_comparison(problems=[args.problem], sde=sde, nfes=args.nfe, n=args.n, peers=bool(peers),
+                                  pairs=pairs)
+    print()
+    print(compare.summary_table(rows))
+    print()
+    print(compare.full_table(rows, args.problem))
+    out = compare.plot(rows, Path(args.out), highlight=[f"{m} / {INTEGRATORS[m].default_grid}" for m in methods[:4]])
+    print(f"\nplot written to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ei-toolkit", description="Exponential integrators for diffusion models.")
     sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("describe", help="derive an SDE and show its closed forms (default)")
+    c = sub.add_parser("compare", help="accuracy vs NFE against diffusers / k-diffusion (default)")
+    c.add_argument("--problem", default="gmm2d", help="gmm2d, gmm2d-sharp, gmm16, gmm64-sharp (default gmm2d)")
+    c.add_argument("--sde", default="ddpm", help=f"{', '.join(BUILTIN_SDES)} (default ddpm: peers need it)")
+    c.add_argument("--methods", nargs="+", default=list(DEFAULT_COMPARE_METHODS), help="method names, or 'all'")
+    c.add_argument("--grids", nargs="+", default=None,
+                   help="grid names, or 'all' (default: each method's recommended grid)")
+    c.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 15, 20, 50])
+    c.add_argument("--n", type=int, default=1000, help="number of trajectories")
+    c.add_argument("--no-peers", action="store_true")
+    c.add_argument("--out", default="ei_toolkit_compare.png", help="where to write the plot")
+    c.set_defaults(func=compare_command)
+    p = sub.add_parser("describe", help="derive an SDE and show its closed forms")
     p.add_argument("--sde", default="vp", help=f"built-in SDE: {', '.join(BUILTIN_SDES)} (default vp)")
     p.add_argument("--drift", help="custom drift F(t), e.g. '-(a + b*t)/2'")
     p.add_argument("--diffusion", help="custom diffusion G(t), e.g. 'sqrt(a + b*t)'")
     p.add_argument("--t-max", type=float, default=1.0)
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     p.set_defaults(func=describe)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["compare", *argv]  # the default command
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["describe", *(argv or [])])
     return args.func(args)
 
 

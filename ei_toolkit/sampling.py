@@ -22,7 +22,8 @@ from .sde import LinearSDE
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PREDICTIONS = ("eps", "x0", "v", "score")
-DEFAULT_METHOD = "tab3"
+# The most accurate method per evaluation in benchmarks/results/accuracy.md (with its grid, uniform_logrho).
+DEFAULT_METHOD = "logrhoab2"
 
 _PLANS: OrderedDict[tuple, MultistepPlan | RungeKuttaPlan] = OrderedDict()
 _PLAN_CACHE_SIZE = 64

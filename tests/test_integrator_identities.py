@@ -103,3 +103,24 @@ def test_butcher_tableaux_are_validated():
         ButcherTableau(a=((), (1.0,)), b=(0.7, 0.3), c=(0.0, 1.0), order=2)
     with pytest.raises(ValueError, match="order-4 condition fails"):
         ButcherTableau(a=((), (0.5,), (-1.0, 2.0)), b=(1 / 6, 2 / 3, 1 / 6), c=(0.0, 0.5, 1.0), order=4)
+
+
+def test_the_documented_custom_integrators():
+    """examples/custom_integrator.py: the hand-written AB2 in rho is rhoab1; Ralston's tableau is valid and
+    second order (convergence is checked like every registered integrator)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "custom_integrator.py"
+    spec = importlib.util.spec_from_file_location("custom_integrator", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sde = ei.CosineVPSDE()
+    a = ei.sample(smooth_model, X, sde, method=mod.BY_HAND, nfe=15, grid="karras")
+    b = ei.sample(smooth_model, X, sde, method="rhoab1", nfe=15, grid="karras")
+    torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+    from test_convergence import errors
+
+    errs = errors(mod.RALSTON)
+    slope = np.polyfit(-np.log([64, 128, 256, 512]), np.log(errs), 1)[0]
+    assert 1.7 <= slope <= 3

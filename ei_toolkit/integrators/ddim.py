@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class DDIM(Integrator):
     name = "ddim"
     order = 1
-    default_grid = "uniform_logrho"
+    default_grid = "quadratic_t"
 
     def plan(self, sde: LinearSDE, grid: torch.Tensor) -> MultistepPlan:
         t = grid.to(torch.float64)

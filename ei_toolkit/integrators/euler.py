@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class Euler(Integrator):
     name = "euler"
     order = 1
-    default_grid = "uniform_logrho"
+    default_grid = "quadratic_t"
 
     def plan(self, sde: LinearSDE, grid: torch.Tensor) -> MultistepPlan:
         t = grid.to(torch.float64)
