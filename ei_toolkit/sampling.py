@@ -81,6 +81,7 @@ class _ModelEvaluator:
             if not torch.allclose(a * a + s * s, torch.ones_like(a), atol=1e-6):
                 raise ValueError("prediction='v' needs a variance-preserving SDE (alpha^2 + sigma^2 = 1)")
         self.check_now = x.device.type == "cpu"
+        self.sum_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.finite: list[torch.Tensor] = []
         self.count = 0
 
@@ -93,7 +94,9 @@ class _ModelEvaluator:
                              "of x)")
         if out.dtype != self.dtype:
             raise TypeError(f"the model returned dtype {out.dtype}; expected {self.dtype} (the dtype of x)")
-        ok = torch.isfinite(out).all()
+        # One reduction instead of an element-wise isfinite: any NaN or inf makes the sum non-finite
+        # (accumulated in at least float32, so a large finite half-precision output does not overflow).
+        ok = torch.isfinite(out.sum(dtype=self.sum_dtype))
         if self.check_now:
             if not bool(ok):
                 self._raise(k)

@@ -174,3 +174,25 @@ def test_cuda_sampling_matches_cpu():
         ref = ei.sample(model, x.to(dtype), sde, nfe=10)
         atol = 0.05 if dtype != torch.float32 else 1e-4
         torch.testing.assert_close(out.cpu().double(), ref.double(), rtol=0, atol=atol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", ["logrhoab2", "tab3", "rhork-rk4", "ipndm"])
+def test_no_host_device_synchronisation_in_the_step_loop(method):
+    """torch's sync debug mode turns any synchronising call inside the loop into an error."""
+    from ei_toolkit.sampling import _ModelEvaluator, plan_for
+
+    sde = SDES["ddpm"]
+    integ = ei.INTEGRATORS[method]
+    x = torch.randn(8, 3, 16, 16, device="cuda")
+    grid = ei.time_grid(sde, integ.default_grid, 10 // integ.evals_per_step * 1 or 1, sde.t_max, sde.t_min)
+    plan = plan_for(integ, sde, grid)
+    ev = _ModelEvaluator(lambda x, t: 0.1 * x, x, sde, plan.eval_times, "eps")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = integ.integrate(plan, x, ev)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ev.check()  # the one synchronisation, after the loop
+    assert torch.isfinite(out).all()
