@@ -87,7 +87,12 @@ def _k_diffusion_peer(fn_name: str, evals_per_step: int) -> Peer:
         K = load_k_diffusion_sampling()
         steps = max(1, nfe // evals_per_step)
         # Karras sigmas (rho = 7) from rho(t_max) to rho(t_min), without the appended zero: ends at t_min.
-        sigmas = K.get_sigmas_karras(steps + 1, sde.rho_min, sde.rho_max, rho=7.0, device="cpu")[:-1]
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(x.dtype if x.dtype == torch.float64 else torch.float32)  # sigmas in x's precision
+        try:
+            sigmas = K.get_sigmas_karras(steps + 1, sde.rho_min, sde.rho_max, rho=7.0, device="cpu")[:-1]
+        finally:
+            torch.set_default_dtype(previous)
         sigmas = sigmas.to(x.dtype)
         used = [0]
 

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-bash scripts/setup.sh
+bash scripts/setup.sh bench
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 ei-toolkit "$@"

@@ -17,3 +17,8 @@ if [ -n "$extras" ]; then
 else
   python -m pip install --quiet --disable-pip-version-check -e .
 fi
+case ",$extras," in
+  *,bench,*)
+    # k-diffusion's samplers only; --no-deps keeps its torchvision/CUDA-torch requirements out.
+    python -m pip install --quiet --disable-pip-version-check --no-deps "k-diffusion==0.1.1.post1" ;;
+esac
