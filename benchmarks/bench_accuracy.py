@@ -18,6 +18,7 @@ from ei_toolkit.peers import available_peers
 from ei_toolkit.testing import PROBLEMS
 
 OUT = Path(__file__).parent / "results"
+HIGHLIGHT = ["logrhoab2 / uniform_logrho", "tab3 / quadratic_t", "ddim / quadratic_t"]
 
 
 def main() -> None:
@@ -25,7 +26,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="trajectories per problem")
     ap.add_argument("--problems", nargs="*", default=list(PROBLEMS))
     ap.add_argument("--nfe", nargs="*", type=int, default=[5, 10, 15, 20, 50])
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot from results/accuracy.json")
     args = ap.parse_args()
+    if args.plot_only:
+        rows = [compare.Row(**r) for r in json.loads((OUT / "accuracy.json").read_text())]
+        compare.plot(rows, OUT / "accuracy.png", highlight=HIGHLIGHT)
+        return
     start = time.perf_counter()
     rows = compare.run_comparison(problems=args.problems, nfes=args.nfe, n=args.n, log=True)
     took = time.perf_counter() - start
@@ -48,7 +54,7 @@ def main() -> None:
                   "differs)", "", compare.full_table(rows, p)]
         parts += ["", f"## {p}: RMS error over all trajectories", "", compare.full_table(rows, p, "rms")]
     (OUT / "accuracy.md").write_text("\n".join(parts) + "\n")
-    compare.plot(rows, OUT / "accuracy.png", highlight=["tab3 / quadratic_t", "logrhoab2 / uniform_logrho"])
+    compare.plot(rows, OUT / "accuracy.png", highlight=HIGHLIGHT)
     print(compare.summary_table(rows))
 
 

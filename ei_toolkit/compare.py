@@ -154,26 +154,34 @@ def plot(rows: Sequence[Row], path: str | Path, highlight: Sequence[str] = ()) -
     import matplotlib.pyplot as plt
 
     problems = list(dict.fromkeys(r.problem for r in rows))
-    fig, axes = plt.subplots(1, len(problems), figsize=(5.5 * len(problems), 4.5), squeeze=False)
-    for ax, p in zip(axes[0], problems, strict=True):
+    cols = min(2, len(problems))
+    nrows = math.ceil(len(problems) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 4.2 * nrows + 1.6), squeeze=False)
+    for ax in axes.flat[len(problems):]:
+        ax.set_visible(False)
+    for ax, p in zip(axes.flat, problems, strict=False):
         nfes = sorted({r.nfe for r in rows if r.problem == p})
-        env = [best(rows, p, n, True) for n in nfes]
-        ax.plot(nfes, [r.median for r in env], "k-", lw=2.5, label="ei_toolkit best")
+        env = [(n, best(rows, p, n, True)) for n in nfes]
+        ax.plot([n for n, r in env if r], [r.median for n, r in env if r], "k-", lw=2.5, label="ei_toolkit best")
+        penv = [(n, best(rows, p, n, False)) for n in nfes]
+        if any(r for _, r in penv):
+            ax.plot([n for n, r in penv if r], [r.median for n, r in penv if r], "k--", lw=2.5, label="best peer")
         for s in highlight:
             pts = [(r.nfe, r.median) for r in rows if r.problem == p and r.sampler == s and r.nfe_used == r.nfe]
             if pts:
                 ax.plot(*zip(*pts, strict=True), "-o", ms=3, label=s)
         for s in dict.fromkeys(r.sampler for r in rows if r.problem == p and not r.ours):
             pts = [(r.nfe_used, r.median) for r in rows if r.problem == p and r.sampler == s]
-            ax.plot(*zip(*pts, strict=True), "--", lw=1, label=s)
+            ax.plot(*zip(*pts, strict=True), ":", lw=1, label=s)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("NFE")
         ax.set_ylabel("median trajectory RMS error")
         ax.set_title(p)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 1.4 / (4.2 * nrows + 1.6), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -124,3 +124,16 @@ def test_the_documented_custom_integrators():
     errs = errors(mod.RALSTON)
     slope = np.polyfit(-np.log([64, 128, 256, 512]), np.log(errs), 1)[0]
     assert 1.7 <= slope <= 3
+
+
+def test_lower_order_final_lowers_the_last_steps():
+    from ei_toolkit.integrators import ExponentialAdams
+
+    sde = ei.VPSDE()
+    grid = ei.time_grid(sde, "uniform_logrho", 10, sde.t_max, sde.t_min)
+    lof = ExponentialAdams("tab3-lower-final", 4, "t", "uniform_logrho", lower_order_final=True)
+    points = [len(w) for w in lof.plan(sde, grid).weights]
+    assert points == [1, 2, 3, 4, 4, 4, 4, 3, 2, 1]
+    assert [len(w) for w in ei.INTEGRATORS["tab3"].plan(sde, grid).weights][-3:] == [4, 4, 4]
+    out = ei.sample(smooth_model, X, sde, method=lof, nfe=10, grid="uniform_logrho")  # an instance is a method
+    assert torch.isfinite(out).all()
