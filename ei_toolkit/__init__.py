@@ -2,7 +2,8 @@
 as the flagship client (Zhang & Chen, "Fast Sampling of Diffusion Models with Exponential Integrator",
 ICLR 2023)."""
 
-from . import grids, integrators
+from . import adapters, grids, integrators
+from .adapters import FlowODE, ReverseSDE, brownian_motion, odeint, sdeint
 from .errors import NumericalError
 from .grids import GRIDS, time_grid
 from .integrators import INTEGRATORS, register
@@ -19,16 +20,22 @@ __all__ = [
     "VPSDE",
     "CosineVPSDE",
     "DiscreteVP",
+    "FlowODE",
     "LinearSDE",
     "NumericalError",
+    "ReverseSDE",
     "Solution",
     "SubVPSDE",
     "SymbolicForms",
     "__version__",
+    "adapters",
+    "brownian_motion",
     "grids",
     "integrators",
+    "odeint",
     "register",
     "sample",
+    "sdeint",
     "solve",
     "time_grid",
 ]

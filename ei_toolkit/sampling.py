@@ -137,13 +137,21 @@ def solve(
     generator: torch.Generator | None = None,
     progress: bool = False,
     trajectory: bool = False,
+    lam: float | None = None,
+    eta: float | None = None,
+    brownian: Callable[[float, float], torch.Tensor] | None = None,
+    options: dict | None = None,
 ) -> Solution:
     """Integrate the probability-flow ODE of ``sde`` from ``t_start`` (default ``sde.t_max``) down to
     ``t_end`` (default ``sde.t_min``) with exactly ``nfe`` model evaluations (default 10).
 
     ``method`` names an integrator (``ei_toolkit.integrators.INTEGRATORS``) and ``grid`` a time grid
     (``ei_toolkit.grids.GRIDS``; default: the integrator's recommended grid) or gives the times explicitly.
-    ``generator`` is accepted for the stochastic samplers and unused by deterministic ones.
+    ``method="sddim"`` is stochastic DDIM with ``lam`` (lambda >= 0) or DDIM's ``eta``; its noise comes from
+    ``generator``, or from a Brownian path ``brownian(s0, s1)`` over s = -rho (e.g.
+    :func:`ei_toolkit.adapters.brownian_motion`, shared with :func:`ei_toolkit.sdeint`).
+    ``method="torchdiffeq:<name>"`` hands the transformed ODE to torchdiffeq (``options``: ``frame``,
+    ``rtol``, ``atol``, ``max_nfe``); fixed-grid methods get ``nfe`` evaluations, adaptive ones ignore it.
     """
     if not isinstance(sde, LinearSDE):
         raise TypeError(f"sde must be an ei_toolkit.LinearSDE; got {type(sde).__name__}")
@@ -156,7 +164,21 @@ def solve(
         raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
     if not callable(model):
         raise TypeError("model must be callable as model(x, t)")
-    integrator = get_integrator(method)
+    if isinstance(method, str) and method.startswith("torchdiffeq:"):
+        if lam is not None or eta is not None:
+            raise ValueError("lam/eta apply to method='sddim' only")
+        return _solve_torchdiffeq(model, x, sde, method.split(":", 1)[1], nfe, grid, t_start, t_end, prediction,
+                                  options or {})
+    if options:
+        raise ValueError("options= applies to torchdiffeq methods only")
+    if method == "sddim":
+        if lam is None and eta is None:
+            raise ValueError("method='sddim' needs lam= (lambda >= 0) or eta= (DDIM's eta)")
+        integrator = _stochastic_ddim(lam, eta)
+    elif lam is not None or eta is not None:
+        raise ValueError(f"lam/eta apply to method='sddim' only; {method!r} is deterministic")
+    else:
+        integrator = get_integrator(method)
     t_start = sde.t_max if t_start is None else float(t_start)
     t_end = sde.t_min if t_end is None else float(t_end)
     explicit = grid is not None and not isinstance(grid, str)
@@ -189,7 +211,15 @@ def solve(
         if bar is not None:
             bar.update(i)
 
-    out = integrator.integrate(plan, x, evaluator, callback=on_step if (trajectory or bar) else None)
+    extra = {}
+    if getattr(integrator, "stochastic", False):
+        from .integrators.sddim import brownian_noise
+
+        extra = {"generator": generator,
+                 "noise": brownian_noise(brownian, plan, x.shape) if brownian is not None else None}
+    elif brownian is not None:
+        raise ValueError(f"brownian= applies to stochastic methods only; {integrator.name!r} is deterministic")
+    out = integrator.integrate(plan, x, evaluator, callback=on_step if (trajectory or bar) else None, **extra)
     if bar is not None:
         bar.close()
     evaluator.check()
@@ -200,10 +230,51 @@ def solve(
 def sample(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str | Integrator = DEFAULT_METHOD,
            nfe: int | None = None, grid: str | torch.Tensor | None = None, t_start: float | None = None,
            t_end: float | None = None, prediction: str = "eps", generator: torch.Generator | None = None,
-           progress: bool = False) -> torch.Tensor:
+           progress: bool = False, lam: float | None = None, eta: float | None = None,
+           brownian: Callable[[float, float], torch.Tensor] | None = None,
+           options: dict | None = None) -> torch.Tensor:
     """Like :func:`solve`, returning only the final tensor."""
     return solve(model, x, sde, method=method, nfe=nfe, grid=grid, t_start=t_start, t_end=t_end,
-                 prediction=prediction, generator=generator, progress=progress).x
+                 prediction=prediction, generator=generator, progress=progress, lam=lam, eta=eta,
+                 brownian=brownian, options=options).x
+
+
+_STOCHASTIC: dict[tuple, Integrator] = {}
+
+
+def _stochastic_ddim(lam: float | None, eta: float | None) -> Integrator:
+    from .integrators.sddim import StochasticDDIM
+
+    key = (lam, eta)
+    if key not in _STOCHASTIC:
+        _STOCHASTIC[key] = StochasticDDIM(lam=lam, eta=eta)
+    return _STOCHASTIC[key]
+
+
+def _solve_torchdiffeq(model: Model, x: torch.Tensor, sde: LinearSDE, name: str, nfe: int | None,
+                       grid: str | torch.Tensor | None, t_start: float | None, t_end: float | None,
+                       prediction: str, options: dict) -> Solution:
+    from .adapters import TORCHDIFFEQ_FIXED, TORCHDIFFEQ_METHODS, odeint
+
+    if name not in TORCHDIFFEQ_METHODS:
+        raise ValueError(f"unknown torchdiffeq method {name!r}; valid: {', '.join(TORCHDIFFEQ_METHODS)}")
+    known = {"frame", "rtol", "atol", "max_nfe", "options"}
+    if set(options) - known:
+        raise ValueError(f"unknown options {sorted(set(options) - known)}; valid: {sorted(known)}")
+    kw = dict(options)
+    if name in TORCHDIFFEQ_FIXED:
+        k = TORCHDIFFEQ_FIXED[name]
+        explicit = grid is not None and not isinstance(grid, str)
+        if not explicit:
+            n = 10 if nfe is None else nfe
+            if n < k or n % k:
+                raise ValueError(f"nfe={n} is not possible for torchdiffeq:{name}: it uses {k} model evaluations "
+                                 f"per step, so nfe must be a multiple of {k}")
+            kw["steps"] = n // k
+        kw["grid"] = grid
+    elif nfe is not None or grid is not None:
+        raise ValueError(f"torchdiffeq:{name} is adaptive: nfe/grid do not apply; set rtol/atol in options=")
+    return odeint(model, x, sde, method=name, t_start=t_start, t_end=t_end, prediction=prediction, **kw)
 
 
 class _Progress:

@@ -8,6 +8,7 @@ from .euler import Euler
 from .exponential_adams import ExponentialAdams, adams_plan
 from .ipndm import IPNDM
 from .runge_kutta import TABLEAUX, ButcherTableau, RhoRungeKutta
+from .sddim import StochasticDDIM, StochasticPlan, brownian_noise
 
 INTEGRATORS: dict[str, Integrator] = {}
 
@@ -63,7 +64,10 @@ __all__ = [
     "MultistepPlan",
     "RhoRungeKutta",
     "RungeKuttaPlan",
+    "StochasticDDIM",
+    "StochasticPlan",
     "adams_plan",
+    "brownian_noise",
     "combine",
     "get_integrator",
     "register",

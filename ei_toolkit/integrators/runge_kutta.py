@@ -72,6 +72,9 @@ TABLEAUX: dict[str, ButcherTableau] = {
     "kutta3": ButcherTableau(a=((), _f("1/2"), _f(-1, 2)), b=_f("1/6", "2/3", "1/6"), c=_f(0, "1/2", 1), order=3),
     "rk4": ButcherTableau(a=((), _f("1/2"), _f(0, "1/2"), _f(0, 0, 1)), b=_f("1/6", "1/3", "1/3", "1/6"),
                           c=_f(0, "1/2", "1/2", 1), order=4),
+    # Kutta's 3/8 rule: torchdiffeq's "rk4"
+    "rk4-38": ButcherTableau(a=((), _f("1/3"), _f("-1/3", 1), _f(1, -1, 1)), b=_f("1/8", "3/8", "3/8", "1/8"),
+                             c=_f(0, "1/3", "2/3", 1), order=4),
 }
 
 
