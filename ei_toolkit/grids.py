@@ -66,12 +66,18 @@ def karras(sde: LinearSDE, steps: int, t_start: float, t_end: float, p: float = 
 
 
 def uniform_logrho(sde: LinearSDE, steps: int, t_start: float, t_end: float) -> torch.Tensor:
-    """Uniform in log rho (the half-log-SNR lambda = -log rho of DPM-Solver)."""
+    """Uniform in log rho (the half-log-SNR lambda = -log rho of DPM-Solver). To the data time (rho = 0),
+    the first steps - 1 steps are uniform in log rho down to rho(sde.t_min) and the last goes to rho = 0."""
     r = sde.rho(torch.tensor([t_start, t_end], dtype=torch.float64))
-    if r[1] <= 0:
-        raise ValueError("uniform_logrho needs rho(t_end) > 0; choose t_end above the data time")
-    lr = torch.linspace(r[0].log().item(), r[1].log().item(), steps + 1, dtype=torch.float64)
-    return _in_rho(sde, lr.exp(), t_start, t_end)
+    if r[1] > 0:
+        lr = torch.linspace(r[0].log().item(), r[1].log().item(), steps + 1, dtype=torch.float64)
+        return _in_rho(sde, lr.exp(), t_start, t_end)
+    if steps == 1:
+        return torch.tensor([t_start, t_end], dtype=torch.float64)
+    if not sde.t_min > t_end or not sde.t_min < t_start:
+        raise ValueError("uniform_logrho to rho = 0 needs t_end < sde.t_min < t_start")
+    inner = uniform_logrho(sde, steps - 1, t_start, sde.t_min)
+    return torch.cat([inner, torch.tensor([t_end], dtype=torch.float64)])
 
 
 GRIDS: dict[str, GridFn] = {

@@ -46,9 +46,15 @@ def test_grids_are_strictly_decreasing_at_every_step_count(grid, sde_name):
 
 def test_discrete_grid_to_the_data_time():
     sde = SDES["ddpm"]
-    for grid in ("uniform_t", "quadratic_t", "uniform_rho", "karras"):
-        t = ei.time_grid(sde, grid, 50, 999.0, -1.0)
-        assert t[-1] == -1.0 and bool((t[1:] < t[:-1]).all())
+    for grid in ei.GRIDS:
+        for steps in (1, 2, 50):
+            t = ei.time_grid(sde, grid, steps, 999.0, -1.0)
+            assert t[-1] == -1.0 and len(t) == steps + 1 and bool((t[1:] < t[:-1]).all())
+    model = PROBLEM.eps_model(sde)
+    x = PROBLEM.sample_marginal(sde, 999.0, 8)
+    for method in ei.INTEGRATORS:  # every method can sample to the data with its default grid
+        k = ei.INTEGRATORS[method].evals_per_step
+        assert torch.isfinite(ei.sample(model, x, sde, method=method, nfe=12 - 12 % k, t_end=-1.0)).all()
 
 
 def test_solution_reports_grid_nfe_and_trajectory():
