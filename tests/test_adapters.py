@@ -220,3 +220,14 @@ def test_generator_makes_stochastic_runs_reproducible():
     c = ei.sample(model, X, VP, method="sddim", lam=1.0, nfe=10, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert math.isfinite(a.sum().item())
+
+
+def test_torchdiffeq_methods_through_sample():
+    model = PROBLEM.eps_model(VP)
+    ref = PROBLEM.reference(VP, X, VP.t_max, VP.t_min, rtol=1e-12, atol=1e-12)
+    out = ei.sample(model, X, VP, method="torchdiffeq:dopri5", options={"rtol": 1e-8, "atol": 1e-8})
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    sol = ei.solve(model, X, VP, method="torchdiffeq:heun3", nfe=30, options={"frame": "logrho"})
+    assert sol.nfe == 30 and (sol.x - ref).abs().max() < 0.05
+    with pytest.raises(ValueError, match=r"unknown options \['tol'\]"):
+        ei.sample(model, X, VP, method="torchdiffeq:dopri5", options={"tol": 1e-3})
