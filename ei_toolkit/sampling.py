@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .adapters import model_to_eps
+from .diffusion.thresholding import check_threshold_args, threshold_x0
 from .errors import NumericalError
 from .grids import time_grid
 from .integrators import Integrator, MultistepPlan, RungeKuttaPlan, get_integrator
@@ -68,8 +70,9 @@ class _ModelEvaluator:
     """Calls the model at the plan's evaluation times, converts its output to eps, checks it."""
 
     def __init__(self, model: Model, x: torch.Tensor, sde: LinearSDE, eval_times: torch.Tensor,
-                 prediction: str) -> None:
+                 prediction: str, clip_x0: float | None = None, dynamic_threshold: float | None = None) -> None:
         self.model, self.prediction, self.shape, self.dtype = model, prediction, x.shape, x.dtype
+        self.clip_x0, self.dynamic_threshold = clip_x0, dynamic_threshold
         time_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         self.times64 = eval_times
         self.t_dev = eval_times.to(device=x.device, dtype=time_dtype)  # one host-to-device copy
@@ -103,14 +106,12 @@ class _ModelEvaluator:
         else:
             self.finite.append(ok)
         self.count += 1
-        if self.prediction == "eps":
-            return out
         a, s = self.alpha[k], self.sigma[k]
-        if self.prediction == "x0":
-            return (x - a * out) / s
-        if self.prediction == "score":
-            return out * -s
-        return out * a + x * s  # v
+        eps = model_to_eps(self.prediction, out, x, a, s)
+        if self.clip_x0 is None and self.dynamic_threshold is None:
+            return eps
+        x0 = threshold_x0((x - s * eps) / a, self.clip_x0, self.dynamic_threshold)
+        return (x - a * x0) / s
 
     def _raise(self, k: int) -> None:
         raise NumericalError(f"the model output is not finite at evaluation {k} (t = {self.times64[k].item():.6g})")
@@ -141,6 +142,8 @@ def solve(
     eta: float | None = None,
     brownian: Callable[[float, float], torch.Tensor] | None = None,
     options: dict | None = None,
+    clip_x0: float | None = None,
+    dynamic_threshold: float | None = None,
 ) -> Solution:
     """Integrate the probability-flow ODE of ``sde`` from ``t_start`` (default ``sde.t_max``) down to
     ``t_end`` (default ``sde.t_min``) with exactly ``nfe`` model evaluations (default 10).
@@ -152,7 +155,10 @@ def solve(
     :func:`ei_toolkit.adapters.brownian_motion`, shared with :func:`ei_toolkit.sdeint`).
     ``method="torchdiffeq:<name>"`` hands the transformed ODE to torchdiffeq (``options``: ``frame``,
     ``rtol``, ``atol``, ``max_nfe``); fixed-grid methods get ``nfe`` evaluations, adaptive ones ignore it.
+    ``clip_x0`` clamps the data prediction to [-clip_x0, clip_x0]; ``dynamic_threshold`` (a percentile such
+    as 0.995) applies Imagen's dynamic thresholding to it, for pixel-space models.
     """
+    check_threshold_args(clip_x0, dynamic_threshold)
     if not isinstance(sde, LinearSDE):
         raise TypeError(f"sde must be an ei_toolkit.LinearSDE; got {type(sde).__name__}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -200,7 +206,7 @@ def solve(
             raise ValueError(f"nfe={nfe} does not match the explicit grid: {len(times) - 1} steps of "
                              f"{integrator.name} use {needed} evaluations")
     plan = plan_for(integrator, sde, times)
-    evaluator = _ModelEvaluator(model, x, sde, plan.eval_times, prediction)
+    evaluator = _ModelEvaluator(model, x, sde, plan.eval_times, prediction, clip_x0, dynamic_threshold)
     states: list[torch.Tensor] = [x] if trajectory else []
     n_steps = len(times) - 1
     bar = _Progress(n_steps) if progress else None
@@ -232,11 +238,12 @@ def sample(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str | Integ
            t_end: float | None = None, prediction: str = "eps", generator: torch.Generator | None = None,
            progress: bool = False, lam: float | None = None, eta: float | None = None,
            brownian: Callable[[float, float], torch.Tensor] | None = None,
-           options: dict | None = None) -> torch.Tensor:
+           options: dict | None = None, clip_x0: float | None = None,
+           dynamic_threshold: float | None = None) -> torch.Tensor:
     """Like :func:`solve`, returning only the final tensor."""
     return solve(model, x, sde, method=method, nfe=nfe, grid=grid, t_start=t_start, t_end=t_end,
                  prediction=prediction, generator=generator, progress=progress, lam=lam, eta=eta,
-                 brownian=brownian, options=options).x
+                 brownian=brownian, options=options, clip_x0=clip_x0, dynamic_threshold=dynamic_threshold).x
 
 
 _STOCHASTIC: dict[tuple, Integrator] = {}

@@ -1,0 +1,17 @@
+"""Diffusion models as a client: guidance, x0 thresholding, diffusers integration (``EIScheduler`` and
+``from_diffusers`` load lazily, so that diffusers stays an optional extra)."""
+
+from typing import Any
+
+from .guidance import classifier_free_guidance
+from .thresholding import threshold_x0
+
+__all__ = ["EIScheduler", "classifier_free_guidance", "from_diffusers", "sde_from_scheduler_config", "threshold_x0"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("EIScheduler", "from_diffusers", "sde_from_scheduler_config"):
+        from . import diffusers_integration
+
+        return getattr(diffusers_integration, name)
+    raise AttributeError(name)
