@@ -28,6 +28,8 @@ PREDICTIONS = ("eps", "x0", "v", "score")
 DEFAULT_METHOD = "logrhoab2"
 
 _PLANS: OrderedDict[tuple, MultistepPlan | RungeKuttaPlan] = OrderedDict()
+_GRIDS: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_EVAL_CACHE: OrderedDict[tuple, tuple] = OrderedDict()
 _PLAN_CACHE_SIZE = 64
 
 
@@ -75,14 +77,20 @@ class _ModelEvaluator:
         self.clip_x0, self.dynamic_threshold = clip_x0, dynamic_threshold
         time_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         self.times64 = eval_times
-        self.t_dev = eval_times.to(device=x.device, dtype=time_dtype)  # one host-to-device copy
-        self.batch = x.shape[0]
-        self.alpha = sde.alpha(eval_times).tolist()
-        self.sigma = sde.sigma(eval_times).tolist()
-        if prediction == "v":
+        # per (times, device, dtype): one host-to-device copy, then reused by every call
+        key = (eval_times.numpy().tobytes(), id(sde._b), x.device, time_dtype)
+        cached = _EVAL_CACHE.get(key)
+        if cached is None:
             a, s = sde.alpha(eval_times), sde.sigma(eval_times)
-            if not torch.allclose(a * a + s * s, torch.ones_like(a), atol=1e-6):
-                raise ValueError("prediction='v' needs a variance-preserving SDE (alpha^2 + sigma^2 = 1)")
+            cached = (eval_times.to(device=x.device, dtype=time_dtype), a.tolist(), s.tolist(),
+                      bool(torch.allclose(a * a + s * s, torch.ones_like(a), atol=1e-6)))
+            _EVAL_CACHE[key] = cached
+            if len(_EVAL_CACHE) > _PLAN_CACHE_SIZE:
+                _EVAL_CACHE.popitem(last=False)
+        self.t_dev, self.alpha, self.sigma, variance_preserving = cached
+        self.batch = x.shape[0]
+        if prediction == "v" and not variance_preserving:
+            raise ValueError("prediction='v' needs a variance-preserving SDE (alpha^2 + sigma^2 = 1)")
         self.check_now = x.device.type == "cpu"
         self.sum_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.finite: list[torch.Tensor] = []
@@ -99,12 +107,13 @@ class _ModelEvaluator:
             raise TypeError(f"the model returned dtype {out.dtype}; expected {self.dtype} (the dtype of x)")
         # One reduction instead of an element-wise isfinite: any NaN or inf makes the sum non-finite
         # (accumulated in at least float32, so a large finite half-precision output does not overflow).
-        ok = torch.isfinite(out.sum(dtype=self.sum_dtype))
+        # On a GPU the sums are kept and checked once, after the loop.
+        total = out.sum(dtype=self.sum_dtype)
         if self.check_now:
-            if not bool(ok):
+            if not bool(torch.isfinite(total)):
                 self._raise(k)
         else:
-            self.finite.append(ok)
+            self.finite.append(total)
         self.count += 1
         a, s = self.alpha[k], self.sigma[k]
         eps = model_to_eps(self.prediction, out, x, a, s)
@@ -119,7 +128,7 @@ class _ModelEvaluator:
     def check(self) -> None:
         """Report a non-finite model output (one device synchronisation, after the loop)."""
         if self.finite:
-            flags = torch.stack(self.finite).cpu()
+            flags = torch.isfinite(torch.stack(self.finite)).cpu()
             if not bool(flags.all()):
                 self._raise(int((~flags).nonzero()[0]))
 
@@ -197,7 +206,12 @@ def solve(
                 raise ValueError(f"{name} must lie in the SDE's domain [{sde.t0:g}, {sde.t_max:g}]; got {v}")
         steps = integrator.steps_for_nfe(10 if nfe is None else nfe)
         grid_name = grid or integrator.default_grid
-        times = time_grid(sde, grid_name, steps, t_start, t_end)
+        key = (id(sde._b), grid_name, steps, t_start, t_end)
+        times = _GRIDS.get(key)
+        if times is None:
+            times = _GRIDS[key] = time_grid(sde, grid_name, steps, t_start, t_end)
+            if len(_GRIDS) > _PLAN_CACHE_SIZE:
+                _GRIDS.popitem(last=False)
     else:
         times = time_grid(sde, grid, 0, t_start, t_end)
         grid_name = "explicit"
@@ -229,7 +243,8 @@ def solve(
     if bar is not None:
         bar.close()
     evaluator.check()
-    return Solution(x=out, times=times, eval_times=plan.eval_times, nfe=evaluator.count, method=integrator.name,
+    return Solution(x=out, times=times.clone(), eval_times=plan.eval_times.clone(), nfe=evaluator.count,
+                    method=integrator.name,
                     grid=grid_name, trajectory=torch.stack(states) if trajectory else None)
 
 
