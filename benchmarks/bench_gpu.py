@@ -92,18 +92,85 @@ def measure(name: str, cfg: dict, dtype: torch.dtype, dev: torch.device) -> str:
             f"{100 * share['theirs']:.2f}% | {mem['ours']:.2f} | {mem['theirs']:.2f} |")
 
 
-def compiled_check(dev: torch.device) -> str:
-    """ei.sample on a torch.compile'd UNet (CUDA graphs): same samples as eager, and its speed."""
+def sampler_share(name: str, cfg: dict, dtype: torch.dtype, dev: torch.device) -> str:
+    """The sampler's own time per step, isolated: ei.sample with a trivial model (0.1 * x, one kernel) on the
+    same tensor, against one UNet forward; share = sampler / (UNet forward + sampler)."""
     import diffusers
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(**cfg["unet"]).to(dev, dtype).eval()
+    b, size = cfg["batch"], cfg["unet"]["sample_size"]
+    x = torch.randn(b, 3, size, size, device=dev, dtype=dtype)
+    sde = ei.DiscreteVP.linear()
+    t = torch.full((b,), 500.0, device=dev, dtype=dtype)
+    with torch.no_grad():
+        def trivial_model() -> None:
+            for _ in range(NFE):
+                0.1 * x
+
+        def trivial_sample() -> None:
+            ei.sample(lambda y, tt: 0.1 * y, x, sde, method="tab3", nfe=NFE)
+
+        def forward() -> None:
+            unet(x, t)
+
+        for f in (trivial_model, trivial_sample, forward):
+            f()
+        med = {f.__name__: statistics.median(timed(f)[0] for _ in range(15)) for f in
+               (trivial_model, trivial_sample, forward)}
+    per_step = (med["trivial_sample"] - med["trivial_model"]) / NFE
+    share = per_step / (med["forward"] + per_step)
+    return (f"| {name} | {str(dtype).replace('torch.', '')} | {1e3 * per_step:.3f} | {1e3 * med['forward']:.2f} | "
+            f"{100 * share:.2f}% |")
+
+
+def graph_check(dev: torch.device) -> str:
+    """The whole tab3 loop (10 UNet forwards + updates) captured in ONE CUDA graph and replayed: possible
+    only because the loop never synchronises with the host; replay equals eager."""
+    import diffusers
+
+    from ei_toolkit.sampling import _ModelEvaluator, plan_for
 
     cfg = CONFIGS["32x32, batch 64"]
     torch.manual_seed(0)
     unet = diffusers.UNet2DModel(**cfg["unet"]).to(dev, torch.float16).eval()
+    dm = ei.diffusion.from_diffusers(unet, diffusers.DDPMScheduler().config)
+    sde, integ = dm.sde, ei.INTEGRATORS["tab3"]
+    plan = plan_for(integ, sde, ei.time_grid(sde, integ.default_grid, NFE, sde.t_max, sde.t_min))
     x = torch.randn(64, 3, 32, 32, device=dev, dtype=torch.float16)
+    with torch.no_grad():
+        eager = integ.integrate(plan, x, _ModelEvaluator(dm.model, x, sde, plan.eval_times, "eps"))
+        static_x = x.clone()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):  # warm-up on a side stream, as CUDA graph capture requires
+            integ.integrate(plan, static_x, _ModelEvaluator(dm.model, x, sde, plan.eval_times, "eps"))
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            static_out = integ.integrate(plan, static_x, _ModelEvaluator(dm.model, x, sde, plan.eval_times, "eps"))
+        g.replay()
+        torch.cuda.synchronize()
+        diff = (static_out.float() - eager.float()).abs().max().item()
+        te = statistics.median(timed(lambda: integ.integrate(
+            plan, x, _ModelEvaluator(dm.model, x, sde, plan.eval_times, "eps")))[0] for _ in range(15))
+        tg = statistics.median(timed(g.replay)[0] for _ in range(15))
+    return (f"tab3, NFE {NFE}, 32x32 batch 64 float16: eager {1e3 * te:.1f} ms, one CUDA graph replay "
+            f"{1e3 * tg:.1f} ms ({te / tg:.2f}x); max |graph - eager| = {diff:.1e}")
+
+
+def compiled_check(dev: torch.device, mode: str | None = "reduce-overhead", dtype: torch.dtype = torch.float16) -> str:
+    """ei.sample on a torch.compile'd UNet: same samples as eager, and its speed."""
+    import diffusers
+
+    cfg = CONFIGS["32x32, batch 64"]
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(**cfg["unet"]).to(dev, dtype).eval()
+    x = torch.randn(64, 3, 32, 32, device=dev, dtype=dtype)
     sched = diffusers.DDPMScheduler().config
     eager = ei.diffusion.from_diffusers(unet, sched)
     start = time.perf_counter()
-    compiled = ei.diffusion.from_diffusers(torch.compile(unet, mode="reduce-overhead"), sched)
+    compiled = ei.diffusion.from_diffusers(torch.compile(unet, mode=mode), sched)
     with torch.no_grad():
         for _ in range(3):  # compile + record graphs
             out_c = compiled.sample(x, method="tab3", nfe=NFE)
@@ -111,9 +178,10 @@ def compiled_check(dev: torch.device) -> str:
         out_e = eager.sample(x, method="tab3", nfe=NFE)
         te = [timed(lambda: eager.sample(x, method="tab3", nfe=NFE))[0] for _ in range(REPEATS)]
         tc = [timed(lambda: compiled.sample(x, method="tab3", nfe=NFE))[0] for _ in range(REPEATS)]
-    diff = (out_c.float() - out_e.float()).abs().max().item()
-    return (f"compile + warm-up {compile_s:.0f} s; eager {1e3 * statistics.median(te) / 64:.3f} ms/sample, compiled "
-            f"{1e3 * statistics.median(tc) / 64:.3f} ms/sample; max |compiled - eager| = {diff:.2e} (float16)")
+    diff = ((out_c.float() - out_e.float()).abs().max() / out_e.float().abs().max()).item()
+    return (f"mode={mode}: compile + warm-up {compile_s:.0f} s; eager {1e3 * statistics.median(te) / 64:.3f} "
+            f"ms/sample, compiled {1e3 * statistics.median(tc) / 64:.3f} ms/sample; max |compiled - eager| / "
+            f"max |eager| = {diff:.1e} ({str(dtype).replace('torch.', '')})")
 
 
 def main() -> None:
@@ -134,12 +202,27 @@ def main() -> None:
             lines.append(measure(name, cfg, dtype, dev))
             print(lines[-1], flush=True)
             torch.cuda.empty_cache()
+    lines += ["", "## The sampler's own cost per step (trivial model on the same tensor) against one UNet forward",
+              "", "| config | dtype | sampler per step (ms) | UNet forward (ms) | sampler share |",
+              "|---|---|---|---|---|"]
+    for name, cfg in CONFIGS.items():
+        for dtype in (torch.float32, torch.float16):
+            lines.append(sampler_share(name, cfg, dtype, dev))
+            print(lines[-1], flush=True)
+    lines += ["", "## CUDA graphs", "", graph_check(dev)]
+    print(lines[-1], flush=True)
     if "--compile" in sys.argv:
+        # in a child process: a crash inside torch.compile must not take the measurements above with it
+        import subprocess
+
         lines += ["", "## torch.compile (mode='reduce-overhead': CUDA graphs) of the 32x32 UNet, float16", ""]
-        try:
-            lines.append(compiled_check(dev))
-        except Exception as exc:  # report, do not hide: the table above stands either way
-            lines.append(f"torch.compile check failed: {type(exc).__name__}: {exc}")
+        child = subprocess.run([sys.executable, "-c", "import torch, bench_gpu as b; "
+                                "print(b.compiled_check(torch.device('cuda')))"], capture_output=True, text=True,
+                               cwd=Path(__file__).parent, timeout=400)
+        tail = (child.stdout.strip().splitlines() or [""])[-1]
+        lines.append(tail if child.returncode == 0 else
+                     f"torch.compile run failed with exit code {child.returncode}: "
+                     f"{(child.stderr.strip().splitlines() or ['(no message)'])[-1]}")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     out = Path(__file__).parent / "results" / "gpu.md"
