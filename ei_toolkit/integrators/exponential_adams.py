@@ -60,7 +60,7 @@ def adams_plan(sde: LinearSDE, grid: torch.Tensor, points: int, variable: str,
         m = min(points, i + 1)
         if lower_order_final:
             m = min(m, n - i)
-        if not np.all(np.isfinite(vq[i])):  # e.g. log rho on a last step that ends at rho = 0
+        if variable == "logrho" and rho[i + 1] <= 0:  # log rho -> -inf at the data: a DDIM step there
             m = 1
         nodes = v_grid[i - m + 1: i + 1][::-1]  # v_i, v_{i-1}, ...
         row = []
