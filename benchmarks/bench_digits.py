@@ -53,8 +53,11 @@ def features(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
     from scipy import linalg
 
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")
     ma, mb = a.mean(0), b.mean(0)
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eye = 1e-6 * np.eye(a.shape[1])  # ReLU features can have dead units: keep the covariances regular
+    ca, cb = np.cov(a, rowvar=False) + eye, np.cov(b, rowvar=False) + eye
     covmean = linalg.sqrtm(ca @ cb).real
     return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * covmean))
 
@@ -83,6 +86,8 @@ def main() -> None:
     x = torch.randn(N, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 
     def score(samples: torch.Tensor) -> tuple[float, float]:
+        if not torch.isfinite(samples).all():
+            return float("nan"), float("nan")
         return frechet(features(net, samples), f_held), sliced_w(samples, held)
 
     rows: dict[str, dict[int, tuple[float, float, int]]] = {}
@@ -113,7 +118,7 @@ def main() -> None:
              f"SW {floor_sw:.4f} (the model's own fitting error).", "",
              "| sampler | " + " | ".join(f"FD @ NFE {k}" for k in NFES) + " | " +
              " | ".join(f"SW @ {k}" for k in NFES) + " |", "|---" * (2 * len(NFES) + 1) + "|"]
-    order = sorted(rows, key=lambda r: rows[r][10][0])
+    order = sorted(rows, key=lambda r: rows[r][10][0] if np.isfinite(rows[r][10][0]) else np.inf)
     for r in order:
         fd = [f"{rows[r][k][0]:.2f}" + (f" ({rows[r][k][2]})" if rows[r][k][2] != k else "") for k in NFES]
         sw = [f"{rows[r][k][1]:.4f}" for k in NFES]
