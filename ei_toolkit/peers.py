@@ -10,6 +10,7 @@ ODE solution at that very time.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from collections.abc import Callable
