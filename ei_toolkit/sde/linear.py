@@ -420,7 +420,7 @@ class _Built:
         self.sigma_init = float(sigma_init)
         drho_dt = G2 * sp.exp(-2 * la) / (2 * rho)
 
-        sub = lambda e: e.xreplace(values)  # noqa: E731
+        sub = self._sub
         self.G_np = to_numpy(sub(G), [T])
         self.rho_np = to_numpy(sub(rho), [T])
         self.alpha_np = to_numpy(sub(alpha), [T])
@@ -446,12 +446,16 @@ class _Built:
 
     # -- derivation helpers -----------------------------------------------------------------------------
 
+    def _sub(self, expr: sp.Expr) -> sp.Expr:
+        """``expr`` with the parameter values substituted."""
+        return expr.xreplace(self.values)
+
     def _verified(self, closed: sp.Expr | None, integrand: sp.Expr, grid: np.ndarray, name: str,
                   how: dict[str, str], at_t0: float) -> sp.Expr | None:
         """Keep a closed-form integral only if its derivative matches the integrand and its value at t0."""
         if closed is None:
             return None
-        sub = lambda e: e.xreplace(self.values)  # noqa: E731
+        sub = self._sub
         try:
             d = to_numpy(sub(sp.diff(closed, T)), [T])(grid)
             f = to_numpy(sub(integrand), [T])(grid)
@@ -526,7 +530,7 @@ class _Built:
         if best is not None:
             how["t_of_rho"] = "symbolic (inverted rho^2(t) = rho^2, branch checked numerically)"
             return best
-        sub = lambda e: e.xreplace(self.values)  # noqa: E731
+        sub = self._sub
         r2_s, dr2_s = sub(r2), sub(dr2)
         inv = MonotoneInverse(to_numpy(r2_s, [T]), to_numpy(dr2_s, [T]), to_torch(r2_s, [T]), to_torch(dr2_s, [T]),
                               self.t0, self.t_max)
