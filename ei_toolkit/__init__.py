@@ -8,11 +8,12 @@ from .errors import NumericalError
 from .grids import GRIDS, time_grid
 from .integrators import INTEGRATORS, register
 from .sampling import Solution, sample, solve
-from .sde import EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, LinearSDE, SubVPSDE, SymbolicForms
+from .sde import CLD, EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, LinearSDE, MatrixLinearSDE, SubVPSDE, SymbolicForms
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CLD",
     "EDM",
     "GRIDS",
     "INTEGRATORS",
@@ -22,6 +23,7 @@ __all__ = [
     "DiscreteVP",
     "FlowODE",
     "LinearSDE",
+    "MatrixLinearSDE",
     "NumericalError",
     "ReverseSDE",
     "Solution",

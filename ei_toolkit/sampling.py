@@ -168,8 +168,13 @@ def solve(
     as 0.995) applies Imagen's dynamic thresholding to it, for pixel-space models.
     """
     check_threshold_args(clip_x0, dynamic_threshold)
+    from .sde.matrix import MatrixLinearSDE
+
+    if isinstance(sde, MatrixLinearSDE):
+        return _solve_matrix(model, x, sde, method, nfe, grid, t_start, t_end, prediction,
+                             lam=lam, eta=eta, options=options, clip_x0=clip_x0, dynamic_threshold=dynamic_threshold)
     if not isinstance(sde, LinearSDE):
-        raise TypeError(f"sde must be an ei_toolkit.LinearSDE; got {type(sde).__name__}")
+        raise TypeError(f"sde must be an ei_toolkit.LinearSDE or MatrixLinearSDE; got {type(sde).__name__}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"x must be a floating-point tensor; got {got}")
@@ -259,6 +264,28 @@ def sample(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str | Integ
     return solve(model, x, sde, method=method, nfe=nfe, grid=grid, t_start=t_start, t_end=t_end,
                  prediction=prediction, generator=generator, progress=progress, lam=lam, eta=eta,
                  brownian=brownian, options=options, clip_x0=clip_x0, dynamic_threshold=dynamic_threshold).x
+
+
+def _solve_matrix(model: Model, x: torch.Tensor, sde: object, method: object, nfe: int | None,
+                  grid: str | torch.Tensor | None, t_start: float | None, t_end: float | None, prediction: str,
+                  **unsupported: object) -> Solution:
+    """Matrix (gDDIM) SDEs: ddim and tab0..tab3 with matrix coefficients (see ei_toolkit.sde.matrix)."""
+    from .sde.matrix import MATRIX_METHODS, sample_matrix
+
+    if method not in MATRIX_METHODS:
+        raise ValueError(f"method {method!r} does not support matrix SDEs yet; valid: {', '.join(MATRIX_METHODS)}")
+    if prediction != "eps":
+        raise ValueError("matrix SDEs take eps-models (eps = -R_t^T score); got prediction={prediction!r}")
+    used = [k for k, v in unsupported.items() if v is not None]
+    if used:
+        raise ValueError(f"{', '.join(used)} not supported for matrix SDEs")
+    n = 10 if nfe is None else nfe
+    g = grid if grid is not None else "quadratic_t"
+    out = sample_matrix(model, x, sde, points=MATRIX_METHODS[method], nfe=n, grid=g, t_start=t_start, t_end=t_end)
+    times = time_grid(sde, g, n, sde.t_max if t_start is None else t_start,  # type: ignore[arg-type]
+                      sde.t_min if t_end is None else t_end)
+    return Solution(x=out, times=times, eval_times=times[:-1].clone(), nfe=len(times) - 1, method=str(method),
+                    grid=g if isinstance(g, str) else "explicit")
 
 
 _STOCHASTIC: dict[tuple, Integrator] = {}

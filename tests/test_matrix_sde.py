@@ -81,3 +81,32 @@ def test_matrix_sde_bad_input():
                         sigma_init=[[1.0, 2.0], [0.0, 1.0]])
     with pytest.raises(ValueError, match=r"t must lie in \[0.001, 1\]"):
         SDE.factor(0.0)
+
+
+def test_sample_routes_matrix_sdes_and_reports_what_is_not_supported(cld_problem):
+    import ei_toolkit as ei
+
+    model, u1, _ = cld_problem
+    sol = ei.solve(model, u1, SDE, method="tab2", nfe=64, grid="uniform_t", t_end=0.1)
+    direct = sample_matrix(model, u1, SDE, points=3, nfe=64, grid="uniform_t", t_end=0.1)
+    assert sol.nfe == 64 and torch.equal(sol.x, direct)
+    with pytest.raises(ValueError, match=r"method 'rhork-rk4' does not support matrix SDEs yet; valid: ddim"):
+        ei.sample(model, u1, SDE, method="rhork-rk4")
+    with pytest.raises(ValueError, match=r"unknown grid 'karras' for matrix SDEs"):
+        ei.sample(model, u1, SDE, method="ddim", grid="karras")
+    with pytest.raises(ValueError, match=r"u must have shape \(batch, 2, ...\)"):
+        ei.sample(model, u1[:, :1], SDE, method="ddim")
+
+
+@pytest.mark.parametrize("frame", ["t", "y"])
+def test_torchdiffeq_on_the_transformed_matrix_ode(cld_problem, frame):
+    import torchdiffeq
+
+    from ei_toolkit.sde.matrix import TransformedFlow
+
+    model, u1, ref = cld_problem
+    f = TransformedFlow(model, SDE, frame)
+    ts = torch.tensor([1.0, 0.1], dtype=torch.float64)
+    y = torchdiffeq.odeint(f, f.encode(u1, 1.0), ts, rtol=1e-6, atol=1e-6, options={"step_t": ts})[-1]
+    torch.testing.assert_close(f.decode(y, 0.1), ref, rtol=0, atol=1e-4)
+    assert f.nfe > 0

@@ -1,6 +1,19 @@
-"""The symbolic linear-SDE layer and the built-in diffusion SDEs."""
+"""The symbolic linear-SDE layer, the built-in diffusion SDEs, and matrix (gDDIM) SDEs."""
 
 from .builtins import EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, SubVPSDE
 from .linear import LinearSDE, SymbolicForms
+from .matrix import CLD, MatrixLinearSDE, TransformedFlow
 
-__all__ = ["EDM", "VESDE", "VPSDE", "CosineVPSDE", "DiscreteVP", "LinearSDE", "SubVPSDE", "SymbolicForms"]
+__all__ = [
+    "CLD",
+    "EDM",
+    "VESDE",
+    "VPSDE",
+    "CosineVPSDE",
+    "DiscreteVP",
+    "LinearSDE",
+    "MatrixLinearSDE",
+    "SubVPSDE",
+    "SymbolicForms",
+    "TransformedFlow",
+]

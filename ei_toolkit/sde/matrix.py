@@ -127,6 +127,20 @@ class MatrixLinearSDE:
             return expm(self._F0 * (t - s))
         return self._psi0_at(t) @ np.linalg.inv(self._psi0_at(s))
 
+    def kernel(self, s: float, taus: np.ndarray) -> np.ndarray:
+        """Psi(s, tau) 1/2 G G^T R_tau^{-T} for an array of taus (shape (n, k, k)): the exponential kernel
+        that multiplies eps in the variation-of-constants formula."""
+        k = self.k
+        for tau in (taus.min(), taus.max()):
+            self._check(float(tau), self.t_min, "tau")
+        if self.constant_drift:
+            psis = expm(self._F0[None] * (s - taus)[:, None, None])
+        else:
+            psis = np.stack([self.psi(s, float(tau)) for tau in taus])
+        rs = self._R(taus).T.reshape(-1, k, k)
+        ggt = np.stack([self.GGt(float(tau)) for tau in taus])
+        return psis @ (0.5 * ggt) @ np.linalg.inv(rs).transpose(0, 2, 1)
+
     def sigma_matrix(self, t: float) -> np.ndarray:
         self._check(t, self.t0, "t")
         s = self._sigma(t).reshape(self.k, self.k)
@@ -232,38 +246,82 @@ def gddim_weights(sde: MatrixLinearSDE, grid: Sequence[float], points: int) -> t
             continue
         nodes = t[i - m + 1: i + 1][::-1]
         taus = 0.5 * (a + b) + 0.5 * (b - a) * xg
-        kern = [sde.psi(b, tau) @ (0.5 * sde.GGt(tau)) @ np.linalg.inv(sde.factor(tau)).T for tau in taus]
+        kern = sde.kernel(b, taus)
         row = []
         for j in range(m):
             ell = np.ones_like(taus)
             for q in range(m):
                 if q != j:
                     ell = ell * (taus - nodes[q]) / (nodes[j] - nodes[q])
-            row.append(0.5 * (b - a) * sum(w * e * kk for w, e, kk in zip(wg, ell, kern, strict=True)))
+            row.append(0.5 * (b - a) * np.einsum("q,qab->ab", wg * ell, kern))
         weights.append(row)
     return psis, weights
 
 
+MATRIX_METHODS = {"ddim": 1, "tab0": 1, "tab1": 2, "tab2": 3, "tab3": 4}
+MATRIX_GRIDS = ("uniform_t", "quadratic_t")
+
+
 def sample_matrix(model, u: torch.Tensor, sde: MatrixLinearSDE, *, points: int = 1, nfe: int = 10,
-                  grid: str = "quadratic_t", t_start: float | None = None, t_end: float | None = None) -> torch.Tensor:
+                  grid: str | torch.Tensor = "quadratic_t", t_start: float | None = None,
+                  t_end: float | None = None) -> torch.Tensor:
     """gDDIM (points = 1) or the k-point exponential Adams method in t (tAB, points = 2..4) for a matrix SDE:
-    u_{i+1} = Psi_i u_i + sum_j C_ij eps_{i-j}, coefficients in float64 once per call."""
-    t_start = sde.t_max if t_start is None else t_start
-    t_end = sde.t_min if t_end is None else t_end
-    if grid == "quadratic_t":
-        g = (math.sqrt(t_start - sde.t0) + np.linspace(0, 1, nfe + 1) * (math.sqrt(t_end - sde.t0)
-             - math.sqrt(t_start - sde.t0))) ** 2 + sde.t0
-    elif grid == "uniform_t":
-        g = np.linspace(t_start, t_end, nfe + 1)
-    else:
-        raise ValueError(f"unknown grid {grid!r} for matrix SDEs; valid: quadratic_t, uniform_t")
+    u_{i+1} = Psi_i u_i + sum_j C_ij eps_{i-j}, coefficients in float64 once per call. ``grid`` is
+    ``"uniform_t"``, ``"quadratic_t"`` or explicit decreasing times; ``u`` has shape (batch, k, ...)."""
+    from ..grids import time_grid
+
+    t_start = sde.t_max if t_start is None else float(t_start)
+    t_end = sde.t_min if t_end is None else float(t_end)
+    if u.ndim < 2 or u.shape[1] != sde.k:
+        raise ValueError(f"u must have shape (batch, {sde.k}, ...) for this {sde.k}x{sde.k} SDE; got "
+                         f"{tuple(u.shape)}")
+    if not sde.t_min - 1e-12 <= t_end < t_start <= sde.t_max + 1e-12:
+        raise ValueError(f"need t_min <= t_end < t_start <= t_max; got t_start={t_start}, t_end={t_end}")
+    if isinstance(grid, str) and grid not in MATRIX_GRIDS:
+        raise ValueError(f"unknown grid {grid!r} for matrix SDEs; valid: {', '.join(MATRIX_GRIDS)} (or explicit "
+                         "times)")
+    g = time_grid(sde, grid, nfe, t_start, t_end).numpy()  # type: ignore[arg-type]
     psis, weights = gddim_weights(sde, g, points)
     hist: list[torch.Tensor] = []
-    for i in range(nfe):
-        hist.append(model(u, torch.full((u.shape[0],), g[i], dtype=u.dtype)))
+    for i in range(len(g) - 1):
+        out = model(u, torch.full((u.shape[0],), g[i], dtype=u.dtype, device=u.device))
+        if out.shape != u.shape:
+            raise ValueError(f"the model returned shape {tuple(out.shape)}; expected {tuple(u.shape)}")
+        hist.append(out)
         hist = hist[-points:]
-        out = apply_block(psis[i], u)
+        nxt = apply_block(psis[i], u)
         for j, w in enumerate(weights[i]):
-            out = out + apply_block(w, hist[-1 - j])
-        u = out
+            nxt = nxt + apply_block(w, hist[-1 - j])
+        u = nxt
     return u
+
+
+class TransformedFlow(torch.nn.Module):
+    """torchdiffeq ``func(t, y)`` of the matrix probability-flow ODE in the transformed variable
+    y = Psi(t0, t) u: dy/dt = dP/dt eps(Psi(t, t0) y, t) with P_t = Psi(t0, t) R_t, the matrix analogue of
+    dy/drho = eps (no linear part left). ``frame="t"`` gives the original du/dt = F u + 1/2 G G^T R^-T eps.
+    ``encode``/``decode`` map u <-> y; ``nfe`` counts model evaluations."""
+
+    def __init__(self, model, sde: MatrixLinearSDE, frame: str = "y") -> None:
+        super().__init__()
+        if frame not in ("y", "t"):
+            raise ValueError(f"unknown frame {frame!r}; valid: y, t")
+        self.model, self.sde, self.frame, self.nfe = model, sde, frame, 0
+
+    def encode(self, u: torch.Tensor, t: float) -> torch.Tensor:
+        return u if self.frame == "t" else apply_block(self.sde.psi(self.sde.t0, t), u)
+
+    def decode(self, y: torch.Tensor, t: float) -> torch.Tensor:
+        return y if self.frame == "t" else apply_block(self.sde.psi(t, self.sde.t0), y)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        sde = self.sde
+        tt = min(max(float(t), sde.t_min), sde.t_max)
+        u = self.decode(y, tt)
+        eps = self.model(u, torch.full((u.shape[0],), tt, dtype=u.dtype, device=u.device))
+        r = sde.factor(tt)
+        kernel = 0.5 * sde.GGt(tt) @ np.linalg.inv(r).T  # dP/dt = Psi(t0, t) (dR/dt - F R) = Psi(t0,t) kernel
+        if self.frame == "t":
+            return apply_block(sde.F(tt), u) + apply_block(kernel, eps)
+        return apply_block(sde.psi(sde.t0, tt) @ kernel, eps)
