@@ -110,3 +110,12 @@ def test_torchdiffeq_on_the_transformed_matrix_ode(cld_problem, frame):
     y = torchdiffeq.odeint(f, f.encode(u1, 1.0), ts, rtol=1e-6, atol=1e-6, options={"step_t": ts})[-1]
     torch.testing.assert_close(f.decode(y, 0.1), ref, rtol=0, atol=1e-4)
     assert f.nfe > 0
+
+
+def test_cld_symbolic_transition_is_the_critically_damped_jordan_form():
+    t, tau = sp.Symbol("t", real=True), sp.Symbol("tau", real=True)
+    e = sp.exp(-8 * (t - tau))  # beta / sqrt(M) ... = 8 for beta = 4, M = 0.25: the double eigenvalue -8
+    expected = sp.Matrix([[(1 + 8 * (t - tau)) * e, 16 * (t - tau) * e], [-4 * (t - tau) * e, (1 - 8 * (t - tau)) * e]])
+    assert sp.simplify(SDE.symbolic_psi - expected) == sp.zeros(2, 2)
+    num = sp.lambdify((t, tau), SDE.symbolic_psi, "numpy")
+    np.testing.assert_allclose(np.asarray(num(0.9, 0.2), dtype=float), SDE.psi(0.9, 0.2), rtol=1e-12, atol=1e-14)

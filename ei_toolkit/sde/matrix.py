@@ -22,7 +22,7 @@ import torch
 from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
-from .derive import T
+from .derive import S, T, time_limit
 from .linear import _as_parameter_symbols, parse_coefficient
 
 
@@ -62,9 +62,11 @@ class MatrixLinearSDE:
         values = {symbols[n]: sp.Float(float(v), 17) for n, v in parameters.items()}
         self.k, self.t0, self.t_min, self.t_max, self.parameters = k, float(t0), float(t_min), float(t_max), parameters
         self.symbolic_drift, self.symbolic_diffusion = F, G
+        self._values = values
         self._F = sp.lambdify(T, F.xreplace(values), "numpy")
         self._G = sp.lambdify(T, G.xreplace(values), "numpy")
         self.constant_drift = not F.has(T)
+        self.symbolic_psi: sp.Matrix | None = None
         self.how: dict[str, str] = {}
         self._solve(s0)
 
@@ -82,7 +84,15 @@ class MatrixLinearSDE:
         opts = {"method": "DOP853", "rtol": 1e-12, "atol": 1e-14, "dense_output": True}
         if self.constant_drift:
             self._F0 = self.F(0.0)
-            self.how["psi"] = "matrix exponential (constant F)"
+            self.how["psi"] = "closed form: exp(F (t - s)), evaluated by scipy.linalg.expm (constant F)"
+            try:  # the sympy form, for inspection (Jordan form: CLD's critically damped F is a Jordan block)
+                with time_limit(2.0):
+                    # with the parameter values (as rationals): the generic form can be singular at special
+                    # values, e.g. CLD's critical damping Gamma^2 = 4 M, where exp(F t) is a Jordan block
+                    rational = {sym: sp.nsimplify(v, rational=True) for sym, v in self._values.items()}
+                    self.symbolic_psi = sp.simplify((self.symbolic_drift.xreplace(rational) * (T - S)).exp())
+            except Exception:
+                self.symbolic_psi = None
         else:
             sol = solve_ivp(lambda t, y: (self.F(t) @ y.reshape(k, k)).ravel(), (self.t0, self.t_max),
                             np.eye(k).ravel(), **opts)
