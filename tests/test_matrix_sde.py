@@ -119,3 +119,12 @@ def test_cld_symbolic_transition_is_the_critically_damped_jordan_form():
     assert sp.simplify(SDE.symbolic_psi - expected) == sp.zeros(2, 2)
     num = sp.lambdify((t, tau), SDE.symbolic_psi, "numpy")
     np.testing.assert_allclose(np.asarray(num(0.9, 0.2), dtype=float), SDE.psi(0.9, 0.2), rtol=1e-12, atol=1e-14)
+
+
+def test_cld_sigma_closed_form_matches_the_lyapunov_solution():
+    """Sigma_t = Psi Sigma_0 Psi^T + int_0^t Psi G G^T Psi^T, in sympy (exact for constant F, G)."""
+    t = sp.Symbol("t", real=True)
+    assert SDE.symbolic_sigma is not None and "closed form" in SDE.how["sigma"]
+    f = sp.lambdify(t, SDE.symbolic_sigma, "numpy")
+    for tt in (0.01, 0.3, 1.0):
+        np.testing.assert_allclose(np.asarray(f(tt), dtype=float), SDE.sigma_matrix(tt), rtol=1e-9, atol=1e-13)

@@ -67,6 +67,7 @@ class MatrixLinearSDE:
         self._G = sp.lambdify(T, G.xreplace(values), "numpy")
         self.constant_drift = not F.has(T)
         self.symbolic_psi: sp.Matrix | None = None
+        self.symbolic_sigma: sp.Matrix | None = None
         self.how: dict[str, str] = {}
         self._solve(s0)
 
@@ -91,6 +92,15 @@ class MatrixLinearSDE:
                     # values, e.g. CLD's critical damping Gamma^2 = 4 M, where exp(F t) is a Jordan block
                     rational = {sym: sp.nsimplify(v, rational=True) for sym, v in self._values.items()}
                     self.symbolic_psi = sp.simplify((self.symbolic_drift.xreplace(rational) * (T - S)).exp())
+                    if not self.symbolic_diffusion.has(T):  # Sigma_t = Psi Sigma_0 Psi^T + int Psi G G^T Psi^T
+                        g = self.symbolic_diffusion.xreplace(rational)
+                        inner = (self.symbolic_psi * g * g.T * self.symbolic_psi.T).applyfunc(
+                            lambda e: sp.integrate(sp.expand(e), (S, self.t0, T)))
+                        p0 = self.symbolic_psi.subs(S, self.t0)
+                        s0_sym = sp.Matrix(s0.tolist()).applyfunc(lambda v: sp.nsimplify(v, rational=True))
+                        self.symbolic_sigma = sp.simplify(p0 * s0_sym * p0.T + inner)
+                        self.how["sigma"] = ("closed form in sympy (symbolic_sigma); evaluated by DOP853 on the "
+                                             "Lyapunov ODE (rtol 1e-12), which avoids the closed form's cancellation")
             except Exception:
                 self.symbolic_psi = None
         else:
@@ -108,7 +118,7 @@ class MatrixLinearSDE:
         if not sig.success:
             raise ArithmeticError(f"the Lyapunov ODE for Sigma failed: {sig.message}")
         self._sigma = sig.sol
-        self.how["sigma"] = "numeric (DOP853 on the Lyapunov ODE, rtol 1e-12)"
+        self.how.setdefault("sigma", "numeric (DOP853 on the Lyapunov ODE, rtol 1e-12)")
         s_min = self.sigma_matrix(self.t_min)
         eig = np.linalg.eigvalsh(s_min)
         if eig.min() <= 1e-14 * max(1.0, eig.max()):
