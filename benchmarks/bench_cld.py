@@ -8,6 +8,10 @@ Run: python benchmarks/bench_cld.py (writes benchmarks/results/cld.md).
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see tests/conftest.py: BLAS/OpenMP oversubscription
+
 import itertools
 import time
 from pathlib import Path

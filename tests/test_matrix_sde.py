@@ -128,3 +128,27 @@ def test_cld_sigma_closed_form_matches_the_lyapunov_solution():
     f = sp.lambdify(t, SDE.symbolic_sigma, "numpy")
     for tt in (0.01, 0.3, 1.0):
         np.testing.assert_allclose(np.asarray(f(tt), dtype=float), SDE.sigma_matrix(tt), rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("points", [1, 2, 3, 4])
+def test_matrix_tab_reaches_its_order_from_exact_history(points):
+    """Like the scalar convergence test: exact states and eps at the first grid points, then the fitted slope
+    of the error against the step count reaches the order (points) within 0.3."""
+    prob = get_problem("gmm2d")
+    model = mixture_eps(SDE, prob.means, prob.stds * 3, prob.weights)
+    z = torch.randn(8, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u1 = torch.einsum("ab,nbd->nad", torch.as_tensor(np.linalg.cholesky(SDE.sigma_matrix(1.0))), z)
+    steps = (64, 128, 256, 512)
+    grids = {n: np.linspace(1.0, 0.1, n + 1) for n in steps}
+    need = sorted({float(g[j]) for g in grids.values() for j in range(1, points)} | {0.1}, reverse=True)
+    exact = dict(zip(need, reference_flow(SDE, model, u1, 1.0, need, rtol=1e-12), strict=True))
+    errs = []
+    for n in steps:
+        g, st = grids[n], points - 1
+        states = [u1] + [exact[float(g[j])] for j in range(1, st + 1)]
+        hist = [model(states[j], torch.full((8,), g[j], dtype=torch.float64)) for j in range(st)]
+        out = sample_matrix(model, states[st], SDE, points=points, nfe=n, grid=torch.tensor(g), start=st,
+                            history=hist)
+        errs.append((out - exact[0.1]).abs().max().item())
+    slope = np.polyfit(-np.log(steps), np.log(errs), 1)[0]
+    assert points - 0.3 <= slope <= points + 1, (slope, errs)

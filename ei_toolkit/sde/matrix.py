@@ -232,10 +232,13 @@ def mixture_eps(sde: MatrixLinearSDE, means: torch.Tensor, stds: torch.Tensor, w
     return model
 
 
-def reference_flow(sde: MatrixLinearSDE, model, u: torch.Tensor, t_start: float, t_end: float,
-                   rtol: float = 1e-11) -> torch.Tensor:
-    """The probability-flow ODE du/dt = F u + 1/2 G G^T R^{-T} eps solved by DOP853 at tight tolerance."""
+def reference_flow(sde: MatrixLinearSDE, model, u: torch.Tensor, t_start: float,
+                   t_end: float | Sequence[float], rtol: float = 1e-11) -> torch.Tensor:
+    """The probability-flow ODE du/dt = F u + 1/2 G G^T R^{-T} eps solved by DOP853 at tight tolerance; a
+    sequence of (decreasing) end times gives the states at each, stacked time-first, from one solve."""
     shape = u.shape
+    many = not isinstance(t_end, (int, float))
+    ends = [float(v) for v in (t_end if many else [t_end])]
 
     def f(t: float, y: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(y.reshape(shape))
@@ -244,9 +247,10 @@ def reference_flow(sde: MatrixLinearSDE, model, u: torch.Tensor, t_start: float,
         drift = apply_block(sde.F(t), x) + apply_block(0.5 * sde.GGt(t) @ np.linalg.inv(r).T, eps)
         return drift.numpy().ravel()
 
-    sol = solve_ivp(f, (t_start, t_end), u.to(torch.float64).numpy().ravel(), method="DOP853", rtol=rtol,
-                    atol=rtol)
-    return torch.from_numpy(sol.y[:, -1].reshape(shape))
+    sol = solve_ivp(f, (t_start, ends[-1]), u.to(torch.float64).numpy().ravel(), method="DOP853", rtol=rtol,
+                    atol=rtol, t_eval=ends)
+    out = torch.from_numpy(sol.y.T.copy()).reshape(len(ends), *shape)
+    return out if many else out[0]
 
 
 def gddim_weights(sde: MatrixLinearSDE, grid: Sequence[float], points: int) -> tuple[list, list]:
@@ -284,10 +288,13 @@ MATRIX_GRIDS = ("uniform_t", "quadratic_t")
 
 def sample_matrix(model, u: torch.Tensor, sde: MatrixLinearSDE, *, points: int = 1, nfe: int = 10,
                   grid: str | torch.Tensor = "quadratic_t", t_start: float | None = None,
-                  t_end: float | None = None) -> torch.Tensor:
+                  t_end: float | None = None, start: int = 0, history: Sequence[torch.Tensor] = ()
+                  ) -> torch.Tensor:
     """gDDIM (points = 1) or the k-point exponential Adams method in t (tAB, points = 2..4) for a matrix SDE:
     u_{i+1} = Psi_i u_i + sum_j C_ij eps_{i-j}, coefficients in float64 once per call. ``grid`` is
-    ``"uniform_t"``, ``"quadratic_t"`` or explicit decreasing times; ``u`` has shape (batch, k, ...)."""
+    ``"uniform_t"``, ``"quadratic_t"`` or explicit decreasing times; ``u`` has shape (batch, k, ...).
+    ``start``/``history``: begin at grid point ``start`` (u is the state there) with eps at the earlier grid
+    points (oldest first), e.g. exact starting values for an order test."""
     from ..grids import time_grid
 
     t_start = sde.t_max if t_start is None else float(t_start)
@@ -302,8 +309,8 @@ def sample_matrix(model, u: torch.Tensor, sde: MatrixLinearSDE, *, points: int =
                          "times)")
     g = time_grid(sde, grid, nfe, t_start, t_end).numpy()  # type: ignore[arg-type]
     psis, weights = gddim_weights(sde, g, points)
-    hist: list[torch.Tensor] = []
-    for i in range(len(g) - 1):
+    hist: list[torch.Tensor] = list(history)[-points:] if points > 1 else []
+    for i in range(start, len(g) - 1):
         out = model(u, torch.full((u.shape[0],), g[i], dtype=u.dtype, device=u.device))
         if out.shape != u.shape:
             raise ValueError(f"the model returned shape {tuple(out.shape)}; expected {tuple(u.shape)}")
