@@ -270,7 +270,7 @@ def _solve_matrix(model: Model, x: torch.Tensor, sde: object, method: object, nf
                   grid: str | torch.Tensor | None, t_start: float | None, t_end: float | None, prediction: str,
                   **unsupported: object) -> Solution:
     """Matrix (gDDIM) SDEs: ddim and tab0..tab3 with matrix coefficients (see ei_toolkit.sde.matrix)."""
-    from .sde.matrix import MATRIX_METHODS, sample_matrix
+    from .sde.matrix import MATRIX_METHODS, matrix_grid, sample_matrix
 
     if method not in MATRIX_METHODS:
         raise ValueError(f"method {method!r} does not support matrix SDEs yet; valid: {', '.join(MATRIX_METHODS)}")
@@ -281,9 +281,8 @@ def _solve_matrix(model: Model, x: torch.Tensor, sde: object, method: object, nf
         raise ValueError(f"{', '.join(used)} not supported for matrix SDEs")
     n = 10 if nfe is None else nfe
     g = grid if grid is not None else "quadratic_t"
-    out = sample_matrix(model, x, sde, points=MATRIX_METHODS[method], nfe=n, grid=g, t_start=t_start, t_end=t_end)
-    times = time_grid(sde, g, n, sde.t_max if t_start is None else t_start,  # type: ignore[arg-type]
-                      sde.t_min if t_end is None else t_end)
+    times = matrix_grid(sde, g, n, t_start, t_end)  # type: ignore[arg-type]
+    out = sample_matrix(model, x, sde, points=MATRIX_METHODS[method], grid=times)
     return Solution(x=out, times=times, eval_times=times[:-1].clone(), nfe=len(times) - 1, method=str(method),
                     grid=g if isinstance(g, str) else "explicit")
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..grids import time_grid
-from ..integrators import MultistepPlan, get_integrator
+from ..integrators import MultistepPlan, combine, get_integrator
 from ..sde import DiscreteVP
 from .guidance import classifier_free_guidance
 
@@ -217,9 +217,7 @@ class EIScheduler(_SchedulerMixin, _ConfigMixin):
         self._hist.append(eps)
         w = self._plan.weights[i]
         self._hist = self._hist[-max(len(w), self._plan.history):]
-        out = torch.mul(sample, self._plan.psi[i])
-        for j, wj in enumerate(w):
-            out.add_(self._hist[-1 - j], alpha=wj)
+        out = combine(sample, self._plan.psi[i], [(w[j], self._hist[-1 - j]) for j in range(len(w))])
         self._step_index += 1
         if not return_dict:
             return (out,)

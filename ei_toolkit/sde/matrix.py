@@ -286,6 +286,21 @@ MATRIX_METHODS = {"ddim": 1, "tab0": 1, "tab1": 2, "tab2": 3, "tab3": 4}
 MATRIX_GRIDS = ("uniform_t", "quadratic_t")
 
 
+def matrix_grid(sde: MatrixLinearSDE, grid: str | torch.Tensor, nfe: int, t_start: float | None = None,
+                t_end: float | None = None) -> torch.Tensor:
+    """The time grid of a matrix-SDE sampler: ``"uniform_t"``, ``"quadratic_t"`` or explicit times (float64)."""
+    from ..grids import time_grid
+
+    t_start = sde.t_max if t_start is None else float(t_start)
+    t_end = sde.t_min if t_end is None else float(t_end)
+    if not sde.t_min - 1e-12 <= t_end < t_start <= sde.t_max + 1e-12:
+        raise ValueError(f"need t_min <= t_end < t_start <= t_max; got t_start={t_start}, t_end={t_end}")
+    if isinstance(grid, str) and grid not in MATRIX_GRIDS:
+        raise ValueError(f"unknown grid {grid!r} for matrix SDEs; valid: {', '.join(MATRIX_GRIDS)} (or explicit "
+                         "times)")
+    return time_grid(sde, grid, nfe, t_start, t_end)  # type: ignore[arg-type]
+
+
 def sample_matrix(model, u: torch.Tensor, sde: MatrixLinearSDE, *, points: int = 1, nfe: int = 10,
                   grid: str | torch.Tensor = "quadratic_t", t_start: float | None = None,
                   t_end: float | None = None, start: int = 0, history: Sequence[torch.Tensor] = ()
@@ -295,19 +310,10 @@ def sample_matrix(model, u: torch.Tensor, sde: MatrixLinearSDE, *, points: int =
     ``"uniform_t"``, ``"quadratic_t"`` or explicit decreasing times; ``u`` has shape (batch, k, ...).
     ``start``/``history``: begin at grid point ``start`` (u is the state there) with eps at the earlier grid
     points (oldest first), e.g. exact starting values for an order test."""
-    from ..grids import time_grid
-
-    t_start = sde.t_max if t_start is None else float(t_start)
-    t_end = sde.t_min if t_end is None else float(t_end)
     if u.ndim < 2 or u.shape[1] != sde.k:
         raise ValueError(f"u must have shape (batch, {sde.k}, ...) for this {sde.k}x{sde.k} SDE; got "
                          f"{tuple(u.shape)}")
-    if not sde.t_min - 1e-12 <= t_end < t_start <= sde.t_max + 1e-12:
-        raise ValueError(f"need t_min <= t_end < t_start <= t_max; got t_start={t_start}, t_end={t_end}")
-    if isinstance(grid, str) and grid not in MATRIX_GRIDS:
-        raise ValueError(f"unknown grid {grid!r} for matrix SDEs; valid: {', '.join(MATRIX_GRIDS)} (or explicit "
-                         "times)")
-    g = time_grid(sde, grid, nfe, t_start, t_end).numpy()  # type: ignore[arg-type]
+    g = matrix_grid(sde, grid, nfe, t_start, t_end).numpy()
     psis, weights = gddim_weights(sde, g, points)
     hist: list[torch.Tensor] = list(history)[-points:] if points > 1 else []
     for i in range(start, len(g) - 1):
