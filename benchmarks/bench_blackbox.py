@@ -21,6 +21,7 @@ import torch
 
 import ei_toolkit as ei
 from ei_toolkit.testing import get_problem
+from ei_toolkit.testing import sliced_wasserstein as _sliced_wasserstein
 
 OUT = Path(__file__).parent / "results"
 TOLS = [10.0 ** (-k / 2) for k in range(4, 21)]  # 1e-2 .. 1e-10
@@ -44,6 +45,10 @@ def nfe_to_reach(points: list[tuple[int, float]], target: float) -> float:
     if pts and pts[-1][1] <= target:
         best = min(best, pts[-1][0])
     return best
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor) -> float:
+    return _sliced_wasserstein(a, b, n_proj=512)
 
 
 def part_a(sdes: dict, problems: list[str], n: int = 256) -> tuple[list[str], dict]:
@@ -79,14 +84,6 @@ def part_a(sdes: dict, problems: list[str], n: int = 256) -> tuple[list[str], di
                 lines.append(f"| {sname} | {pname} | {target:.0e} | " + " | ".join(fmt(v) for v in frames)
                              + f" | {ratio:.2f} | {fmt(need['tab3'])} | {fmt(need['logrhoab2'])} |")
     return lines, curves
-
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 512) -> float:
-    g = torch.Generator().manual_seed(0)
-    d = torch.randn(a.shape[1], n_proj, generator=g, dtype=torch.float64)
-    d = d / d.norm(dim=0, keepdim=True)
-    pa, pb = (a.double() @ d).sort(0).values, (b.double() @ d).sort(0).values
-    return float((pa - pb).pow(2).mean().sqrt())
 
 
 def diffusers_sample(kind: str, model, x: torch.Tensor, nfe: int, seed: int, **kw) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torchdiffeq
 
 import ei_toolkit as ei
 from ei_toolkit.adapters import NFEBudgetExceeded
-from ei_toolkit.testing import GaussianMixture, get_problem
+from ei_toolkit.testing import GaussianMixture, get_problem, sliced_wasserstein
 
 VP = ei.VPSDE()
 PROBLEM = get_problem("gmm2d")
@@ -133,14 +133,6 @@ def test_eta_matches_diffusers_ddim_with_the_same_noise():
     ev = _ModelEvaluator(model, x, sde, plan.eval_times, "eps")
     ours = integ.integrate(plan, x, ev, noise=lambda i: zs[i])
     torch.testing.assert_close(ours, y, rtol=1e-4, atol=1e-4)
-
-
-def sliced_wasserstein(a, b, n_proj=256, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    d = torch.randn(a.shape[1], n_proj, generator=g, dtype=torch.float64)
-    d = d / d.norm(dim=0, keepdim=True)
-    pa, pb = (a.double() @ d).sort(0).values, (b.double() @ d).sort(0).values
-    return (pa - pb).pow(2).mean().sqrt().item()
 
 
 @pytest.mark.parametrize("lam", [0.5, 1.0, 2.0])

@@ -126,3 +126,15 @@ def get_problem(name: str) -> GaussianMixture:
 
 
 get_problem.__doc__ = (get_problem.__doc__ or "").format(names=", ".join(PROBLEMS))
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 256, seed: int = 0) -> float:
+    """Sliced 2-Wasserstein distance between two equally sized samples (rows), over ``n_proj`` random unit
+    directions drawn from ``seed``: the two-sample statistic of the stochastic-sampling tests and benchmark."""
+    if a.shape != b.shape:
+        raise ValueError(f"samples must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(a.shape[1], n_proj, generator=g, dtype=torch.float64)
+    d = d / d.norm(dim=0, keepdim=True)
+    pa, pb = (a.double() @ d).sort(0).values, (b.double() @ d).sort(0).values
+    return float((pa - pb).pow(2).mean().sqrt())
