@@ -13,8 +13,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from peers import available_peers
+
 from ei_toolkit import compare
-from ei_toolkit.peers import available_peers
 from ei_toolkit.testing import PROBLEMS
 
 OUT = Path(__file__).parent / "results"
@@ -33,17 +34,18 @@ def main() -> None:
         compare.plot(rows, OUT / "accuracy.png", highlight=HIGHLIGHT)
         return
     start = time.perf_counter()
-    rows = compare.run_comparison(problems=args.problems, nfes=args.nfe, n=args.n, log=True)
+    peers = available_peers()
+    rows = compare.run_comparison(problems=args.problems, nfes=args.nfe, n=args.n, peers=peers, log=True)
     took = time.perf_counter() - start
     OUT.mkdir(exist_ok=True)
     (OUT / "accuracy.json").write_text(json.dumps([asdict(r) for r in rows], indent=0))
-    peers = ", ".join(available_peers())
     parts = [
         "# Accuracy per model evaluation",
         "",
         f"DDPM linear schedule (1000 steps), t = 999 -> 0, {args.n} trajectories from the exact marginal at "
         "t = 999 per problem; error against dopri5 (rtol = atol = 1e-10, log-rho frame) at the time each "
-        f"sampler ends at. Peers: {peers}. Run time {took:.0f} s. Command: `python benchmarks/bench_accuracy.py`.",
+        f"sampler ends at. Peers: {', '.join(peers)}. Run time {took:.0f} s. "
+        "Command: `python benchmarks/bench_accuracy.py`.",
         "",
         "## Best of ours against the best peer (median of per-trajectory RMS error / RMS over all)",
         "",

@@ -21,8 +21,8 @@ import torch
 import torchdiffeq
 
 import ei_toolkit as ei
-from ei_toolkit.sde.matrix import TransformedFlow, apply_block, mixture_eps, reference_flow
-from ei_toolkit.testing import get_problem
+from ei_toolkit.sde.matrix import apply_block
+from ei_toolkit.testing import GaussianMixture, get_problem
 
 NFES = [10, 20, 40, 80, 160]
 
@@ -45,10 +45,10 @@ def main() -> None:
              "means, stds x3) in x, exact eps; 32 trajectories from exact samples of u_1; max-abs error against "
              "DOP853 at rtol 1e-10. Grid quadratic in t. Command: `python benchmarks/bench_cld.py`.", ""]
     for t_end in (0.1, sde.t_min):
-        model = mixture_eps(sde, prob.means, prob.stds * 3, prob.weights)
-        z = torch.randn(32, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        u1 = torch.einsum("ab,nbd->nad", torch.as_tensor(np.linalg.cholesky(sde.sigma_matrix(1.0))), z)
-        ref = reference_flow(sde, model, u1, 1.0, t_end, rtol=1e-10)
+        mix = GaussianMixture(means=prob.means, stds=prob.stds * 3, weights=prob.weights)
+        model = mix.eps_model(sde)
+        u1 = mix.sample_marginal(sde, 1.0, 32, torch.Generator().manual_seed(0))
+        ref = mix.reference(sde, u1, 1.0, t_end, rtol=1e-10)
         rows = {}
         for name in ("ddim", "tab1", "tab2", "tab3"):
             rows[f"{name} (gDDIM{' + ' + name if name != 'ddim' else ''})"] = [
@@ -59,7 +59,7 @@ def main() -> None:
         for frame in ("t", "y"):
             pts = []
             for tol in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6):
-                f = TransformedFlow(model, sde, frame)
+                f = ei.FlowODE(model, sde, frame)
                 ts = torch.tensor([1.0, t_end], dtype=torch.float64)
                 y = torchdiffeq.odeint(f, f.encode(u1, 1.0), ts, rtol=tol, atol=tol, options={"step_t": ts})[-1]
                 pts.append((f.nfe, (f.decode(y, t_end) - ref).abs().max().item()))

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peers import available_peers
 
 import ei_toolkit as ei
 from ei_toolkit.models import load_digits_model
-from ei_toolkit.peers import available_peers
 from ei_toolkit.png import image_grid, write_png
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))

@@ -129,7 +129,7 @@ def graph_check(dev: torch.device) -> str:
     only because the loop never synchronises with the host; replay equals eager."""
     import diffusers
 
-    from ei_toolkit.sampling import _ModelEvaluator, plan_for
+    from ei_toolkit.integrators import plan_for
 
     cfg = CONFIGS["32x32, batch 64"]
     torch.manual_seed(0)
@@ -139,21 +139,21 @@ def graph_check(dev: torch.device) -> str:
     plan = plan_for(integ, sde, ei.time_grid(sde, integ.default_grid, NFE, sde.t_max, sde.t_min))
     x = torch.randn(64, 3, 32, 32, device=dev, dtype=torch.float16)
     with torch.no_grad():
-        eager = integ.integrate(plan, x, _ModelEvaluator(dm.model, x, sde, plan.eval_times, "eps"))
+        eager = plan.run(x, ei.ModelEvaluator(dm.model, sde).bind(plan.eval_times, x))
         static_x = x.clone()
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):  # warm-up on a side stream, as CUDA graph capture requires
-            integ.integrate(plan, static_x, _ModelEvaluator(dm.model, x, sde, plan.eval_times, "eps"))
+            plan.run(static_x, ei.ModelEvaluator(dm.model, sde).bind(plan.eval_times, x))
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            static_out = integ.integrate(plan, static_x, _ModelEvaluator(dm.model, x, sde, plan.eval_times, "eps"))
+            static_out = plan.run(static_x, ei.ModelEvaluator(dm.model, sde).bind(plan.eval_times, x))
         g.replay()
         torch.cuda.synchronize()
         diff = (static_out.float() - eager.float()).abs().max().item()
-        te = statistics.median(timed(lambda: integ.integrate(
-            plan, x, _ModelEvaluator(dm.model, x, sde, plan.eval_times, "eps")))[0] for _ in range(15))
+        te = statistics.median(timed(lambda: plan.run(
+            x, ei.ModelEvaluator(dm.model, sde).bind(plan.eval_times, x)))[0] for _ in range(15))
         tg = statistics.median(timed(g.replay)[0] for _ in range(15))
     return (f"tab3, NFE {NFE}, 32x32 batch 64 float16: eager {1e3 * te:.1f} ms, one CUDA graph replay "
             f"{1e3 * tg:.1f} ms ({te / tg:.2f}x); max |graph - eager| = {diff:.1e}")

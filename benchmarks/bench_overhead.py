@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import ei_toolkit as ei
-from ei_toolkit.sampling import plan_for
+from ei_toolkit.integrators import plan_for
 
 STEPS = 20
 REPEATS = 15

@@ -2,13 +2,15 @@
 as the flagship client (Zhang & Chen, "Fast Sampling of Diffusion Models with Exponential Integrator",
 ICLR 2023)."""
 
-from . import adapters, grids, integrators
-from .adapters import FlowODE, ReverseSDE, brownian_motion, odeint, sdeint
+from . import adapters, diffusion, grids, integrators
+from .adapters import FlowODE, NFEBudgetExceeded, ReverseSDE, brownian_motion, odeint, sdeint
 from .errors import NumericalError
 from .grids import GRIDS, time_grid
-from .integrators import INTEGRATORS, register
-from .sampling import Solution, sample, solve
+from .integrators import INTEGRATORS, Integrator, Method, register
+from .model import ModelEvaluator
+from .sampling import sample, solve
 from .sde import CLD, EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, LinearSDE, MatrixLinearSDE, SubVPSDE, SymbolicForms
+from .solution import Solution
 
 __version__ = "0.1.0"
 
@@ -22,8 +24,12 @@ __all__ = [
     "CosineVPSDE",
     "DiscreteVP",
     "FlowODE",
+    "Integrator",
     "LinearSDE",
     "MatrixLinearSDE",
+    "Method",
+    "ModelEvaluator",
+    "NFEBudgetExceeded",
     "NumericalError",
     "ReverseSDE",
     "Solution",
@@ -32,6 +38,7 @@ __all__ = [
     "__version__",
     "adapters",
     "brownian_motion",
+    "diffusion",
     "grids",
     "integrators",
     "odeint",

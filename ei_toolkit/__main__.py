@@ -1,7 +1,8 @@
 """Command line: ``ei-toolkit`` / ``python -m ei_toolkit``.
 
 ``compare`` (the default) measures accuracy per model evaluation on a Gaussian-mixture problem against the
-exact ODE solution, for our integrators and diffusers / k-diffusion, prints the tables and writes a plot.
+exact ODE solution, for our integrators, prints the tables and writes a plot; the same comparison against
+diffusers and k-diffusion is the benchmark script ``python benchmarks/compare.py`` (same options).
 ``describe`` derives a built-in or user SDE and prints its closed forms, how each was obtained, and a
 numerical self-check.
 """
@@ -11,8 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ei_toolkit.compare import Peer
 
 BUILTIN_SDES = ("vp", "subvp", "cosine", "ve", "edm", "ddpm")
 
@@ -57,13 +63,30 @@ def describe(args: argparse.Namespace) -> int:
 DEFAULT_COMPARE_METHODS = ("ddim", "tab3", "rhoab3", "logrhoab2", "logrhoab3", "ipndm", "rhork-kutta3", "euler")
 
 
-def compare_command(args: argparse.Namespace) -> int:
+PEER_COMPARISON = "python benchmarks/compare.py"
+
+
+def add_compare_options(c: argparse.ArgumentParser) -> None:
+    """The options of ``compare``, shared with ``benchmarks/compare.py`` (which adds ``--no-peers``)."""
+    c.add_argument("--problem", default="gmm2d", help="gmm2d, gmm2d-sharp, gmm16, gmm64-sharp (default gmm2d)")
+    c.add_argument("--sde", default="ddpm", help=f"{', '.join(BUILTIN_SDES)} (default ddpm: peers need it)")
+    c.add_argument("--methods", nargs="+", default=list(DEFAULT_COMPARE_METHODS), help="method names, or 'all'")
+    c.add_argument("--grids", nargs="+", default=None,
+                   help="grid names, or 'all' (default: each method's recommended grid)")
+    c.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 15, 20, 50])
+    c.add_argument("--n", type=int, default=1000, help="number of trajectories")
+    c.add_argument("--out", default="ei_toolkit_compare.png", help="where to write the plot")
+
+
+def compare_command(args: argparse.Namespace, peers: Mapping[str, Peer] | None = None) -> int:
+    """Run the comparison for parsed ``compare`` options: our integrators, and ``peers`` if given (``None``:
+    ours only, with a pointer to the peer comparison)."""
     from pathlib import Path
 
-    from ei_toolkit import GRIDS, INTEGRATORS, compare
-    from ei_toolkit.peers import available_peers
+    from ei_toolkit import GRIDS, INTEGRATORS, Integrator, compare
 
-    methods = list(INTEGRATORS) if args.methods == ["all"] else args.methods
+    planned = [n for n, m in INTEGRATORS.items() if isinstance(m, Integrator)]
+    methods = planned if args.methods == ["all"] else args.methods
     for m in methods:
         if m not in INTEGRATORS:
             raise SystemExit(f"unknown method {m!r}; valid methods: {', '.join(INTEGRATORS)}")
@@ -72,11 +95,13 @@ def compare_command(args: argparse.Namespace) -> int:
         if g not in GRIDS:
             raise SystemExit(f"unknown grid {g!r}; valid grids: {', '.join(GRIDS)}")
     sde = make_sde(args.sde)
-    peers = available_peers() if not args.no_peers else {}
-    print(f"Comparing on {args.problem} ({args.n} trajectories), {sde!r}, NFE {args.nfe}; peers: "
-          f"{', '.join(peers) if peers else 'none (pip install ei_toolkit[bench]; pip install --no-deps k-diffusion)'}")
+    if peers is None:
+        note = f"none here (against diffusers and k-diffusion: {PEER_COMPARISON})"
+    else:
+        note = ", ".join(peers) or "none"
+    print(f"Comparing on {args.problem} ({args.n} trajectories), {sde!r}, NFE {args.nfe}; peers: {note}")
     pairs = [(m, g or INTEGRATORS[m].default_grid) for g in (grids or [None]) for m in methods]
-    rows = compare.run_comparison(problems=[args.problem], sde=sde, nfes=args.nfe, n=args.n, peers=bool(peers),
+    rows = compare.run_comparison(problems=[args.problem], sde=sde, nfes=args.nfe, n=args.n, peers=peers,
                                   pairs=pairs)
     print()
     print(compare.summary_table(rows))
@@ -84,6 +109,8 @@ def compare_command(args: argparse.Namespace) -> int:
     print(compare.full_table(rows, args.problem))
     out = compare.plot(rows, Path(args.out), highlight=[f"{m} / {INTEGRATORS[m].default_grid}" for m in methods[:4]])
     print(f"\nplot written to {out}")
+    if peers is None:
+        print(f"against diffusers and k-diffusion (from a source checkout, bench extra): {PEER_COMPARISON}")
     return 0
 
 
@@ -108,16 +135,10 @@ def sample_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ei-toolkit", description="Exponential integrators for diffusion models.")
     sub = parser.add_subparsers(dest="command")
-    c = sub.add_parser("compare", help="accuracy vs NFE against diffusers / k-diffusion (default)")
-    c.add_argument("--problem", default="gmm2d", help="gmm2d, gmm2d-sharp, gmm16, gmm64-sharp (default gmm2d)")
-    c.add_argument("--sde", default="ddpm", help=f"{', '.join(BUILTIN_SDES)} (default ddpm: peers need it)")
-    c.add_argument("--methods", nargs="+", default=list(DEFAULT_COMPARE_METHODS), help="method names, or 'all'")
-    c.add_argument("--grids", nargs="+", default=None,
-                   help="grid names, or 'all' (default: each method's recommended grid)")
-    c.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 15, 20, 50])
-    c.add_argument("--n", type=int, default=1000, help="number of trajectories")
-    c.add_argument("--no-peers", action="store_true")
-    c.add_argument("--out", default="ei_toolkit_compare.png", help="where to write the plot")
+    c = sub.add_parser("compare", help=f"accuracy vs NFE of our integrators (default; with peers: {PEER_COMPARISON})",
+                       epilog=f"The comparison against diffusers and k-diffusion: {PEER_COMPARISON} (same options).")
+    add_compare_options(c)
+    c.add_argument("--no-peers", action="store_true", help="no effect: kept for old command lines (no peers here)")
     c.set_defaults(func=compare_command)
     sp_ = sub.add_parser("sample", help="draw digits from the shipped model trained on scikit-learn's 8x8 digits")
     sp_.add_argument("--n", type=int, default=64, help="number of digits (default 64)")

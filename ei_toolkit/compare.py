@@ -1,27 +1,44 @@
-"""Accuracy per model evaluation, against the exact ODE solution, for our integrators and the peers.
+"""Accuracy per model evaluation, against the exact ODE solution, for our integrators and optional peers.
 
 For each Gaussian-mixture problem (exact eps), trajectories start from exact samples of x at t_start and
 are integrated to t_end with a budget of NFE model evaluations; the error is measured against the
 probability-flow ODE solved by dopri5 at tolerance 1e-10 (in log rho) to the time each sampler ends at.
 Two figures per run: the RMS over all trajectories, and the median over trajectories of each trajectory's
 RMS error (robust to the rare trajectory that sits on a boundary between modes and flips).
+
+Peers (other libraries' samplers) are passed in by the caller; this module imports none. A :data:`Peer` is
+a callable ``peer(model, x, sde, nfe) -> (x_end, t_end, nfe_used)``:
+
+* ``model(x, t) -> eps`` is the problem's exact noise prediction, ``t`` a batch of times of ``sde``;
+* ``x`` holds the trajectories at ``sde.t_max``; the peer integrates them towards ``sde.t_min`` with a
+  budget of ``nfe`` model evaluations (peers run only over that full range);
+* it returns the trajectories where it stops, the time ``t_end`` it stops at (read off its final noise
+  level, so that it is compared with the exact solution at that very time), and the number of model
+  evaluations it made (rows where that differs from ``nfe`` are tabulated but never ranked best).
+
+The diffusers and k-diffusion drivers live outside the package, in ``benchmarks/peers.py``; the comparison
+with them is ``python benchmarks/compare.py``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .grids import GRIDS
-from .integrators import INTEGRATORS
+from .integrators import INTEGRATORS, Integrator
 from .sampling import solve
 from .sde import DiscreteVP, LinearSDE
 from .testing import get_problem
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Peer = Callable[[Model, torch.Tensor, LinearSDE, int], tuple[torch.Tensor, float, int]]
+"""``peer(model, x, sde, nfe) -> (x_end, t_end, nfe_used)``: see the module docstring."""
 
 
 @dataclass
@@ -50,24 +67,31 @@ def run_comparison(
     grids: Sequence[str] | None = None,
     nfes: Sequence[int] = (5, 10, 15, 20, 50),
     n: int = 1000,
-    peers: bool = True,
+    peers: Mapping[str, Peer] | None = None,
     seed: int = 0,
     t_start: float | None = None,
     t_end: float | None = None,
     log: bool = False,
     pairs: Sequence[tuple[str, str]] | None = None,
 ) -> list[Row]:
-    """Every (method, grid) of ours (``pairs``, or all of ``methods`` x ``grids``) and every available peer
-    at every NFE on every problem."""
-    from .peers import available_peers
+    """Every (method, grid) of ours (``pairs``, or all of ``methods`` x ``grids``) and every one of ``peers``
+    (name -> :data:`Peer`) at every NFE on every problem.
 
+    Raises ValueError if peers are given with ``t_start`` / ``t_end`` other than ``sde.t_max`` / ``sde.t_min``.
+    """
     sde = sde or DiscreteVP.linear()
     t_start = sde.t_max if t_start is None else t_start
     t_end = sde.t_min if t_end is None else t_end
     if pairs is None:
-        pairs = [(m, g) for m in (methods or INTEGRATORS) for g in (grids or GRIDS)]
-    peer_fns = available_peers() if (peers and isinstance(sde, DiscreteVP) and t_start == sde.t_max
-                                     and t_end == sde.t_min) else {}
+        planned = [n for n, m in INTEGRATORS.items() if isinstance(m, Integrator)]
+        pairs = [(m, g) for m in (methods or planned) for g in (grids or GRIDS)]
+    adaptive = [m for m, _ in pairs if getattr(INTEGRATORS[m], "evals_per_step", None) is None]
+    if adaptive:
+        raise ValueError(f"the comparison runs fixed-NFE methods; {', '.join(sorted(set(adaptive)))} are adaptive")
+    peer_fns = dict(peers or {})
+    if peer_fns and (t_start != sde.t_max or t_end != sde.t_min):
+        raise ValueError(f"peers integrate from sde.t_max = {sde.t_max} to sde.t_min = {sde.t_min}; "
+                         f"got t_start = {t_start}, t_end = {t_end}")
     rows: list[Row] = []
     for pname in problems:
         problem = get_problem(pname)

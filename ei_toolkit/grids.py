@@ -5,7 +5,8 @@ in the SDE's own units (fractional times for discrete schedules: there is no rou
 timesteps at any step count). A power law with exponent k in a variable v (t or rho),
 v_i = (v_start^(1/k) + i/N (v_end^(1/k) - v_start^(1/k)))^k, gives ``uniform_t`` (k=1), ``quadratic_t``
 (k=2, the DEIS default for tAB), ``uniform_rho`` (k=1 in rho) and ``karras`` (k=7 in rho, Karras et al.
-2022); ``uniform_logrho`` is uniform in log rho (MATH.md section 4).
+2022); ``uniform_logrho`` is uniform in log rho (docs/math.md section 4). Matrix (gDDIM) SDEs have no scalar
+rho: they take the grids in t (:data:`T_GRIDS`) or explicit times.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ GRIDS: dict[str, GridFn] = {
     "uniform_logrho": uniform_logrho,
     "karras": karras,
 }
+T_GRIDS = ("uniform_t", "quadratic_t")  # the grids that need no rho (all that matrix SDEs take)
 
 
 def time_grid(sde: LinearSDE, grid: str | torch.Tensor, steps: int, t_start: float, t_end: float,
@@ -96,18 +98,22 @@ def time_grid(sde: LinearSDE, grid: str | torch.Tensor, steps: int, t_start: flo
     Raises a clear error for an unknown name, and a :class:`NumericalError` if the result is not strictly
     decreasing (which no built-in grid produces, at any step count).
     """
+    matrix = bool(getattr(sde, "is_matrix", False))
     if isinstance(grid, torch.Tensor) or not isinstance(grid, str):
         t = torch.as_tensor(grid, dtype=torch.float64).flatten().cpu()
         if t.numel() < 2:
             raise ValueError(f"an explicit grid needs at least 2 times; got {t.numel()}")
         _check_decreasing(t, "an explicit grid", ValueError)
-        lo, hi = sde.t0, sde.t_max
+        lo, hi = (sde.t_min if matrix else sde.t0), sde.t_max
         if t[0] > hi + 1e-12 or t[-1] < lo - 1e-12:
             raise ValueError(f"grid times must lie in the SDE's domain [{lo:g}, {hi:g}]; got [{t[-1]:g}, {t[0]:g}]")
         return t
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; valid grids: {', '.join(GRIDS)} (or an explicit tensor of times)")
-    if not isinstance(steps, int) or steps < 1:
+    if matrix and grid not in T_GRIDS:
+        raise ValueError(f"grid {grid!r} needs the scalar rho, which a matrix SDE has not; valid grids for matrix "
+                         f"SDEs: {', '.join(T_GRIDS)} (or an explicit tensor of times)")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer; got {steps!r}")
     t = GRIDS[grid](sde, steps, t_start, t_end, **options)
     _check_decreasing(t, f"the {grid} grid with {steps} steps")

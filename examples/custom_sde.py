@@ -24,8 +24,9 @@ def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 x_T = torch.randn(4, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * sde.sigma(sde.t_max)
 ts = torch.tensor([sde.t_max, sde.t_min], dtype=torch.float64)
 opts = dict(rtol=1e-10, atol=1e-10, method="dopri5")
-x_t = torchdiffeq.odeint(sde.probability_flow(eps), x_T, ts, options={"step_t": ts}, **opts)[-1]
+x_t = torchdiffeq.odeint(ei.FlowODE(eps, sde, frame="t"), x_T, ts, options={"step_t": ts}, **opts)[-1]
 rhos = sde.rho(ts)
-y = torchdiffeq.odeint(sde.rho_flow(eps), x_T / sde.alpha(ts[0]), rhos, options={"step_t": rhos}, **opts)[-1]
+rho_ode = ei.FlowODE(eps, sde, frame="rho")
+y = torchdiffeq.odeint(rho_ode, rho_ode.encode(x_T, ts[0]), rhos, options={"step_t": rhos}, **opts)[-1]
 print("x(t_min) from the t-ODE:  ", x_t.flatten().tolist())
 print("x(t_min) from the rho-ODE:", (sde.alpha(ts[1]) * y).flatten().tolist())

@@ -126,12 +126,10 @@ def test_eta_matches_diffusers_ddim_with_the_same_noise():
     for i, t in enumerate(sched.timesteps):
         y = sched.step(model(y, torch.full((8,), float(t))), t, y, eta=0.5, variance_noise=zs[i]).prev_sample
     grid = torch.tensor([999, 899, 799, 699, 599, 499, 399, 299, 199, 99, 0], dtype=torch.float64)
-    from ei_toolkit.sampling import _ModelEvaluator, plan_for
+    from ei_toolkit.integrators import plan_for
 
-    integ = ei.integrators.StochasticDDIM(eta=0.5)
-    plan = plan_for(integ, sde, grid)
-    ev = _ModelEvaluator(model, x, sde, plan.eval_times, "eps")
-    ours = integ.integrate(plan, x, ev, noise=lambda i: zs[i])
+    plan = plan_for(ei.integrators.StochasticDDIM(eta=0.5), sde, grid)
+    ours = plan.run(x, ei.ModelEvaluator(model, sde).bind(plan.eval_times, x), noise=lambda i, like: zs[i])
     torch.testing.assert_close(ours, y, rtol=1e-4, atol=1e-4)
 
 
@@ -193,15 +191,16 @@ def test_stochastic_bad_input():
         ei.sample(model, X, VP, method="sddim", lam=-0.5)
     with pytest.raises(ValueError, match=r"lam must be a finite number >= 0"):
         ei.sdeint(model, X, VP, lam=-1.0)
-    with pytest.raises(ValueError, match=r"method='sddim' needs lam="):
-        ei.sample(model, X, VP, method="sddim")
+    default = ei.sample(model, X, VP, method="sddim", generator=torch.Generator().manual_seed(1))
+    lam1 = ei.sample(model, X, VP, method="sddim", lam=1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(default, lam1)  # the registered sddim is lambda = 1, the DDPM posterior
     with pytest.raises(ValueError, match=r"give exactly one of lam"):
         ei.sample(model, X, VP, method="sddim", lam=1.0, eta=1.0)
-    with pytest.raises(ValueError, match=r"lam/eta apply to method='sddim' only"):
+    with pytest.raises(ValueError, match=r"lam/eta apply to stochastic methods only; 'tab3' is deterministic"):
         ei.sample(model, X, VP, method="tab3", lam=1.0)
     with pytest.raises(ValueError, match=r"unknown torchsde method 'rk4'; valid: euler, milstein"):
         ei.sdeint(model, X, VP, method="rk4")
-    with pytest.raises(ei.NumericalError, match=r"the SDE state is not finite"):
+    with pytest.raises(ei.NumericalError, match=r"the model output is not finite at evaluation 0 \(t = 1\)"):
         ei.sdeint(lambda x, t: x * float("nan"), X, VP, dt=0.5)
 
 

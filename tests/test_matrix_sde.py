@@ -6,8 +6,9 @@ import pytest
 import sympy as sp
 import torch
 
-from ei_toolkit.sde.matrix import CLD, MatrixLinearSDE, mixture_eps, reference_flow, sample_matrix
-from ei_toolkit.testing import get_problem
+import ei_toolkit as ei
+from ei_toolkit.sde.matrix import CLD, MatrixLinearSDE
+from ei_toolkit.testing import GaussianMixture, get_problem
 
 SDE = CLD()
 
@@ -39,31 +40,32 @@ def test_sigma_solves_the_lyapunov_ode_and_r_factors_it():
     np.testing.assert_allclose(SDE.sigma_matrix(0.0), [[0, 0], [0, SDE.gamma * SDE.mass]], atol=1e-15)
 
 
+def _wide_mixture() -> GaussianMixture:
+    prob = get_problem("gmm2d")
+    return GaussianMixture(means=prob.means, stds=prob.stds * 3, weights=prob.weights)
+
+
 @pytest.fixture(scope="module")
 def cld_problem():
-    prob = get_problem("gmm2d")
-    model = mixture_eps(SDE, prob.means, prob.stds * 3, prob.weights)
-    z = torch.randn(8, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    u1 = torch.einsum("ab,nbd->nad", torch.as_tensor(np.linalg.cholesky(SDE.sigma_matrix(1.0))), z)
-    ref = reference_flow(SDE, model, u1, 1.0, 0.1, rtol=1e-10)
+    mix = _wide_mixture()
+    model = mix.eps_model(SDE)
+    u1 = mix.sample_marginal(SDE, 1.0, 8, torch.Generator().manual_seed(0))
+    ref = mix.reference(SDE, u1, 1.0, 0.1, rtol=1e-10)
     return model, u1, ref
-
-
-@pytest.mark.parametrize(("points", "order"), [(1, 1.0), (2, 2.0)])
-def test_gddim_and_matrix_tab_converge_with_their_order(cld_problem, points, order):
-    model, u1, ref = cld_problem
-    steps = (16, 32, 64, 128)
-    errs = [(sample_matrix(model, u1, SDE, points=points, nfe=n, t_end=0.1, grid="uniform_t") - ref).abs().max()
-            .item() for n in steps]
-    slope = np.polyfit(-np.log(steps), np.log(errs), 1)[0]
-    assert order - 0.25 <= slope <= order + 0.6, (slope, errs)
 
 
 def test_higher_point_counts_are_more_accurate(cld_problem):
     model, u1, ref = cld_problem
-    errs = [(sample_matrix(model, u1, SDE, points=p, nfe=64, t_end=0.1, grid="uniform_t") - ref).abs().max().item()
-            for p in (1, 2, 3, 4)]
+    errs = [(ei.sample(model, u1, SDE, method=f"tab{p - 1}", nfe=64, t_end=0.1, grid="uniform_t") - ref).abs().max()
+            .item() for p in (1, 2, 3, 4)]
     assert errs[0] > errs[1] > errs[2] > errs[3], errs
+
+
+def test_the_default_method_samples_a_matrix_sde(cld_problem):
+    """ei.sample(model, u, CLD()) works with no method named (the matrix default, a matrix-capable method)."""
+    model, u1, _ = cld_problem
+    sol = ei.solve(model, u1, SDE)
+    assert sol.nfe == 10 and sol.method == "tab2" and torch.isfinite(sol.x).all()
 
 
 def test_matrix_sde_bad_input():
@@ -83,33 +85,33 @@ def test_matrix_sde_bad_input():
         SDE.factor(0.0)
 
 
-def test_sample_routes_matrix_sdes_and_reports_what_is_not_supported(cld_problem):
-    import ei_toolkit as ei
-
+def test_matrix_sampling_gets_every_check_of_the_scalar_path(cld_problem):
     model, u1, _ = cld_problem
-    sol = ei.solve(model, u1, SDE, method="tab2", nfe=64, grid="uniform_t", t_end=0.1)
-    direct = sample_matrix(model, u1, SDE, points=3, nfe=64, grid="uniform_t", t_end=0.1)
-    assert sol.nfe == 64 and torch.equal(sol.x, direct)
-    with pytest.raises(ValueError, match=r"method 'rhork-rk4' does not support matrix SDEs yet; valid: ddim"):
+    with pytest.raises(ValueError, match=r"method 'rhork-rk4' does not support matrix SDEs; valid: ddim"):
         ei.sample(model, u1, SDE, method="rhork-rk4")
-    with pytest.raises(ValueError, match=r"unknown grid 'karras' for matrix SDEs"):
+    with pytest.raises(ValueError, match=r"grid 'karras' needs the scalar rho.*uniform_t, quadratic_t"):
         ei.sample(model, u1, SDE, method="ddim", grid="karras")
-    with pytest.raises(ValueError, match=r"u must have shape \(batch, 2, ...\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 2, ...\)"):
         ei.sample(model, u1[:, :1], SDE, method="ddim")
+    with pytest.raises(ei.NumericalError, match=r"model output is not finite at evaluation 0 \(t = 1\)"):
+        ei.sample(lambda u, t: u * float("nan"), u1, SDE)
+    with pytest.raises(TypeError, match=r"x must be a real floating-point tensor; got torch.int64"):
+        ei.sample(model, u1.long(), SDE)
+    with pytest.raises(TypeError, match=r"the model returned dtype torch.float32; expected torch.float64"):
+        ei.sample(lambda u, t: u.float(), u1, SDE)
+    with pytest.raises(ValueError, match=r"matrix SDEs take eps-models .* got prediction='x0'"):
+        ei.sample(model, u1, SDE, prediction="x0")
+    with pytest.raises(ValueError, match=r"t_end must lie in the SDE's domain \[0.001, 1\]"):
+        ei.sample(model, u1, SDE, t_end=0.0)
 
 
 @pytest.mark.parametrize("frame", ["t", "y"])
 def test_torchdiffeq_on_the_transformed_matrix_ode(cld_problem, frame):
-    import torchdiffeq
-
-    from ei_toolkit.sde.matrix import TransformedFlow
-
     model, u1, ref = cld_problem
-    f = TransformedFlow(model, SDE, frame)
-    ts = torch.tensor([1.0, 0.1], dtype=torch.float64)
-    y = torchdiffeq.odeint(f, f.encode(u1, 1.0), ts, rtol=1e-6, atol=1e-6, options={"step_t": ts})[-1]
-    torch.testing.assert_close(f.decode(y, 0.1), ref, rtol=0, atol=1e-4)
-    assert f.nfe > 0
+    sol = ei.solve(model, u1, SDE, method="torchdiffeq:dopri5", t_end=0.1,
+                   options={"frame": frame, "rtol": 1e-6, "atol": 1e-6})
+    torch.testing.assert_close(sol.x, ref, rtol=0, atol=1e-4)
+    assert sol.nfe > 0
 
 
 def test_cld_symbolic_transition_is_the_critically_damped_jordan_form():
@@ -128,27 +130,3 @@ def test_cld_sigma_closed_form_matches_the_lyapunov_solution():
     f = sp.lambdify(t, SDE.symbolic_sigma, "numpy")
     for tt in (0.01, 0.3, 1.0):
         np.testing.assert_allclose(np.asarray(f(tt), dtype=float), SDE.sigma_matrix(tt), rtol=1e-9, atol=1e-13)
-
-
-@pytest.mark.parametrize("points", [1, 2, 3, 4])
-def test_matrix_tab_reaches_its_order_from_exact_history(points):
-    """Like the scalar convergence test: exact states and eps at the first grid points, then the fitted slope
-    of the error against the step count reaches the order (points) within 0.3."""
-    prob = get_problem("gmm2d")
-    model = mixture_eps(SDE, prob.means, prob.stds * 3, prob.weights)
-    z = torch.randn(8, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    u1 = torch.einsum("ab,nbd->nad", torch.as_tensor(np.linalg.cholesky(SDE.sigma_matrix(1.0))), z)
-    steps = (64, 128, 256, 512)
-    grids = {n: np.linspace(1.0, 0.1, n + 1) for n in steps}
-    need = sorted({float(g[j]) for g in grids.values() for j in range(1, points)} | {0.1}, reverse=True)
-    exact = dict(zip(need, reference_flow(SDE, model, u1, 1.0, need, rtol=1e-12), strict=True))
-    errs = []
-    for n in steps:
-        g, st = grids[n], points - 1
-        states = [u1] + [exact[float(g[j])] for j in range(1, st + 1)]
-        hist = [model(states[j], torch.full((8,), g[j], dtype=torch.float64)) for j in range(st)]
-        out = sample_matrix(model, states[st], SDE, points=points, nfe=n, grid=torch.tensor(g), start=st,
-                            history=hist)
-        errs.append((out - exact[0.1]).abs().max().item())
-    slope = np.polyfit(-np.log(steps), np.log(errs), 1)[0]
-    assert points - 0.3 <= slope <= points + 1, (slope, errs)

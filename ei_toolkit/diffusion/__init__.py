@@ -3,8 +3,8 @@
 
 from typing import Any
 
+from ..model import threshold_x0
 from .guidance import classifier_free_guidance
-from .thresholding import threshold_x0
 
 __all__ = ["EIScheduler", "classifier_free_guidance", "from_diffusers", "sde_from_scheduler_config", "threshold_x0"]
 

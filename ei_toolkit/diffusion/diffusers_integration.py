@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..grids import time_grid
-from ..integrators import MultistepPlan, combine, get_integrator
+from ..integrators import Integrator, MultistepPlan, get_integrator, plan_for
+from ..model import to_eps, to_x0
 from ..sde import DiscreteVP
 from .guidance import classifier_free_guidance
 
@@ -166,7 +167,8 @@ class EIScheduler(_SchedulerMixin, _ConfigMixin):
         self.sde = sde_from_scheduler_config(self.config)
         self.prediction = prediction_from_config(self.config)
         self.integrator = get_integrator(method)
-        if self.integrator.evals_per_step != 1 or getattr(self.integrator, "stochastic", False):
+        if (not isinstance(self.integrator, Integrator) or self.integrator.evals_per_step != 1
+                or self.integrator.stochastic):
             raise ValueError(f"EIScheduler runs one-evaluation multistep methods; {method!r} is not one")
         if final_sigmas_type not in ("zero", "sigma_min"):
             raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min'; got {final_sigmas_type!r}")
@@ -184,8 +186,6 @@ class EIScheduler(_SchedulerMixin, _ConfigMixin):
         t_end = sde.t0 if self.config.final_sigmas_type == "zero" else sde.t_min
         grid = time_grid(sde, self.config.grid or self.integrator.default_grid, num_inference_steps, sde.t_max,
                          t_end)
-        from ..sampling import plan_for
-
         self._plan = plan_for(self.integrator, sde, grid)
         self._alpha = sde.alpha(grid).tolist()
         self._sigma = sde.sigma(grid).tolist()
@@ -206,18 +206,14 @@ class EIScheduler(_SchedulerMixin, _ConfigMixin):
                                "again to start a new sampling run")
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output has shape {tuple(model_output.shape)}; expected {tuple(sample.shape)}")
-        from ..adapters import model_to_eps
-
         a, s = self._alpha[i], self._sigma[i]
-        eps = model_to_eps(self.prediction, model_output, sample, a, s)
-        x0 = (sample - s * eps) / a
+        x0 = to_x0(self.prediction, model_output, sample, a, s)
         if self.config.clip_sample:
             x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
-            eps = (sample - a * x0) / s
-        self._hist.append(eps)
-        w = self._plan.weights[i]
-        self._hist = self._hist[-max(len(w), self._plan.history):]
-        out = combine(sample, self._plan.psi[i], [(w[j], self._hist[-1 - j]) for j in range(len(w))])
+        e = x0 if self._plan.target == "x0" else (
+            (sample - a * x0) / s if self.config.clip_sample else to_eps(self.prediction, model_output, sample, a, s))
+        self._hist.append(e)
+        out = self._plan.step(i, sample, self._hist)
         self._step_index += 1
         if not return_dict:
             return (out,)

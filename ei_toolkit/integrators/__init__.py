@@ -2,32 +2,53 @@
 
 from __future__ import annotations
 
-from .base import EpsFn, Integrator, MultistepPlan, RungeKuttaPlan, combine
+from .base import (
+    EpsFn,
+    Integrator,
+    Method,
+    MultistepPlan,
+    NoiseSource,
+    Plan,
+    RungeKuttaPlan,
+    SolveRequest,
+    combine,
+    plan_for,
+)
 from .ddim import DDIM
 from .euler import Euler
 from .exponential_adams import ExponentialAdams, adams_plan
 from .ipndm import IPNDM
 from .runge_kutta import TABLEAUX, ButcherTableau, RhoRungeKutta
-from .sddim import StochasticDDIM, StochasticPlan, brownian_noise
+from .sddim import StochasticDDIM
+from .torchdiffeq import TORCHDIFFEQ_METHODS, TorchDiffEq
 
-INTEGRATORS: dict[str, Integrator] = {}
-
-
-def register(integrator: Integrator, *, replace: bool = False) -> Integrator:
-    """Make ``integrator`` available to :func:`ei_toolkit.sample` under ``integrator.name``."""
-    if not isinstance(integrator, Integrator):
-        raise TypeError(f"integrator must be an ei_toolkit.integrators.Integrator; got {type(integrator).__name__}")
-    if integrator.name in INTEGRATORS and not replace:
-        raise ValueError(f"an integrator named {integrator.name!r} exists; pass replace=True to override it")
-    INTEGRATORS[integrator.name] = integrator
-    return integrator
+INTEGRATORS: dict[str, Method] = {}
 
 
-def get_integrator(name: str | Integrator) -> Integrator:
-    """The integrator called ``name`` (or ``name`` itself if it is one)."""
-    if isinstance(name, Integrator):
+def register(method: Method, *, replace: bool = False) -> Method:
+    """Make ``method`` (an :class:`Integrator`, a stochastic or a black-box :class:`Method`) available to
+    :func:`ei_toolkit.sample` under ``method.name``."""
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be an ei_toolkit.integrators.Method (e.g. an Integrator); got "
+                        f"{type(method).__name__}")
+    if not isinstance(getattr(method, "name", None), str) or not method.name:
+        raise ValueError("a registered method needs a non-empty string name")
+    if method.name in INTEGRATORS and not replace:
+        raise ValueError(f"a method named {method.name!r} exists; pass replace=True to override it")
+    INTEGRATORS[method.name] = method
+    return method
+
+
+def get_integrator(name: str | Method) -> Method:
+    """The method called ``name`` (or ``name`` itself if it is one)."""
+    if isinstance(name, Method):
         return name
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a name or an ei_toolkit.integrators.Method; got {type(name).__name__}")
     if name not in INTEGRATORS:
+        if name.startswith("torchdiffeq:"):
+            raise ValueError(f"unknown torchdiffeq method {name.split(':', 1)[1]!r}; valid: "
+                             f"{', '.join(TORCHDIFFEQ_METHODS)}")
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(INTEGRATORS)}")
     return INTEGRATORS[name]
 
@@ -50,6 +71,9 @@ for _k in range(2, 5):
     register(ExponentialAdams(f"logrhoab{_k - 1}", _k, "logrho", default_grid=_BEST_GRID[f"logrhoab{_k - 1}"]))
 for _name, _tab in TABLEAUX.items():
     register(RhoRungeKutta(f"rhork-{_name}", _tab, default_grid="quadratic_t"))
+register(StochasticDDIM(lam=1.0, name="sddim"))  # lam=1: the DDPM posterior; solve(..., lam= or eta=) reconfigures
+for _name in TORCHDIFFEQ_METHODS:
+    register(TorchDiffEq(_name))
 
 __all__ = [
     "DDIM",
@@ -61,14 +85,18 @@ __all__ = [
     "Euler",
     "ExponentialAdams",
     "Integrator",
+    "Method",
     "MultistepPlan",
+    "NoiseSource",
+    "Plan",
     "RhoRungeKutta",
     "RungeKuttaPlan",
+    "SolveRequest",
     "StochasticDDIM",
-    "StochasticPlan",
+    "TorchDiffEq",
     "adams_plan",
-    "brownian_noise",
     "combine",
     "get_integrator",
+    "plan_for",
     "register",
 ]

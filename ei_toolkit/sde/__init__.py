@@ -2,7 +2,7 @@
 
 from .builtins import EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, SubVPSDE
 from .linear import LinearSDE, SymbolicForms
-from .matrix import CLD, MatrixLinearSDE, TransformedFlow
+from .matrix import CLD, MatrixLinearSDE
 
 __all__ = [
     "CLD",
@@ -15,5 +15,4 @@ __all__ = [
     "MatrixLinearSDE",
     "SubVPSDE",
     "SymbolicForms",
-    "TransformedFlow",
 ]

@@ -15,7 +15,7 @@ import torch
 
 from .derive import T
 from .linear import LinearSDE
-from .tables import PiecewiseLinear, TableFunction, table_function
+from .tables import PiecewiseLinear, TableFunction, TableImpl, table_function
 
 _LINEAR_BETA = "beta_min + (beta_max - beta_min) * t"
 
@@ -146,20 +146,30 @@ class DiscreteVP(LinearSDE):
         return cls(np.linspace(beta_start, beta_end, num_timesteps))
 
 
-@functools.lru_cache(maxsize=32)
 def _discrete_log_alpha(log_alpha_bytes: bytes) -> type[TableFunction]:
-    """The piecewise-linear log-alpha of a table as a sympy function (one class per distinct table)."""
+    """The piecewise-linear log-alpha of a table as a sympy function (one class per distinct table while
+    cached); its ``value_key`` is the SHA-256 digest of the table, which keys the derivation by value."""
+    return _discrete_log_alpha_owned(log_alpha_bytes)[0]
+
+
+@functools.lru_cache(maxsize=32)
+def _discrete_log_alpha_owned(log_alpha_bytes: bytes) -> tuple[type[TableFunction], list[TableImpl]]:
+    """The function class and the implementations it needs (owned by this cache while the entry lives, and
+    by each derivation that uses them)."""
     values = np.frombuffer(log_alpha_bytes, dtype=np.float64).copy()
     nodes = np.arange(len(values), dtype=np.float64) - 1.0
     table = PiecewiseLinear(nodes, values)
-    digest = hashlib.sha1(log_alpha_bytes).hexdigest()[:8]
-    slope = table_function(f"discrete_log_alpha_slope_{digest}", table.slope_numpy, table.slope_torch,
-                           derivative=lambda x: sp.S.Zero, table=table)
-    fn = table_function(f"discrete_log_alpha_{digest}", table.numpy, table.torch, derivative=lambda x: slope(x),
-                        table=table)
-    fn._inverse = table_function(f"discrete_log_alpha_inverse_{digest}", table.inverse_numpy, table.inverse_torch,
-                                 derivative=lambda x: 1 / slope(fn._inverse(x)), table=table)
-    return fn
+    digest = hashlib.sha256(log_alpha_bytes).hexdigest()
+    short = digest[:8]
+    owner: list[TableImpl] = []
+    slope = table_function(f"discrete_log_alpha_slope_{short}", table.slope_numpy, table.slope_torch, owner,
+                           derivative=lambda x: sp.S.Zero, table=table, value_key=("slope", digest))
+    fn = table_function(f"discrete_log_alpha_{short}", table.numpy, table.torch, owner,
+                        derivative=lambda x: slope(x), table=table, value_key=("log_alpha", digest))
+    fn._inverse = table_function(f"discrete_log_alpha_inverse_{short}", table.inverse_numpy, table.inverse_torch,
+                                 owner, derivative=lambda x: 1 / slope(fn._inverse(x)), table=table,
+                                 value_key=("inverse", digest))
+    return fn, owner
 
 
 def _positive(**values: float) -> None:

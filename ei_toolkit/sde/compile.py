@@ -16,7 +16,7 @@ import sympy as sp
 import torch
 from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
 
-from .tables import table_namespace
+from .tables import TableFunction, table_namespace
 
 _FUNCS = ("exp", "log", "sqrt", "expm1", "log1p", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh",
           "tanh", "asinh", "acosh", "atanh", "atan2", "floor", "ceil", "sign")
@@ -34,8 +34,23 @@ def prepare(expr: sp.Expr) -> sp.Expr:
     return sp.nfloat(expr, n=17, exponent=False)
 
 
-@functools.lru_cache(maxsize=1024)
+CACHE_SIZE = 256
+"""Compiled functions kept (least recently used evicted first); expressions with tabulated functions are
+not cached, so that the cache never keeps a table alive after its derivation is gone."""
+
+
 def _lambdify(args: tuple[sp.Symbol, ...], expr: sp.Expr, backend: str) -> Callable[..., object]:
+    if expr.has(TableFunction):
+        return _compile(args, expr, backend)
+    return _cached_compile(args, expr, backend)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _cached_compile(args: tuple[sp.Symbol, ...], expr: sp.Expr, backend: str) -> Callable[..., object]:
+    return _compile(args, expr, backend)
+
+
+def _compile(args: tuple[sp.Symbol, ...], expr: sp.Expr, backend: str) -> Callable[..., object]:
     tables = table_namespace(expr)
     ns = dict(_NUMPY_NS if backend == "numpy" else _TORCH_NS)
     ns.update({name: impls[0 if backend == "numpy" else 1] for name, impls in tables.items()})

@@ -13,42 +13,116 @@ Everything symbolic is verified numerically by the caller before it is trusted.
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import functools
-import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import sympy as sp
 from sympy.integrals.manualintegrate import manualintegrate
+
+from .tables import TableFunction
 
 T = sp.Symbol("t", real=True)
 S = sp.Symbol("tau", real=True)
 RHO = sp.Symbol("rho", positive=True)
 _U = sp.Symbol("u", positive=True)
+R = TypeVar("R")
 
 
 class _Timeout(Exception):
-    pass
+    """A sympy step ran past its time limit."""
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Interrupt a sympy computation after ``seconds`` (main thread only; elsewhere no limit)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
+class _Interrupt(BaseException):
+    """Raised asynchronously in a thread whose sympy step ran past its limit (see :func:`call_with_time_limit`).
 
-    def handler(signum: int, frame: object) -> None:
-        raise _Timeout
+    A BaseException, so that ``except Exception`` clauses inside sympy do not swallow it (sympy has no bare
+    ``except:`` or ``except BaseException`` outside its tests).
+    """
 
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+# CPython's PyThreadState_SetAsyncExc raises an exception in another thread at its next bytecode boundary.
+# Elsewhere (PyPy) it is missing and sympy steps run without a limit.
+_SET_ASYNC_EXC = getattr(getattr(ctypes, "pythonapi", None), "PyThreadState_SetAsyncExc", None)
+
+
+class _Watchdog:
+    """Interrupts the calling thread once, by an asynchronous exception, when ``seconds`` have passed and
+    :meth:`stop` has not been called. No signals: it works in any thread and leaves the process's signal
+    handlers and timers alone.
+
+    At most one interrupt is ever raised, and only while ``active``; :meth:`stop` clears it if it was raised
+    but not yet delivered. So none can arrive after :meth:`stop` (or the delivery of the one) -- with a
+    repeated interrupt, a second could be raised while the first unwinds the clean-up.
+    """
+
+    def __init__(self, seconds: float, exc: type[BaseException]) -> None:
+        self.tid = threading.get_ident()
+        self.exc = exc
+        self.active = [True]  # a list: clearing it is one C-level store, with no interrupt check in between
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(seconds,), name="ei_toolkit-time-limit", daemon=True)
+
+    def start(self) -> None:
+        """Start the clock (inside the caller's ``try``: the interrupt can come before this returns)."""
+        self.thread.start()
+
+    def _run(self, seconds: float) -> None:
+        if self.done.wait(seconds):
+            return
+        with self.lock:
+            if self.active[0]:
+                _SET_ASYNC_EXC(ctypes.c_ulong(self.tid), ctypes.py_object(self.exc))
+
+    def stop(self) -> None:
+        self.active[0] = False
+        with self.lock:  # the watchdog is not between its check and its interrupt: clear a pending one
+            _SET_ASYNC_EXC(ctypes.c_ulong(self.tid), None)
+        self.done.set()
+
+
+def call_with_time_limit(seconds: float, fn: Callable[..., R], *args: Any) -> R:
+    """``fn(*args)``, or :class:`_Timeout` once it has run ``seconds``; in any thread, without signals.
+
+    The calling thread is interrupted by an asynchronous exception (a BaseException, which sympy's
+    ``except Exception`` clauses let through). Pure-Python code such as sympy stops within milliseconds; a
+    long call into C finishes first.
+    """
+    if _SET_ASYNC_EXC is None:  # pragma: no cover - not CPython
+        return fn(*args)
+    dog = _Watchdog(seconds, _Interrupt)
     try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        try:
+            dog.start()
+            return fn(*args)
+        finally:
+            dog.active[0] = False  # first: no interrupt check between the call's end and this store
+            dog.stop()
+    except _Interrupt:
+        raise _Timeout from None
+
+
+class time_limit:
+    """Context manager: raise :class:`_Timeout` in the block once it has run ``seconds``; in any thread,
+    without signals (see :class:`_Watchdog`). Prefer :func:`call_with_time_limit`, whose interrupt is a
+    BaseException that an ``except Exception`` inside the block cannot swallow."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.dog: _Watchdog | None = None
+
+    def __enter__(self) -> time_limit:
+        if _SET_ASYNC_EXC is not None:
+            self.dog = _Watchdog(self.seconds, _Timeout)
+            self.dog.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.dog is not None:
+            self.dog.stop()
 
 
 def _generic_branch(expr: sp.Expr) -> sp.Expr:
@@ -69,8 +143,7 @@ def antiderivative(f: sp.Expr, x: sp.Symbol, budget: float = 2.0) -> tuple[sp.Ex
         return f * x, "symbolic (constant integrand)"
     for name, integrate in (("sympy manualintegrate", manualintegrate), ("sympy integrate", sp.integrate)):
         try:
-            with time_limit(budget):
-                result = integrate(f, x)
+            result = call_with_time_limit(budget, integrate, f, x)
         except _Timeout:
             continue
         except Exception:  # sympy raises a wide variety of internal errors on hard integrands
@@ -239,11 +312,24 @@ def invert(lhs: sp.Expr, rhs: sp.Expr, depth: int = 0) -> list[sp.Expr]:
     return out[: 2 * _MAX_CANDIDATES]
 
 
-@functools.lru_cache(maxsize=256)
 def inverse_candidates(rho2: sp.Expr, budget: float = 2.0) -> tuple[sp.Expr, ...]:
-    """Closed-form candidates for t(rho) from rho^2(t) = rho^2 (bounded in time)."""
+    """Closed-form candidates for t(rho) from rho^2(t) = rho^2 (bounded in time).
+
+    Cached, except for expressions with tabulated functions: those are unique to one derivation, and the
+    cache would keep their tables alive after the derivation is evicted.
+    """
+    if rho2.has(TableFunction):
+        return _inverse_candidates(rho2, budget)
+    return _cached_inverse_candidates(rho2, budget)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_inverse_candidates(rho2: sp.Expr, budget: float) -> tuple[sp.Expr, ...]:
+    return _inverse_candidates(rho2, budget)
+
+
+def _inverse_candidates(rho2: sp.Expr, budget: float) -> tuple[sp.Expr, ...]:
     try:
-        with time_limit(budget):
-            return tuple(invert(rho2, RHO**2))
+        return tuple(call_with_time_limit(budget, invert, rho2, RHO**2))
     except _Timeout:
         return ()

@@ -6,14 +6,15 @@ arXiv:2206.05564; MATH.md sections 1 and 6. Derived in float64: the transition P
 when F is constant, else the ODE dPsi/dt = F Psi), the marginal covariance Sigma_t (Lyapunov ODE
 dSigma/dt = F Sigma + Sigma F^T + G G^T) and gDDIM's factor R_t (R R^T = Sigma, dR/dt = F R + 1/2 G G^T R^{-T},
 which makes the DDIM step exact for frozen eps: u_s = Psi(s,t) u_t + (R_s - Psi(s,t) R_t) eps).
-ODEs are solved by DOP853 at rtol 1e-12 and read back from dense output; the scalar path
-(:class:`~ei_toolkit.LinearSDE`) is untouched.
+ODEs are solved by DOP853 at rtol 1e-12 and read back from dense output. Sampling runs on the same integrators and
+runner as scalar SDEs (methods with the ``matrix`` capability: ddim, tab0..tab3), with k x k coefficients;
+docs/math.md section 6.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,8 @@ class MatrixLinearSDE:
     factor of Sigma at t_min).
     """
 
+    is_matrix = True
+
     def __init__(self, drift: Any, diffusion: Any, *, t_max: float, t_min: float, sigma_init: Any,
                  t0: float = 0.0, **parameters: float) -> None:
         symbols = _as_parameter_symbols(parameters)
@@ -66,10 +69,18 @@ class MatrixLinearSDE:
         self._F = sp.lambdify(T, F.xreplace(values), "numpy")
         self._G = sp.lambdify(T, G.xreplace(values), "numpy")
         self.constant_drift = not F.has(T)
+        self._key = (type(self).__qualname__, sp.srepr(F), sp.srepr(G), tuple(sorted(
+            (n, float(v)) for n, v in parameters.items())), np.asarray(sigma_init, dtype=np.float64).tobytes(),
+            float(t0), float(t_min), float(t_max))
         self.symbolic_psi: sp.Matrix | None = None
         self.symbolic_sigma: sp.Matrix | None = None
         self.how: dict[str, str] = {}
         self._solve(s0)
+
+    @property
+    def key(self) -> Hashable:
+        """A hashable description of this SDE by value (drift, diffusion, parameter values, window), for caches."""
+        return self._key
 
     # -- coefficients --------------------------------------------------------------------------------------
 
@@ -204,157 +215,3 @@ def apply_block(m: np.ndarray | torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """The k x k matrix m applied to the block axis (dim 1) of u."""
     mt = torch.as_tensor(m, dtype=u.dtype, device=u.device)
     return torch.einsum("ab,nb...->na...", mt, u)
-
-
-def mixture_eps(sde: MatrixLinearSDE, means: torch.Tensor, stds: torch.Tensor, weights: torch.Tensor):
-    """The exact eps = -R_t^T score of a Gaussian mixture in x pushed through the SDE, with v_0 drawn from
-    the SDE's sigma_init: u_t ~ sum_k w_k N(Psi(t,0) (mu_k, 0), Sigma_t + s_k^2 Psi e1 e1^T Psi^T) per data
-    dimension. ``model(u, t)`` for u of shape (batch, k, d) and t a 1-D tensor (all equal, as in sampling)."""
-    logw = weights.log()
-
-    def model(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        tt = float(t.reshape(-1)[0])
-        psi = torch.as_tensor(sde.psi(tt, sde.t0), dtype=torch.float64)
-        sig = torch.as_tensor(sde.sigma_matrix(tt), dtype=torch.float64)
-        r = torch.as_tensor(sde.factor(max(tt, sde.t_min)), dtype=torch.float64)
-        e1 = psi[:, 0]
-        cov = sig[None] + stds[:, None, None] ** 2 * torch.outer(e1, e1)[None]  # [K, k, k]
-        prec = torch.linalg.inv(cov)
-        u64 = u.to(torch.float64)
-        mean = e1[None, :, None] * means[:, None, :]  # [K, k, d]
-        diff = u64[:, None] - mean[None]  # [B, K, k, d]
-        pd = torch.einsum("kab,nkbd->nkad", prec, diff)
-        logp = logw[None] - 0.5 * (diff * pd).sum((2, 3)) - 0.5 * u.shape[-1] * torch.logdet(cov)[None]
-        resp = torch.softmax(logp, 1)
-        score = -(resp[:, :, None, None] * pd).sum(1)
-        return (-torch.einsum("ba,nbd->nad", r, score)).to(u.dtype)  # eps = -R^T score
-
-    return model
-
-
-def reference_flow(sde: MatrixLinearSDE, model, u: torch.Tensor, t_start: float,
-                   t_end: float | Sequence[float], rtol: float = 1e-11) -> torch.Tensor:
-    """The probability-flow ODE du/dt = F u + 1/2 G G^T R^{-T} eps solved by DOP853 at tight tolerance; a
-    sequence of (decreasing) end times gives the states at each, stacked time-first, from one solve."""
-    shape = u.shape
-    many = not isinstance(t_end, (int, float))
-    ends = [float(v) for v in (t_end if many else [t_end])]
-
-    def f(t: float, y: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(y.reshape(shape))
-        eps = model(x, torch.tensor([t], dtype=torch.float64))
-        r = sde.factor(t)
-        drift = apply_block(sde.F(t), x) + apply_block(0.5 * sde.GGt(t) @ np.linalg.inv(r).T, eps)
-        return drift.numpy().ravel()
-
-    sol = solve_ivp(f, (t_start, ends[-1]), u.to(torch.float64).numpy().ravel(), method="DOP853", rtol=rtol,
-                    atol=rtol, t_eval=ends)
-    out = torch.from_numpy(sol.y.T.copy()).reshape(len(ends), *shape)
-    return out if many else out[0]
-
-
-def gddim_weights(sde: MatrixLinearSDE, grid: Sequence[float], points: int) -> tuple[list, list]:
-    """Psi_i and the k x k weights of the k-point exponential Adams method in t for the matrix case:
-    C_ij = int_{t_i}^{t_{i+1}} Psi(t_{i+1}, tau) 1/2 G G^T R_tau^{-T} l_j(tau) dtau (40-node Gauss-Legendre);
-    with one point it is exactly R_{i+1} - Psi R_i (gDDIM)."""
-    xg, wg = np.polynomial.legendre.leggauss(40)
-    t = np.asarray(grid, dtype=np.float64)
-    psis, weights = [], []
-    for i in range(len(t) - 1):
-        a, b = t[i], t[i + 1]
-        psi = sde.psi(b, a)
-        psis.append(psi)
-        m = min(points, i + 1)
-        if m == 1:
-            weights.append([sde.factor(b) - psi @ sde.factor(a)])
-            continue
-        nodes = t[i - m + 1: i + 1][::-1]
-        taus = 0.5 * (a + b) + 0.5 * (b - a) * xg
-        kern = sde.kernel(b, taus)
-        row = []
-        for j in range(m):
-            ell = np.ones_like(taus)
-            for q in range(m):
-                if q != j:
-                    ell = ell * (taus - nodes[q]) / (nodes[j] - nodes[q])
-            row.append(0.5 * (b - a) * np.einsum("q,qab->ab", wg * ell, kern))
-        weights.append(row)
-    return psis, weights
-
-
-MATRIX_METHODS = {"ddim": 1, "tab0": 1, "tab1": 2, "tab2": 3, "tab3": 4}
-MATRIX_GRIDS = ("uniform_t", "quadratic_t")
-
-
-def matrix_grid(sde: MatrixLinearSDE, grid: str | torch.Tensor, nfe: int, t_start: float | None = None,
-                t_end: float | None = None) -> torch.Tensor:
-    """The time grid of a matrix-SDE sampler: ``"uniform_t"``, ``"quadratic_t"`` or explicit times (float64)."""
-    from ..grids import time_grid
-
-    t_start = sde.t_max if t_start is None else float(t_start)
-    t_end = sde.t_min if t_end is None else float(t_end)
-    if not sde.t_min - 1e-12 <= t_end < t_start <= sde.t_max + 1e-12:
-        raise ValueError(f"need t_min <= t_end < t_start <= t_max; got t_start={t_start}, t_end={t_end}")
-    if isinstance(grid, str) and grid not in MATRIX_GRIDS:
-        raise ValueError(f"unknown grid {grid!r} for matrix SDEs; valid: {', '.join(MATRIX_GRIDS)} (or explicit "
-                         "times)")
-    return time_grid(sde, grid, nfe, t_start, t_end)  # type: ignore[arg-type]
-
-
-def sample_matrix(model, u: torch.Tensor, sde: MatrixLinearSDE, *, points: int = 1, nfe: int = 10,
-                  grid: str | torch.Tensor = "quadratic_t", t_start: float | None = None,
-                  t_end: float | None = None, start: int = 0, history: Sequence[torch.Tensor] = ()
-                  ) -> torch.Tensor:
-    """gDDIM (points = 1) or the k-point exponential Adams method in t (tAB, points = 2..4) for a matrix SDE:
-    u_{i+1} = Psi_i u_i + sum_j C_ij eps_{i-j}, coefficients in float64 once per call. ``grid`` is
-    ``"uniform_t"``, ``"quadratic_t"`` or explicit decreasing times; ``u`` has shape (batch, k, ...).
-    ``start``/``history``: begin at grid point ``start`` (u is the state there) with eps at the earlier grid
-    points (oldest first), e.g. exact starting values for an order test."""
-    if u.ndim < 2 or u.shape[1] != sde.k:
-        raise ValueError(f"u must have shape (batch, {sde.k}, ...) for this {sde.k}x{sde.k} SDE; got "
-                         f"{tuple(u.shape)}")
-    g = matrix_grid(sde, grid, nfe, t_start, t_end).numpy()
-    psis, weights = gddim_weights(sde, g, points)
-    hist: list[torch.Tensor] = list(history)[-points:] if points > 1 else []
-    for i in range(start, len(g) - 1):
-        out = model(u, torch.full((u.shape[0],), g[i], dtype=u.dtype, device=u.device))
-        if out.shape != u.shape:
-            raise ValueError(f"the model returned shape {tuple(out.shape)}; expected {tuple(u.shape)}")
-        hist.append(out)
-        hist = hist[-points:]
-        nxt = apply_block(psis[i], u)
-        for j, w in enumerate(weights[i]):
-            nxt = nxt + apply_block(w, hist[-1 - j])
-        u = nxt
-    return u
-
-
-class TransformedFlow(torch.nn.Module):
-    """torchdiffeq ``func(t, y)`` of the matrix probability-flow ODE in the transformed variable
-    y = Psi(t0, t) u: dy/dt = dP/dt eps(Psi(t, t0) y, t) with P_t = Psi(t0, t) R_t, the matrix analogue of
-    dy/drho = eps (no linear part left). ``frame="t"`` gives the original du/dt = F u + 1/2 G G^T R^-T eps.
-    ``encode``/``decode`` map u <-> y; ``nfe`` counts model evaluations."""
-
-    def __init__(self, model, sde: MatrixLinearSDE, frame: str = "y") -> None:
-        super().__init__()
-        if frame not in ("y", "t"):
-            raise ValueError(f"unknown frame {frame!r}; valid: y, t")
-        self.model, self.sde, self.frame, self.nfe = model, sde, frame, 0
-
-    def encode(self, u: torch.Tensor, t: float) -> torch.Tensor:
-        return u if self.frame == "t" else apply_block(self.sde.psi(self.sde.t0, t), u)
-
-    def decode(self, y: torch.Tensor, t: float) -> torch.Tensor:
-        return y if self.frame == "t" else apply_block(self.sde.psi(t, self.sde.t0), y)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
-        sde = self.sde
-        tt = min(max(float(t), sde.t_min), sde.t_max)
-        u = self.decode(y, tt)
-        eps = self.model(u, torch.full((u.shape[0],), tt, dtype=u.dtype, device=u.device))
-        r = sde.factor(tt)
-        kernel = 0.5 * sde.GGt(tt) @ np.linalg.inv(r).T  # dP/dt = Psi(t0, t) (dR/dt - F R) = Psi(t0,t) kernel
-        if self.frame == "t":
-            return apply_block(sde.F(tt), u) + apply_block(kernel, eps)
-        return apply_block(sde.psi(sde.t0, tt) @ kernel, eps)

@@ -10,7 +10,8 @@ function. Torch evaluations are differentiable in their argument.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,12 @@ class CumulativeIntegral(_Table):
 
     The node count doubles until the interpolant agrees with a direct quadrature at every interval's
     midpoint to ``rtol`` (relative to the largest |value|); :attr:`error_estimate` records the agreement.
+
+    Near ``a``, where the integral of an integrand that vanishes at ``a`` is tiny (rho^2 ~ t^3 for G = t),
+    that absolute accuracy is not a relative one. Below :attr:`direct_below` (the end of the last interval
+    whose midpoint misses ``10 rtol`` relative to its own value) x is therefore read by Gauss-Legendre
+    quadrature from the node below it, which keeps full relative accuracy for a non-negative integrand; this
+    needs ``integrand_torch`` for the torch path.
     """
 
     _GAUSS = np.polynomial.legendre.leggauss(10)
@@ -117,11 +124,14 @@ class CumulativeIntegral(_Table):
         initial: float = 0.0,
         rtol: float = 1e-13,
         max_nodes: int = 2**17,
+        integrand_torch: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if not b > a:
             raise ValueError(f"integration interval must have b > a; got [{a}, {b}]")
         self.integrand, self.a, self.b, self.initial = integrand, float(a), float(b), float(initial)
+        self.integrand_torch = integrand_torch
+        self.direct_below = self.a
         n = 256
         while True:
             nodes = np.linspace(self.a, self.b, n + 1)
@@ -131,7 +141,8 @@ class CumulativeIntegral(_Table):
             mid = 0.5 * (nodes[:-1] + nodes[1:])
             direct = values[:-1] + self._quad(nodes[:-1], mid)
             self.nodes, self.values, self.slopes, self.h = nodes, values, slopes, nodes[1] - nodes[0]
-            err = float(np.max(np.abs(self.numpy(mid) - direct)))
+            herm = self._hermite_numpy(mid)
+            err = float(np.max(np.abs(herm - direct)))
             scale = max(1.0, float(np.max(np.abs(values))))
             if err <= rtol * scale or n >= max_nodes:
                 break
@@ -141,6 +152,10 @@ class CumulativeIntegral(_Table):
             raise NumericalError(
                 f"numerical quadrature did not converge: relative error {self.error_estimate:.1e} with {n} nodes"
             )
+        with np.errstate(all="ignore"):
+            inexact = ~(np.abs(herm - direct) <= 10 * rtol * np.abs(direct))
+        if np.any(inexact):
+            self.direct_below = float(nodes[1:][inexact][-1])
 
     def _f(self, x: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
@@ -159,16 +174,47 @@ class CumulativeIntegral(_Table):
     def _arrays(self) -> tuple[np.ndarray, ...]:
         return self.nodes, self.values, self.slopes
 
-    def numpy(self, x: Any) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        i = np.clip(np.floor((x - self.a) / self.h).astype(np.int64), 0, len(self.nodes) - 2)
+    def _index_numpy(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor((x - self.a) / self.h).astype(np.int64), 0, len(self.nodes) - 2)
+
+    def _hermite_numpy(self, x: np.ndarray) -> np.ndarray:
+        i = self._index_numpy(x)
         v, d = self.values, self.slopes
         return _hermite(x, self.nodes[i], self.h, v[i], v[i + 1], d[i], d[i + 1])
+
+    def numpy(self, x: Any) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        flat = x.reshape(-1)
+        out = self._hermite_numpy(flat)
+        near = flat < self.direct_below
+        if np.any(near):
+            i = self._index_numpy(flat[near])
+            out[near] = self.values[i] + self._quad(self.nodes[i], flat[near])
+        return out.reshape(x.shape)
 
     def torch(self, x: torch.Tensor) -> torch.Tensor:
         nodes, values, slopes = self._on(x)
         i = torch.floor((x.detach() - self.a) / self.h).long().clamp_(0, len(self.nodes) - 2)
-        return _hermite(x, nodes[i], self.h, values[i], values[i + 1], slopes[i], slopes[i + 1])
+        out = _hermite(x, nodes[i], self.h, values[i], values[i + 1], slopes[i], slopes[i + 1])
+        if self.direct_below <= self.a or self.integrand_torch is None:
+            return out
+        if torch.compiler.is_compiling():  # no data-dependent shapes: evaluate the quadrature everywhere
+            return torch.where(x < self.direct_below, self._direct_torch(x, i, nodes, values), out)
+        near = x < self.direct_below
+        if not bool(near.any()):
+            return out
+        out = out.clone()
+        out[near] = self._direct_torch(x[near], i[near], nodes, values)
+        return out
+
+    def _direct_torch(self, x: torch.Tensor, i: torch.Tensor, nodes: torch.Tensor,
+                      values: torch.Tensor) -> torch.Tensor:
+        """values[i] + int_{nodes[i]}^{x} f by 10-point Gauss-Legendre (differentiable in x)."""
+        g, w = (torch.as_tensor(a, dtype=x.dtype, device=x.device) for a in self._GAUSS)
+        lo = nodes[i]
+        half = 0.5 * (x - lo)
+        pts = (lo + half).unsqueeze(-1) + half.unsqueeze(-1) * g
+        return values[i] + half * (self.integrand_torch(pts) * w).sum(-1)
 
 
 def _hermite(x: Any, x0: Any, h: float, y0: Any, y1: Any, d0: Any, d1: Any) -> Any:
@@ -235,20 +281,44 @@ class MonotoneInverse(_Table):
 # sympy wrappers
 
 
+class TableImpl:
+    """What a :class:`TableFunction` evaluates with: NumPy and torch implementations, its derivative, its table.
+
+    The function class refers to it only weakly (sympy's global caches keep function classes for as long as
+    they keep expressions that use them); the owners (each derivation that uses the function, and whoever
+    made it) hold it strongly, so that a table is freed with the last SDE that uses it.
+    """
+
+    __slots__ = ("__weakref__", "derivative", "numpy", "table", "torch")
+
+    def __init__(self, numpy_impl: Callable[[np.ndarray], np.ndarray],
+                 torch_impl: Callable[[torch.Tensor], torch.Tensor],
+                 derivative: Callable[[sp.Expr], sp.Expr] | None, table: Any) -> None:
+        self.numpy, self.torch, self.derivative, self.table = numpy_impl, torch_impl, derivative, table
+
+
 class TableFunction(sp.Function):
     """A sympy function of one argument backed by a table; subclasses are made by :func:`table_function`."""
 
     nargs = 1
-    table: Any = None
-    torch_impl: Callable[[torch.Tensor], torch.Tensor]
-    numpy_impl: Callable[[np.ndarray], np.ndarray]
-    _derivative: Callable[[sp.Expr], sp.Expr] | None = None
+    value_key: Hashable | None = None  # identifies the table's contents (e.g. a digest); None: the class does
+    _impl_ref: Callable[[], TableImpl | None] = staticmethod(lambda: None)
     _inverse: type[TableFunction] | None = None
 
+    @classmethod
+    def impl(cls) -> TableImpl:
+        """The implementation; ``ReferenceError`` if every owner of the table is gone."""
+        impl = cls._impl_ref()
+        if impl is None:
+            raise ReferenceError(f"{cls.__name__}: its table was freed with the SDE that owned it; keep the SDE "
+                                 "(or its symbolic forms) alive while using the expression")
+        return impl
+
     def fdiff(self, argindex: int = 1) -> sp.Expr:
-        if self._derivative is None:
+        derivative = type(self).impl().derivative
+        if derivative is None:
             raise sp.ArgumentIndexError(self, argindex)
-        return self._derivative(self.args[0])
+        return derivative(self.args[0])
 
     def inverse(self, argindex: int = 1) -> type[TableFunction]:
         if self._inverse is None:
@@ -258,7 +328,7 @@ class TableFunction(sp.Function):
     def _eval_evalf(self, prec: int) -> sp.Float | None:
         arg = self.args[0].evalf(prec)
         if arg.is_Number:
-            return sp.Float(float(type(self).numpy_impl(float(arg))), prec)
+            return sp.Float(float(type(self).impl().numpy(float(arg))), prec)
         return None
 
 
@@ -266,28 +336,38 @@ def table_function(
     prefix: str,
     numpy_impl: Callable[[np.ndarray], np.ndarray],
     torch_impl: Callable[[torch.Tensor], torch.Tensor],
+    owner: list[TableImpl],
     derivative: Callable[[sp.Expr], sp.Expr] | None = None,
     table: Any = None,
+    value_key: Hashable | None = None,
 ) -> type[TableFunction]:
-    """Make a new sympy function class (a unique name, so that compiled code can look it up)."""
+    """Make a new sympy function class (a unique name, so that compiled code can look it up).
+
+    Its implementation is appended to ``owner``, which must outlive every use of the class (the class itself
+    refers to it weakly). ``value_key`` identifies the table by value (e.g. a digest of its data); derivation
+    keys use it.
+    """
+    impl = TableImpl(numpy_impl, torch_impl, derivative, table)
+    owner.append(impl)
     name = f"{prefix}_{next(_counter)}"
-    return type(
-        name,
-        (TableFunction,),
-        {
-            "numpy_impl": staticmethod(numpy_impl),
-            "torch_impl": staticmethod(torch_impl),
-            "_derivative": staticmethod(derivative) if derivative is not None else None,
-            "table": table,
-        },
-    )
+    return type(name, (TableFunction,), {"_impl_ref": staticmethod(weakref.ref(impl)), "value_key": value_key})
+
+
+def table_impls(*exprs: sp.Basic) -> list[TableImpl]:
+    """The implementations of the table functions inside ``exprs`` (and of their tabulated inverses)."""
+    out: dict[type[TableFunction], TableImpl] = {}
+    for expr in exprs:
+        for f in expr.atoms(TableFunction):
+            for cls in (type(f), type(f)._inverse):
+                if cls is not None and cls not in out:
+                    out[cls] = cls.impl()
+    return list(out.values())
 
 
 def table_namespace(expr: sp.Basic) -> dict[str, tuple[Callable[..., Any], Callable[..., Any]]]:
     """Names of the table functions inside ``expr`` mapped to their (numpy, torch) implementations."""
     out = {}
-    for f in expr.atoms(sp.Function):
-        if isinstance(f, TableFunction):
-            cls = type(f)
-            out[cls.__name__] = (cls.numpy_impl, cls.torch_impl)
+    for f in expr.atoms(TableFunction):
+        impl = type(f).impl()
+        out[type(f).__name__] = (impl.numpy, impl.torch)
     return out

@@ -1,9 +1,12 @@
 """Gaussian-mixture data distributions: the exact eps of every noised marginal and a high-accuracy
-reference solution of the probability-flow ODE.
+reference solution of the probability-flow ODE, for scalar and matrix (gDDIM) SDEs.
 
-Data x0 ~ sum_k w_k N(mu_k, s_k^2 I). Under a linear SDE, x_t ~ sum_k w_k N(alpha mu_k, (alpha^2 s_k^2 +
+Data x0 ~ sum_k w_k N(mu_k, s_k^2 I). Under a scalar linear SDE, x_t ~ sum_k w_k N(alpha mu_k, (alpha^2 s_k^2 +
 sigma^2) I), so with responsibilities r_k(x) the exact eps = -sigma grad log p_t is
 eps(x, t) = sigma sum_k r_k(x) (x - alpha mu_k) / (alpha^2 s_k^2 + sigma^2).
+Under a k x k matrix SDE on u = (x, v, ...) with the data in block 0 (the other blocks start from the SDE's
+sigma_init), u_t ~ sum_k w_k N(Psi(t, t0) e1 mu_k, Sigma_t + s_k^2 Psi e1 e1^T Psi^T) per data dimension, and
+eps = -R_t^T grad log p_t (gDDIM's parameterisation, docs/math.md section 6).
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
-import torchdiffeq
 
-from ..sde import LinearSDE
-from ..sde.ode import batch_time
+from .reference import reference_solution
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,22 @@ class GaussianMixture:
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[k] + self.stds[k, None] * z
 
-    def sample_marginal(self, sde: LinearSDE, t: float, n: int, generator: torch.Generator | None = None
+    def sample_marginal(self, sde: Any, t: float, n: int, generator: torch.Generator | None = None
                         ) -> torch.Tensor:
-        """Exact samples of x_t (float64)."""
-        tt = torch.tensor(t, dtype=torch.float64)
+        """Exact samples of x_t (float64): shape (n, dim), or (n, k, dim) for a matrix SDE."""
         x0 = self.sample_data(n, generator)
+        if getattr(sde, "is_matrix", False):
+            psi = torch.as_tensor(sde.psi(float(t), sde.t0))
+            chol = torch.as_tensor(np.linalg.cholesky(sde.sigma_matrix(float(t))))
+            z = torch.randn(n, sde.k, self.dim, generator=generator, dtype=torch.float64)
+            return psi[None, :, 0, None] * x0[:, None, :] + torch.einsum("ab,nbd->nad", chol, z)
+        tt = torch.tensor(t, dtype=torch.float64)
         return sde.alpha(tt) * x0 + sde.sigma(tt) * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
 
-    def eps_model(self, sde: LinearSDE):
+    def eps_model(self, sde: Any):
         """The exact eps as a ``model(x, t)``; computes in float64 (float32 for lower precisions)."""
+        if getattr(sde, "is_matrix", False):
+            return self._matrix_eps_model(sde)
         means64, stds64, logw64 = self.means, self.stds, self.weights.log()
 
         def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -64,32 +74,35 @@ class GaussianMixture:
 
         return model
 
-    def reference(self, sde: LinearSDE, x: torch.Tensor, t_start: float, t_end: float | Sequence[float],
-                  rtol: float = 1e-10, atol: float = 1e-10) -> torch.Tensor:
-        """The probability-flow ODE solved from t_start to t_end by dopri5 at tight tolerance, in the log-rho
-        frame dy/dlog rho = rho eps (well conditioned at both ends), float64. A sequence of end times
-        (decreasing) gives the states at each of them, stacked time-first, from one solve."""
-        model = self.eps_model(sde)
-        many = not isinstance(t_end, (int, float))
-        ends = [float(v) for v in (t_end if many else [t_end])]
-        ts = torch.tensor([t_start, *ends], dtype=torch.float64)
-        if not bool((ts[1:] < ts[:-1]).all()):
-            raise ValueError("reference(): end times must be decreasing and below t_start")
-        rho = sde.rho(ts)
-        x = x.to(torch.float64)
-        if rho[-1] <= 0:
-            raise ValueError("reference(): t_end must have rho > 0")
+    def _matrix_eps_model(self, sde: Any):
+        """eps = -R_t^T score for u of shape (batch, k, dim) and t a 1-D tensor (all equal, as in sampling)."""
+        logw = self.weights.log()
 
-        def f(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            r = torch.exp(s)
-            t = sde.t_of_rho(r.clamp(rho[-1], rho[0]))
-            return r * model(sde.alpha(t) * y, batch_time(t, y))
+        def model(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            tt = float(t.reshape(-1)[0])
+            psi = torch.as_tensor(sde.psi(tt, sde.t0), dtype=torch.float64)
+            sig = torch.as_tensor(sde.sigma_matrix(tt), dtype=torch.float64)
+            r = torch.as_tensor(sde.factor(max(tt, sde.t_min)), dtype=torch.float64)
+            e1 = psi[:, 0]
+            cov = sig[None] + self.stds[:, None, None] ** 2 * torch.outer(e1, e1)[None]  # [K, k, k]
+            prec = torch.linalg.inv(cov)
+            u64 = u.to(torch.float64)
+            mean = e1[None, :, None] * self.means[:, None, :]  # [K, k, d]
+            diff = u64[:, None] - mean[None]  # [B, K, k, d]
+            pd = torch.einsum("kab,nkbd->nkad", prec, diff)
+            logp = logw[None] - 0.5 * (diff * pd).sum((2, 3)) - 0.5 * u.shape[-1] * torch.logdet(cov)[None]
+            resp = torch.softmax(logp, 1)
+            score = -(resp[:, :, None, None] * pd).sum(1)
+            return (-torch.einsum("ba,nbd->nad", r, score)).to(u.dtype)
 
-        s_span = rho.log()
-        y = torchdiffeq.odeint(f, x / sde.alpha(ts[0]), s_span, rtol=rtol, atol=atol, method="dopri5",
-                               options={"step_t": s_span})[1:]
-        out = sde.alpha(ts[1:]).view(-1, *([1] * x.ndim)) * y
-        return out if many else out[0]
+        return model
+
+    def reference(self, sde: Any, x: torch.Tensor, t_start: float, t_end: float | Sequence[float],
+                  rtol: float = 1e-10, atol: float | None = None) -> torch.Tensor:
+        """The probability-flow ODE of the exact eps from t_start to t_end, solved at tight tolerance
+        (:func:`~ei_toolkit.testing.reference_solution`), float64; a sequence of decreasing end times gives the
+        states at each, stacked time-first, from one solve."""
+        return reference_solution(self.eps_model(sde), sde, x, t_start, t_end, rtol=rtol, atol=atol)
 
 
 def _circle(k: int, radius: float) -> torch.Tensor:

@@ -1,10 +1,15 @@
-"""Other libraries' samplers, driven on the same SDE and model for side-by-side accuracy comparisons.
+"""Other libraries' samplers (diffusers, k-diffusion), driven on the same SDE and model as ours, as peers for
+the accuracy harness :func:`ei_toolkit.compare.run_comparison`.
 
-Optional: diffusers and k-diffusion are imported lazily (``pip install ei_toolkit[bench]`` and
-``pip install --no-deps k-diffusion``). Each peer is a function ``peer(model, x, sde, nfe)`` on a
-:class:`~ei_toolkit.DiscreteVP` schedule that returns ``(x_end, t_end, nfe_used)``, where ``t_end`` is the
-time the sampler actually ends at (read off its final noise level), so that it is compared with the exact
-ODE solution at that very time.
+Benchmark code, not part of the installed package: ``load_k_diffusion_sampling`` may register stand-in
+torchvision modules in ``sys.modules``, which a library must never do. Both libraries are imported lazily
+(``pip install -e .[bench]`` and ``pip install --no-deps k-diffusion``). Each peer follows the harness's
+contract ``peer(model, x, sde, nfe) -> (x_end, t_end, nfe_used)`` and needs a
+:class:`~ei_toolkit.DiscreteVP` schedule (diffusers takes its betas); ``t_end`` is read off the sampler's
+final noise level.
+
+Import from a script in this folder with ``from peers import available_peers``; from elsewhere, put this
+folder on ``sys.path`` first.
 """
 
 from __future__ import annotations
@@ -13,25 +18,29 @@ import importlib
 import importlib.util
 import sys
 import types
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from .sde import DiscreteVP
-
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Peer = Callable[[Model, torch.Tensor, DiscreteVP, int], tuple[torch.Tensor, float, int]]
+from ei_toolkit import DiscreteVP, LinearSDE
+from ei_toolkit.compare import Model, Peer
 
 
-def _ddpm_config(sde: DiscreteVP) -> dict:
+def _check(sde: LinearSDE) -> DiscreteVP:
+    if not isinstance(sde, DiscreteVP):
+        raise TypeError(f"the diffusers / k-diffusion peers need a DiscreteVP schedule, not {type(sde).__name__}")
+    return sde
+
+
+def _ddpm_config(sde: DiscreteVP) -> dict[str, object]:
     return {"num_train_timesteps": sde.num_timesteps, "trained_betas": sde.betas.double().numpy().tolist()}
 
 
 def _diffusers_peer(cls_name: str, **config: object) -> Peer:
-    def run(model: Model, x: torch.Tensor, sde: DiscreteVP, nfe: int) -> tuple[torch.Tensor, float, int]:
+    def run(model: Model, x: torch.Tensor, sde: LinearSDE, nfe: int) -> tuple[torch.Tensor, float, int]:
         import diffusers
 
+        sde = _check(sde)
         sched = getattr(diffusers, cls_name)(**_ddpm_config(sde), **config)
         sched.set_timesteps(nfe)
         x = x * sched.init_noise_sigma
@@ -62,8 +71,8 @@ def load_k_diffusion_sampling() -> types.ModuleType:
     """k_diffusion.sampling without the package's __init__ (which imports models, torchvision, wandb...).
 
     k_diffusion.utils imports torchvision's functional transforms only for image helpers that the samplers
-    never call; where torchvision cannot be imported (the CPU torch file here has no matching torchvision),
-    an empty stand-in module is registered for that one import.
+    never call; where torchvision cannot be imported (the CPU torch here has no matching torchvision), empty
+    stand-in modules are registered in ``sys.modules`` for that one import.
     """
     if "k_diffusion.sampling" in sys.modules:
         return sys.modules["k_diffusion.sampling"]
@@ -83,18 +92,22 @@ def load_k_diffusion_sampling() -> types.ModuleType:
     return importlib.import_module("k_diffusion.sampling")
 
 
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, p: float = 7.0) -> torch.Tensor:
+    """``n`` noise levels from ``sigma_max`` down to ``sigma_min``, uniform in sigma^(1/p) (Karras et al. 2022,
+    eq. 5), in float64 and without k-diffusion's appended zero. Built here rather than with
+    ``k_diffusion.sampling.get_sigmas_karras``, which computes in torch's default dtype."""
+    ramp = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / p), sigma_max ** (1 / p)
+    return (hi + ramp * (lo - hi)) ** p
+
+
 def _k_diffusion_peer(fn_name: str, evals_per_step: int) -> Peer:
-    def run(model: Model, x: torch.Tensor, sde: DiscreteVP, nfe: int) -> tuple[torch.Tensor, float, int]:
+    def run(model: Model, x: torch.Tensor, sde: LinearSDE, nfe: int) -> tuple[torch.Tensor, float, int]:
+        sde = _check(sde)
         K = load_k_diffusion_sampling()
         steps = max(1, nfe // evals_per_step)
-        # Karras sigmas (rho = 7) from rho(t_max) to rho(t_min), without the appended zero: ends at t_min.
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(x.dtype if x.dtype == torch.float64 else torch.float32)  # sigmas in x's precision
-        try:
-            sigmas = K.get_sigmas_karras(steps + 1, sde.rho_min, sde.rho_max, rho=7.0, device="cpu")[:-1]
-        finally:
-            torch.set_default_dtype(previous)
-        sigmas = sigmas.to(x.dtype)
+        # Karras sigmas (p = 7) from rho(t_max) to rho(t_min), no final zero: the sampler ends at t_min.
+        sigmas = karras_sigmas(sde.rho_min, sde.rho_max, steps + 1).to(x.dtype)
         used = [0]
 
         def denoiser(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
