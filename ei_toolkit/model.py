@@ -172,15 +172,21 @@ class ModelEvaluator:
         x0 = threshold_x0(to_x0(self.prediction, out, x, a, s), self.clip_x0, self.dynamic_threshold)
         return x0 if target == "x0" else (x - a * x0) / s
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, target: str = "eps") -> torch.Tensor:
-        """eps (or x0) at time ``t`` (a float or a 0-d / 1-element tensor; float64 coefficients)."""
-        tt = float(t)
-        t64 = torch.tensor(tt, dtype=torch.float64)
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, target: str = "eps", *,
+                 alpha: float | None = None, sigma: float | None = None) -> torch.Tensor:
+        """eps (or x0) at time ``t`` (a float or a 0-d / 1-element tensor; float64 coefficients). ``alpha`` and
+        ``sigma`` at t may be passed by a caller that has them."""
+        tt = float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
         tb = torch.full((x.shape[0],), tt, dtype=_time_dtype(x.dtype), device=x.device)
         out = self._call(x, tb, tt)
         if getattr(self.sde, "is_matrix", False):
             return out
-        return self._convert(out, x, float(self.sde.alpha(t64)), float(self.sde.sigma(t64)), target)
+        if self.prediction == target and self.clip_x0 is None and self.dynamic_threshold is None:
+            return out
+        if alpha is None or sigma is None:
+            t64 = torch.tensor(tt, dtype=torch.float64)
+            alpha, sigma = float(self.sde.alpha(t64)), float(self.sde.sigma(t64))
+        return self._convert(out, x, alpha, sigma, target)
 
     # -- at a plan's evaluation times ---------------------------------------------------------------------------
 

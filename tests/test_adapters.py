@@ -77,7 +77,7 @@ def test_odeint_bad_input():
         ei.sample(model, X, VP, method="torchdiffeq:rk4", nfe=10)
     with pytest.raises(ValueError, match=r"is adaptive: nfe/grid do not apply"):
         ei.sample(model, X, VP, method="torchdiffeq:dopri5", nfe=10)
-    with pytest.raises(ei.NumericalError, match=r"the ODE state is not finite"):
+    with pytest.raises(ei.NumericalError, match=r"the model output is not finite at evaluation 0 \(t = 1\)"):
         ei.odeint(lambda x, t: x * float("inf"), X, VP)
 
 

@@ -27,9 +27,7 @@ def test_black_box_fixed_grid_methods_reach_their_order(name):
 
 @pytest.mark.parametrize("name", MATRIX)
 def test_matrix_methods_reach_their_order_on_cld(name):
-    order = ei.INTEGRATORS[name].order
-    steps = (32, 64, 128, 256) if order <= 2 else (16, 24, 32, 48)
-    convergence_order(name, sde=ei.CLD(), steps=steps).check(tolerance=0.35)
+    convergence_order(name, sde=ei.CLD()).check()
 
 
 @pytest.mark.parametrize("name", ["tab2", "rhoab3", "logrhoab2"])
@@ -48,6 +46,6 @@ def test_a_user_integrator_is_checked_without_editing_the_package():
 
     wrong = Overclaimed("overclaimed-ab2", 2, "rho", "uniform_logrho")
     wrong.order = 3
-    with pytest.raises(AssertionError, match=r"declared order 3, fitted order 2\.\d\d"):
+    with pytest.raises(AssertionError, match=r"declared order 3, fitted order \d\.\d\d"):
         convergence_order(wrong).check()
     assert torch.isfinite(torch.tensor(convergence_order(Overclaimed("ab1", 1, "rho", "quadratic_t")).fitted))

@@ -263,3 +263,11 @@ def test_first_order_cancellation_keeps_its_closed_form():
     ts = np.array([1e-3, 1e-2, 0.5])
     np.testing.assert_allclose(sde.rho(torch.tensor(ts)).numpy(), mp_rho(lambda s: s * mp.exp(2 * s), ts),
                                rtol=1e-12, atol=0)
+
+
+def test_direct_quadrature_near_t0_matches_under_torch_compile(monkeypatch):
+    sde = ei.LinearSDE(drift="-1", diffusion="t", t_max=1.0)
+    t = torch.tensor([1e-8, 1e-4, 0.2, 0.9], dtype=torch.float64)
+    eager = sde.rho(t)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the branch-free path torch.compile takes
+    torch.testing.assert_close(sde.rho(t), eager, rtol=1e-14, atol=0)

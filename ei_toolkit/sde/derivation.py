@@ -42,16 +42,11 @@ def derivation_key(spec: tuple, values: Mapping[sp.Symbol, sp.Float], t0: float,
 
 
 def _by_value(expr: sp.Basic) -> sp.Basic:
-    tables = {f for f in expr.atoms(sp.Function) if isinstance(f, TableFunction)}
-    if not tables:
-        return expr
-    repl = {}
-    for f in tables:
-        key = type(f).value_key
-        if key is None:  # no value identity: the class's unique name stands for it
-            continue
-        repl[f] = sp.Function(f"table_{_digest(key)}")(*f.args)
-    return expr.xreplace(repl)
+    """``expr`` with each tabulated function that has a ``value_key`` replaced by a plain sympy function
+    named after that key (others keep their class, whose name is unique)."""
+    repl = {f: sp.Function(f"table_{_digest(type(f).value_key)}")(*f.args)
+            for f in expr.atoms(TableFunction) if type(f).value_key is not None}
+    return expr.xreplace(repl) if repl else expr
 
 
 def _digest(key: Hashable) -> str:
@@ -117,7 +112,7 @@ class Derivation:
     :attr:`how`, and the compiled torch functions in :attr:`fn`.
     """
 
-    def __init__(self, spec: tuple, values: dict[sp.Symbol, float], t0: float, t_max: float) -> None:
+    def __init__(self, spec: tuple, values: dict[sp.Symbol, sp.Float], t0: float, t_max: float) -> None:
         start = time.perf_counter()
         self.values, self.t0, self.t_max = values, t0, t_max
         # the implementations of every tabulated function used here (their classes refer to them weakly)

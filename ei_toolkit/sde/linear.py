@@ -8,7 +8,7 @@ by :mod:`.derivation`; this module holds the public :class:`LinearSDE` and :clas
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +20,8 @@ from .derivation import Derivation, derive_sde
 from .derive import RHO, S, T
 from .parsing import ExprLike, parameter_symbols, parse_coefficient
 
-# Kept importable from here for ei_toolkit.sde.matrix (to move to .parsing).
+# ei_toolkit.sde.matrix imports these two from here (to move to .parsing).
 _as_parameter_symbols = parameter_symbols
-__all__ = ["ExprLike", "LinearSDE", "SymbolicForms", "_as_parameter_symbols", "parse_coefficient"]
 
 Tensorish = torch.Tensor | float | int
 
@@ -63,10 +62,12 @@ class LinearSDE:
     finding where it cannot: the transition Psi(t, s), alpha(t) = Psi(t, t0), sigma(t), rho = sigma / alpha,
     its inverse t(rho) and d rho/dt (DEIS, Zhang & Chen 2023, section 3). Each is a torch function that
     takes tensors of any shape, keeps dtype and device, and is differentiable. The sympy forms are in
-    :attr:`symbolic`; :attr:`how` says which method produced each. Derivations are cached.
+    :attr:`symbolic`; :attr:`how` says which method produced each. Derivations are cached by value (the
+    last :data:`~ei_toolkit.sde.derivation.CACHE_SIZE`); :attr:`key` identifies the SDE by value.
 
     Args:
-        drift: F(t), a sympy expression or a string in ``t`` (the drift is F(t) x).
+        drift: F(t), a sympy expression, a number or a string in ``t`` (the drift is F(t) x); strings may
+            contain numbers, ``t``, the parameters, + - * / ** and elementary functions (:mod:`.parsing`).
         diffusion: G(t), likewise.
         t_max: end of the domain (the fully noised time).
         t_min: default end of sampling; default ``t0 + 1e-3 (t_max - t0)`` if ``sigma_init == 0``, else ``t0``.
@@ -289,17 +290,6 @@ class LinearSDE:
         t, s = self._t(t), self._t(s, "s")
         return self._b.fn["psi"](t, s)
 
-    # ------------------------------------------------------------------------------------------------
-    # the probability-flow ODE
+    # The probability-flow ODE of this SDE for a model: ei_toolkit.FlowODE(model, sde, frame) (one vector field for
+    # every frame and for matrix SDEs, in ei_toolkit/adapters.py).
 
-    def probability_flow(self, eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
-        """``func(t, x)`` of the original ODE dx/dt = F x + G^2 / (2 sigma) eps(x, t) (MATH.md 2)."""
-        from .ode import probability_flow
-
-        return probability_flow(self, eps_model)
-
-    def rho_flow(self, eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
-        """``func(rho, y)`` of the transformed ODE dy/drho = eps(alpha y, t(rho)), y = x / alpha (MATH.md 3)."""
-        from .ode import rho_flow
-
-        return rho_flow(self, eps_model)
