@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .adaptive import Adaptive
 from .base import (
     EpsFn,
     Integrator,
@@ -9,6 +10,7 @@ from .base import (
     MultistepPlan,
     NoiseSource,
     Plan,
+    PredictorCorrectorPlan,
     RungeKuttaPlan,
     SolveRequest,
     combine,
@@ -20,6 +22,7 @@ from .exponential_adams import ExponentialAdams, adams_plan
 from .ipndm import IPNDM
 from .runge_kutta import TABLEAUX, ButcherTableau, RhoRungeKutta
 from .sddim import StochasticDDIM
+from .singlestep import COLLOCATIONS, Collocation, SinglestepExponential
 from .torchdiffeq import TORCHDIFFEQ_METHODS, TorchDiffEq
 
 INTEGRATORS: dict[str, Method] = {}
@@ -71,16 +74,32 @@ for _k in range(2, 5):
     register(ExponentialAdams(f"logrhoab{_k - 1}", _k, "logrho", default_grid=_BEST_GRID[f"logrhoab{_k - 1}"]))
 for _name, _tab in TABLEAUX.items():
     register(RhoRungeKutta(f"rhork-{_name}", _tab, default_grid="quadratic_t"))
+# The data-prediction (x0) forms of the exponential Adams family (DPM-Solver++'s multistep family in log rho), the
+# predictor-corrector forms (UniPC's idea, no extra evaluations) and the singlestep methods (DPM-Solver-2/3,
+# DPM-Solver++ 2S/3S), all on the logSNR-uniform grid DPM-Solver recommends.
+for _k in range(2, 5):
+    for _var, _stem in (("t", "tab"), ("rho", "rhoab"), ("logrho", "logrhoab")):
+        register(ExponentialAdams(f"x0-{_stem}{_k - 1}", _k, _var, default_grid="uniform_logrho", target="x0"))
+for _k in range(1, 4):
+    for _target, _prefix in (("eps", ""), ("x0", "x0-")):
+        register(ExponentialAdams(f"{_prefix}logrhoab{_k - 1}-pc", _k, "logrho", default_grid="uniform_logrho",
+                                  target=_target, corrector=True))
+for _order in (2, 3):
+    for _target, _prefix in (("eps", ""), ("x0", "x0-")):
+        register(SinglestepExponential(f"{_prefix}logrhoss{_order}", _order, target=_target))
 register(StochasticDDIM(lam=1.0, name="sddim"))  # lam=1: the DDPM posterior; solve(..., lam= or eta=) reconfigures
 for _name in TORCHDIFFEQ_METHODS:
     register(TorchDiffEq(_name))
+register(Adaptive())  # exponential Adams embedded pair with step-size control (adaptive.py)
 
 __all__ = [
+    "COLLOCATIONS",
     "DDIM",
     "INTEGRATORS",
     "IPNDM",
     "TABLEAUX",
     "ButcherTableau",
+    "Collocation",
     "EpsFn",
     "Euler",
     "ExponentialAdams",
@@ -89,8 +108,10 @@ __all__ = [
     "MultistepPlan",
     "NoiseSource",
     "Plan",
+    "PredictorCorrectorPlan",
     "RhoRungeKutta",
     "RungeKuttaPlan",
+    "SinglestepExponential",
     "SolveRequest",
     "StochasticDDIM",
     "TorchDiffEq",

@@ -186,9 +186,54 @@ class MultistepPlan(Plan):
 
 
 @dataclass(frozen=True, eq=False)
+class PredictorCorrectorPlan(MultistepPlan):
+    """A multistep plan whose steps are corrected once the next evaluation exists (UniPC's idea, without extra
+    evaluations): after e_{i+1} is evaluated at the predicted x_{i+1}, x_{i+1} = psi[i] x_i + sum_j
+    corrector[i][j] e_{i+1-j}, and the run goes on from there (with e_{i+1} as evaluated). The last step is not
+    corrected."""
+
+    corrector: tuple[tuple[Coefficient, ...], ...] = ()
+
+    @property
+    def history(self) -> int:
+        return max(super().history, max((len(c) for c in self.corrector), default=0))
+
+    def coefficients(self) -> Iterator[Coefficient]:
+        yield from super().coefficients()
+        yield from _flatten(self.corrector)
+
+    def correct(self, i: int, x_prev: torch.Tensor, hist: list[torch.Tensor],
+                psi: Sequence[Coefficient] | None = None,
+                corrector: Sequence[Sequence[Coefficient]] | None = None) -> torch.Tensor:
+        """Step i again, from x_prev = x_i, with ``hist`` ending in e_{i+1}."""
+        psi = self.psi if psi is None else psi
+        c = (self.corrector if corrector is None else corrector)[i]
+        return combine(x_prev, psi[i], [(c[j], hist[-1 - j]) for j in range(len(c))])
+
+    def run(self, x: torch.Tensor, eps_fn: EpsFn, *, start: int = 0, history: Sequence[torch.Tensor] = (),
+            callback: StepCallback | None = None, noise: NoiseSource | None = None) -> torch.Tensor:
+        fields = ("psi", "weights", "corrector")
+        psi, weights, corrector = self._on(fields, x) if _matrix(self.psi) else (None, None, None)
+        hist = list(history)[-self.history:]
+        x_prev: torch.Tensor | None = None
+        for i in range(start, self.steps):
+            hist.append(eps_fn(x, i))
+            if x_prev is not None:
+                x = self.correct(i - 1, x_prev, hist, psi, corrector)
+                if callback is not None:
+                    callback(i, x)  # the corrected state at grid point i replaces the predicted one
+            x_prev = x
+            x = self.step(i, x, hist, noise, psi, weights)
+            if callback is not None and i + 1 == self.steps:
+                callback(i + 1, x)
+        return x
+
+
+@dataclass(frozen=True, eq=False)
 class RungeKuttaPlan(Plan):
     """Stage s of step i evaluates at x_s = stage_psi[i][s] x_i + sum_l stage_weights[i][s][l] k_l;
-    x_{i+1} = psi[i] x_i + sum_s weights[i][s] k_s."""
+    x_{i+1} = psi[i] x_i + sum_s weights[i][s] k_s. Steps may differ in their number of stages (eval_times lists
+    the stages of every step in order)."""
 
     grid: torch.Tensor
     stage_psi: tuple[tuple[Coefficient, ...], ...]
@@ -207,14 +252,15 @@ class RungeKuttaPlan(Plan):
         fields = ("stage_psi", "stage_weights", "psi", "weights")
         stage_psi, stage_weights, psi, weights = (self._on(fields, x) if _matrix(self.psi) else
                                                   tuple(getattr(self, f) for f in fields))
-        stages = len(stage_psi[0]) if stage_psi else 0
+        offset = sum(len(stage_psi[i]) for i in range(start))  # steps may have different numbers of stages
         for i in range(start, self.steps):
             ks: list[torch.Tensor] = []
-            for s in range(stages):
+            for s in range(len(stage_psi[i])):
                 a = stage_psi[i][s]
                 first = s == 0 and type(a) is float and a == 1.0
                 xs = x if first else combine(x, a, list(zip(stage_weights[i][s], ks, strict=False)))
-                ks.append(eps_fn(xs, i * stages + s))
+                ks.append(eps_fn(xs, offset))
+                offset += 1
             x = combine(x, psi[i], list(zip(weights[i], ks, strict=True)))
             if callback is not None:
                 callback(i + 1, x)
@@ -323,18 +369,18 @@ class Integrator(Method):
 
     def steps_for_nfe(self, nfe: int) -> int:
         """Number of steps that uses exactly ``nfe`` model evaluations, or a clear error."""
-        try:
-            n = operator.index(nfe)
-        except TypeError:
-            raise ValueError(f"nfe must be a positive integer; got {nfe!r}") from None
-        if isinstance(nfe, bool) or n < 1:
-            raise ValueError(f"nfe must be a positive integer; got {nfe!r}")
+        n = check_nfe(nfe)
         k = self.evals_per_step
         if n % k:
             valid = ", ".join(str(k * m) for m in range(1, 5))
             raise ValueError(f"nfe={n} is not possible for {self.name!r}: it uses {k} model evaluations per step, so "
                              f"nfe must be a multiple of {k} ({valid}, ...)")
         return n // k
+
+    def for_nfe(self, nfe: int | None, steps: int) -> Integrator:
+        """This method as configured to spend ``nfe`` evaluations (None: the usual number) on ``steps`` steps; a
+        method with several evaluations per step may return a copy that lowers the order of its last steps."""
+        return self
 
     @abc.abstractmethod
     def plan(self, sde: Any, grid: torch.Tensor) -> Plan:
@@ -357,10 +403,12 @@ class Integrator(Method):
         """The grid of this request (cached by value) and its name."""
         if request.explicit_grid:
             times = time_grid(request.sde, request.grid, 0, request.t_start, request.t_end)
-            needed = (len(times) - 1) * self.evals_per_step
-            if request.nfe is not None and request.nfe != needed:
-                raise ValueError(f"nfe={request.nfe} does not match the explicit grid: {len(times) - 1} steps of "
-                                 f"{self.name} use {needed} evaluations")
+            steps = len(times) - 1
+            if request.nfe is not None and self.steps_for_nfe(request.nfe) != steps:
+                fits = [n for n in range(1, steps * self.evals_per_step + 1) if self._steps_or_none(n) == steps]
+                raise ValueError(f"nfe={request.nfe} does not match the explicit grid: {steps} steps of "
+                                 f"{self.name} use {' to '.join(str(n) for n in sorted({fits[0], fits[-1]}))} "
+                                 "evaluations")
             return times, "explicit"
         steps = self.steps_for_nfe(10 if request.nfe is None else request.nfe)
         matrix = getattr(request.sde, "is_matrix", False)
@@ -370,12 +418,18 @@ class Integrator(Method):
                              "times)")
         return cached_grid(request.sde, name, steps, request.t_start, request.t_end), name
 
+    def _steps_or_none(self, nfe: int) -> int | None:
+        try:
+            return self.steps_for_nfe(nfe)
+        except ValueError:
+            return None
+
     def solve(self, request: SolveRequest) -> Solution:
         from ..solution import Solution
 
         start = time.perf_counter()
         times, grid_name = self.times(request)
-        plan = plan_for(self, request.sde, times)
+        plan = plan_for(self.for_nfe(request.nfe, len(times) - 1), request.sde, times)
         x = request.x
         eps_fn = request.evaluator.bind(plan.eval_times, x, plan.target)
         noise = self.noise_source(plan, request)
@@ -399,6 +453,17 @@ class Integrator(Method):
         return Solution(x=out, times=times.clone(), eval_times=plan.eval_times.clone(), nfe=nfe, method=self.name,
                         grid=grid_name, trajectory=torch.stack(states) if request.trajectory else None,
                         stats={"seconds": time.perf_counter() - start})
+
+
+def check_nfe(nfe: Any) -> int:
+    """nfe as a Python int (numpy integers accepted), or a clear error."""
+    try:
+        n = operator.index(nfe)
+    except TypeError:
+        raise ValueError(f"nfe must be a positive integer; got {nfe!r}") from None
+    if isinstance(nfe, bool) or n < 1:
+        raise ValueError(f"nfe must be a positive integer; got {nfe!r}")
+    return n
 
 
 def _progress(total: int, name: str) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .base import Integrator, MultistepPlan, as_tuple2
-from .kernels import one_point_weights, transitions
+from .kernels import one_point_weights, steps_of, transitions
 
 
 class DDIM(Integrator):
@@ -23,6 +23,6 @@ class DDIM(Integrator):
 
     def plan(self, sde: Any, grid: torch.Tensor) -> MultistepPlan:
         t = grid.to(torch.float64)
-        psi, w = transitions(sde, t), one_point_weights(sde, t)
+        psi, w = transitions(sde, *steps_of(t)), one_point_weights(sde, *steps_of(t))
         return MultistepPlan(grid=t, psi=as_tuple2([psi])[0], weights=as_tuple2([[v] for v in w]),
                              eval_times=t[:-1].clone())

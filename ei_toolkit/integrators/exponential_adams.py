@@ -1,16 +1,24 @@
-"""Exponential Adams-Bashforth integrators: tAB-DEIS, rhoAB-DEIS and the same in log rho.
+"""Exponential Adams integrators: tAB-DEIS, rhoAB-DEIS and the same in log rho; their data-prediction (x0) forms;
+and their predictor-corrector forms.
 
 DEIS (Zhang & Chen, ICLR 2023, section 4): over a step from t_i to t_{i+1}, fit the polynomial through the last k
-evaluations eps_i, eps_{i-1}, ... in a variable v (t for tAB, rho for rhoAB, log rho as a third choice) and
-integrate it exactly against the exponential kernel:
+evaluations e_i, e_{i-1}, ... in a variable v (t for tAB, rho for rhoAB, log rho as a third choice) and integrate it
+exactly against the exponential kernel (docs/math.md sections 4 and 10):
 
-    x_{i+1} = Psi(t_{i+1}, t_i) x_i + sum_j C_ij eps_{i-j},   C_ij = int_step kernel(tau) l_j(v(tau)) dtau,
+    x_{i+1} = T_i x_i + sum_j C_ij e_{i-j},   C_ij = int_step kernel(tau) l_j(v(tau)) dtau,
 
-l_j the Lagrange basis on v_i, v_{i-1}, ... (docs/math.md section 4). For scalar SDEs the kernel integral is
-alpha(t_{i+1}) int drho: a 32-node Gauss-Legendre rule in rho is exact to round-off for rho and close to it for t
-and log rho. In t the same method runs on matrix SDEs (gDDIM's multistep form, section 6), with k x k weights.
-One-point steps use the exact DDIM weight. The first steps use fewer points (no extra evaluations);
-``lower_order_final`` also lowers the order on the last steps. Order k with k points.
+l_j the Lagrange basis on v_i, v_{i-1}, .... ``target="eps"`` extrapolates the noise prediction (T_i = Psi, the
+kernel alpha_{i+1} drho: DEIS); ``target="x0"`` extrapolates the data prediction (T_i = sigma_{i+1} / sigma_i, the
+kernel alpha_{i+1} exp(lam - lam_{i+1}) dlam with lam = -log rho), which is far smoother when the data are sharp:
+in log rho this is DPM-Solver++'s multistep family (Lu et al. 2022, "DPM-Solver++"), with the polynomial integrated
+exactly instead of through truncated phi-functions. One-point steps use the exact DDIM weight. The first steps use
+fewer points (no extra evaluations); ``lower_order_final`` also lowers the order on the last steps. Order k with k
+points.
+
+``corrector=True`` adds UniPC's idea (Zhao et al. 2023, "UniPC"): once the model has been evaluated at the predicted
+x_{i+1} (the next step needs that evaluation anyway), redo the step from x_i with the polynomial through
+e_{i+1}, e_i, ..., e_{i-k+1} (k + 1 points, an Adams-Moulton-type step) and continue from the corrected state. No
+extra evaluation; order k + 1. The last step is not corrected (that would cost one more evaluation).
 """
 
 from __future__ import annotations
@@ -20,57 +28,95 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Integrator, MultistepPlan, as_tuple2
+from .base import Integrator, MultistepPlan, PredictorCorrectorPlan, as_tuple2
 from .kernels import (
+    TARGETS,
     VARIABLES,
+    check_target,
     check_variable,
+    half_lambda,
     kernel_quadrature,
+    lagrange_at,
     lagrange_integrals,
     one_point_weights,
+    steps_of,
     transitions,
     variable_at,
 )
 
 
-def adams_plan(sde: Any, grid: torch.Tensor, points: int, variable: str,
-               lower_order_final: bool = False) -> MultistepPlan:
-    """Coefficients of the k-point exponential Adams-Bashforth method in ``variable`` on ``grid``."""
+def _row(i: int, m: int, newest: int, v_grid: np.ndarray, lam: np.ndarray, exact: np.ndarray,
+         v_q: np.ndarray | None, k_q: np.ndarray | None, alpha_b: float, target: str) -> list[Any]:
+    """Weights of the m-point polynomial through the evaluations at grid points newest, newest - 1, ... for the
+    step i -> i + 1."""
+    v_end = v_grid[i + 1]
+    if not (np.isfinite(v_end) and np.isfinite(lam[i])):
+        # log rho -> -inf at the data: no polynomial in it reaches there; and a step from infinite noise
+        # (zero terminal SNR) has only its one exact weight
+        m = 1
+    # nodes at infinite noise carry no usable value of rho or log rho
+    while m > 1 and not np.all(np.isfinite(v_grid[newest - m + 1: newest + 1])):
+        m -= 1
+    if m == 1:  # a frozen evaluation: the exact weight, whichever evaluation it is
+        return [exact[i]]
+    nodes = v_grid[newest - m + 1: newest + 1][::-1]
+    if target == "x0" and np.isinf(lam[i + 1]):
+        # a step into rho = 0 in the x0 form: the kernel concentrates at the end, x_{i+1} = alpha_{i+1} p(v_{i+1})
+        return [alpha_b * ell for ell in lagrange_at(nodes, v_end)]
+    return lagrange_integrals(nodes, v_q[i], k_q[i])
+
+
+def adams_plan(sde: Any, grid: torch.Tensor, points: int, variable: str, lower_order_final: bool = False,
+               target: str = "eps", corrector: bool = False) -> MultistepPlan:
+    """Coefficients of the k-point exponential Adams method in ``variable`` on ``grid``, extrapolating ``target``;
+    with ``corrector``, a :class:`PredictorCorrectorPlan`."""
     t = grid.to(torch.float64)
     n = len(t) - 1
-    psi = transitions(sde, t)
-    exact = one_point_weights(sde, t)
+    t_a, t_b = steps_of(t)
+    psi = transitions(sde, t_a, t_b, target)
+    exact = one_point_weights(sde, t_a, t_b, target)
     v_grid = variable_at(sde, variable, t)
-    v_q, k_q = kernel_quadrature(sde, t, variable) if points > 1 else (None, None)
-    weights = []
-    for i in range(n):
-        m = min(points, i + 1)
-        if lower_order_final:
-            m = min(m, n - i)
-        if variable == "logrho" and not np.isfinite(v_grid[i + 1]):  # log rho -> -inf at the data: a DDIM step
-            m = 1
-        if m == 1:
-            weights.append([exact[i]])
-        else:
-            weights.append(lagrange_integrals(v_grid[i - m + 1: i + 1][::-1], v_q[i], k_q[i]))
-    return MultistepPlan(grid=t, psi=as_tuple2([psi])[0], weights=as_tuple2(weights), eval_times=t[:-1].clone())
+    many = points > 1 or corrector
+    with np.errstate(over="ignore", invalid="ignore"):
+        v_q, k_q = kernel_quadrature(sde, t_a, t_b, variable, target) if many else (None, None)
+    scalar = not getattr(sde, "is_matrix", False)
+    alpha_b = sde.alpha(t_b).tolist() if scalar else [0.0] * n
+    lam = half_lambda(sde, t) if scalar else np.zeros(n + 1)
+
+    def lowered(m: int, i: int) -> int:
+        return min(m, n - i) if lower_order_final else m
+
+    weights = [_row(i, lowered(min(points, i + 1), i), i, v_grid, lam, exact, v_q, k_q, alpha_b[i], target)
+               for i in range(n)]
+    common = dict(grid=t, psi=as_tuple2([psi])[0], weights=as_tuple2(weights), eval_times=t[:-1].clone(),
+                  target=target)
+    if not corrector:
+        return MultistepPlan(**common)
+    fixes = [_row(i, lowered(min(points + 1, i + 2), i), i + 1, v_grid, lam, exact, v_q, k_q, alpha_b[i], target)
+             for i in range(n - 1)]
+    return PredictorCorrectorPlan(**common, corrector=as_tuple2(fixes))
 
 
 class ExponentialAdams(Integrator):
-    """k-point exponential Adams-Bashforth in t (tAB), rho (rhoAB) or log rho (logrhoAB); order k. In t it also
-    runs on matrix SDEs."""
+    """k-point exponential Adams-Bashforth in t (tAB), rho (rhoAB) or log rho (logrhoAB), extrapolating eps or x0
+    (``target``); order k, or k + 1 with ``corrector``. In t with target eps it also runs on matrix SDEs."""
 
-    def __init__(self, name: str, points: int, variable: str, default_grid: str,
-                 lower_order_final: bool = False) -> None:
+    def __init__(self, name: str, points: int, variable: str, default_grid: str, lower_order_final: bool = False,
+                 target: str = "eps", corrector: bool = False) -> None:
         if variable not in VARIABLES:
             raise ValueError(f"unknown extrapolation variable {variable!r}; valid: {', '.join(VARIABLES)}")
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
         if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= 6:
             raise ValueError(f"points must be an integer between 1 and 6; got {points!r}")
-        self.name, self.points, self.variable = name, points, variable
-        self.order = points
+        self.name, self.points, self.variable, self.target = name, points, variable, target
+        self.corrector = bool(corrector)
+        self.order = points + self.corrector
         self.default_grid = default_grid
         self.lower_order_final = bool(lower_order_final)
-        self.matrix = variable == "t"
+        self.matrix = variable == "t" and target == "eps"
 
     def plan(self, sde: Any, grid: torch.Tensor) -> MultistepPlan:
         check_variable(sde, self.variable)
-        return adams_plan(sde, grid, self.points, self.variable, self.lower_order_final)
+        check_target(sde, self.target)
+        return adams_plan(sde, grid, self.points, self.variable, self.lower_order_final, self.target, self.corrector)

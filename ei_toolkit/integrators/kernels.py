@@ -1,10 +1,17 @@
 """What the exponential integrators ask of an SDE, for scalar and matrix (gDDIM) SDEs alike (docs/math.md sections
-3, 4 and 6): the transition over each step, the exact one-point (DDIM) weight, and a quadrature of the exponential
-kernel against which extrapolation polynomials are integrated.
+3, 4, 6 and 10): the transition over each step, the exact one-point (DDIM) weight, and a quadrature of the
+exponential kernel against which extrapolation polynomials are integrated, for the two things a method may
+extrapolate (its *target*): the noise prediction eps, or the data prediction x0.
 
-Scalar SDEs: the kernel integral over a step is alpha(t_{i+1}) int drho, so the quadrature nodes sit in rho, where
-the integrand is smooth. Matrix SDEs: int Psi(t_{i+1}, tau) 1/2 G G^T R_tau^{-T} dtau, with nodes in t.
-Coefficients are float64 NumPy arrays: scalars shaped (steps,), matrices (steps, k, k).
+* eps, scalar SDEs: x_b = Psi(t_b, t_a) x_a + alpha_b int_{rho_a}^{rho_b} eps drho; the kernel is constant in rho,
+  so the quadrature nodes sit in rho.
+* x0, scalar SDEs: x_b = (sigma_b / sigma_a) x_a + alpha_b int_{lam_a}^{lam_b} exp(lam - lam_b) x0 dlam with
+  lam = -log rho (the half log-SNR); the kernel is smooth in lam, so the nodes sit there.
+* eps, matrix SDEs: int Psi(t_b, tau) 1/2 G G^T R_tau^{-T} dtau, with nodes in t.
+
+Every function takes the step ends ``t_a`` -> ``t_b`` as arrays (consecutive grid points for multistep methods, a
+step's start and a stage for singlestep ones). Coefficients are float64 NumPy arrays: scalars shaped (steps,),
+matrices (steps, k, k).
 """
 
 from __future__ import annotations
@@ -23,22 +30,47 @@ def is_matrix(sde: Any) -> bool:
     return bool(getattr(sde, "is_matrix", False))
 
 
-def transitions(sde: Any, t: torch.Tensor) -> np.ndarray:
-    """Psi(t_{i+1}, t_i) for each step."""
-    if is_matrix(sde):
-        g = t.tolist()
-        return np.stack([sde.psi(g[i + 1], g[i]) for i in range(len(g) - 1)])
-    return sde.psi(t[1:], t[:-1]).numpy()
+TARGETS = ("eps", "x0")
 
 
-def one_point_weights(sde: Any, t: torch.Tensor) -> np.ndarray:
-    """The exact weight of a frozen eps over each step (DDIM / gDDIM): alpha_{i+1} (rho_{i+1} - rho_i), or
-    R_{i+1} - Psi(t_{i+1}, t_i) R_i for a matrix SDE."""
+def check_target(sde: Any, target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
+    if is_matrix(sde) and target != "eps":
+        raise ValueError("matrix SDEs take eps-models: the data-prediction (x0) form needs a scalar SDE")
+
+
+def steps_of(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t_a, t_b): the starts and ends of the steps of a grid."""
+    return t[:-1], t[1:]
+
+
+def half_lambda(sde: Any, t: torch.Tensor) -> np.ndarray:
+    """lam = -log rho (the half log-SNR) at the times t: -inf at infinite noise, +inf at the data."""
+    with np.errstate(divide="ignore"):
+        return -np.log(sde.rho(t).numpy())
+
+
+def transitions(sde: Any, t_a: torch.Tensor, t_b: torch.Tensor, target: str = "eps") -> np.ndarray:
+    """The coefficient of x_a in x_b: Psi(t_b, t_a) (eps form), or sigma_b / sigma_a (x0 form)."""
     if is_matrix(sde):
-        g = t.tolist()
-        return np.stack([sde.factor(g[i + 1]) - sde.psi(g[i + 1], g[i]) @ sde.factor(g[i]) for i in range(len(g) - 1)])
-    rho, alpha = sde.rho(t), sde.alpha(t)
-    return (alpha[1:] * (rho[1:] - rho[:-1])).numpy()
+        return np.stack([sde.psi(b, a) for a, b in zip(t_a.tolist(), t_b.tolist(), strict=True)])
+    if target == "x0":
+        return (sde.sigma(t_b) / sde.sigma(t_a)).numpy()
+    return sde.psi(t_b, t_a).numpy()
+
+
+def one_point_weights(sde: Any, t_a: torch.Tensor, t_b: torch.Tensor, target: str = "eps") -> np.ndarray:
+    """The exact weight of a frozen eps (x0) from t_a to t_b (DDIM / gDDIM): alpha_b (rho_b - rho_a), or
+    alpha_b (1 - rho_b / rho_a) in the x0 form (alpha_b from infinite noise), or R_b - Psi(t_b, t_a) R_a for a
+    matrix SDE."""
+    if is_matrix(sde):
+        return np.stack([sde.factor(b) - sde.psi(b, a) @ sde.factor(a)
+                         for a, b in zip(t_a.tolist(), t_b.tolist(), strict=True)])
+    rho_a, rho_b, alpha_b = sde.rho(t_a), sde.rho(t_b), sde.alpha(t_b)
+    if target == "x0":
+        return (alpha_b * -torch.expm1(torch.log(rho_b) - torch.log(rho_a))).numpy()
+    return (alpha_b * (rho_b - rho_a)).numpy()
 
 
 def variable_at(sde: Any, variable: str, t: torch.Tensor) -> np.ndarray:
@@ -58,19 +90,31 @@ def check_variable(sde: Any, variable: str) -> None:
         raise ValueError(f"matrix SDEs have no scalar rho: extrapolate in t (got variable {variable!r})")
 
 
-def kernel_quadrature(sde: Any, t: torch.Tensor, variable: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per step i, nodes v_q (shape (steps, Q)) and kernel weights K_q (shape (steps, Q) or (steps, Q, k, k)) with
-    int_{step i} Psi(t_{i+1}, tau) (kernel) p(v(tau)) dtau ~= sum_q K_q p(v_q) for polynomials p in v."""
+def kernel_quadrature(sde: Any, t_a: torch.Tensor, t_b: torch.Tensor, variable: str,
+                      target: str = "eps") -> tuple[np.ndarray, np.ndarray]:
+    """Per step i (t_a[i] -> t_b[i]), nodes v_q (shape (steps, Q)) and kernel weights K_q (shape (steps, Q) or
+    (steps, Q, k, k)) with (the kernel of ``target``) integrated against p(v(tau)) ~= sum_q K_q p(v_q), for
+    polynomials p in v. The x0 form needs finite lam at both ends (callers treat a step into rho = 0 apart)."""
     check_variable(sde, variable)
+    check_target(sde, target)
     if is_matrix(sde):
-        g = t.numpy()
-        mid, half = 0.5 * (g[1:] + g[:-1]), 0.5 * (g[1:] - g[:-1])
+        a, b = t_a.numpy(), t_b.numpy()
+        mid, half = 0.5 * (b + a), 0.5 * (b - a)
         taus = mid[:, None] + half[:, None] * _GL_X[None, :]
-        kern = np.stack([sde.kernel(g[i + 1], taus[i]) for i in range(len(g) - 1)])  # (steps, Q, k, k)
+        kern = np.stack([sde.kernel(b[i], taus[i]) for i in range(len(b))])  # (steps, Q, k, k)
         return taus, (half[:, None] * _GL_W[None, :])[:, :, None, None] * kern
-    rho, alpha = sde.rho(t), sde.alpha(t)
-    mid, half = 0.5 * (rho[1:] + rho[:-1]), 0.5 * (rho[1:] - rho[:-1])
-    rq = (mid[:, None] + half[:, None] * torch.from_numpy(_GL_X)[None, :]).clamp_min(0)
+    alpha_b = sde.alpha(t_b).numpy()
+    if target == "x0":
+        lam_a, lam_b = half_lambda(sde, t_a), half_lambda(sde, t_b)
+        mid, half = 0.5 * (lam_b + lam_a), 0.5 * (lam_b - lam_a)
+        lq = mid[:, None] + half[:, None] * _GL_X[None, :]
+        rq = torch.from_numpy(np.exp(-lq))
+        weights = (alpha_b * half)[:, None] * np.exp(lq - lam_b[:, None]) * _GL_W[None, :]
+    else:
+        rho_a, rho_b = sde.rho(t_a), sde.rho(t_b)
+        mid, half = 0.5 * (rho_b + rho_a), 0.5 * (rho_b - rho_a)
+        rq = (mid[:, None] + half[:, None] * torch.from_numpy(_GL_X)[None, :]).clamp_min(0)
+        weights = (alpha_b * half.numpy())[:, None] * _GL_W[None, :]
     if variable == "t":
         vq = sde.t_of_rho(rq).numpy()
     elif variable == "rho":
@@ -78,7 +122,19 @@ def kernel_quadrature(sde: Any, t: torch.Tensor, variable: str) -> tuple[np.ndar
     else:
         with np.errstate(divide="ignore"):
             vq = np.log(rq.numpy())
-    return vq, (alpha[1:] * half).numpy()[:, None] * _GL_W[None, :]
+    return vq, weights
+
+
+def lagrange_at(nodes: np.ndarray, v: float) -> list[float]:
+    """The Lagrange basis polynomials on ``nodes`` evaluated at v."""
+    out = []
+    for j in range(len(nodes)):
+        ell = 1.0
+        for m in range(len(nodes)):
+            if m != j:
+                ell *= (v - nodes[m]) / (nodes[j] - nodes[m])
+        out.append(ell)
+    return out
 
 
 def lagrange_integrals(nodes: np.ndarray, v_q: np.ndarray, k_q: np.ndarray) -> list[np.ndarray]:
