@@ -1,5 +1,5 @@
 """The data-prediction (x0) exponential integrators, the predictor-corrector plans and the singlestep methods
-(docs/math.md section 10): identities that fail if a kernel, a weight or the runner's bookkeeping breaks."""
+(docs/math.md sections 4.7-4.9): identities that fail if a kernel, a weight or the runner's bookkeeping breaks."""
 
 import math
 

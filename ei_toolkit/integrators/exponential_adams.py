@@ -3,7 +3,7 @@ and their predictor-corrector forms.
 
 DEIS (Zhang & Chen, ICLR 2023, section 4): over a step from t_i to t_{i+1}, fit the polynomial through the last k
 evaluations e_i, e_{i-1}, ... in a variable v (t for tAB, rho for rhoAB, log rho as a third choice) and integrate it
-exactly against the exponential kernel (docs/math.md sections 4 and 10):
+exactly against the exponential kernel (docs/math.md sections 4.2, 4.7, 4.8):
 
     x_{i+1} = T_i x_i + sum_j C_ij e_{i-j},   C_ij = int_step kernel(tau) l_j(v(tau)) dtau,
 

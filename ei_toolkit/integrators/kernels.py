@@ -1,5 +1,5 @@
 """What the exponential integrators ask of an SDE, for scalar and matrix (gDDIM) SDEs alike (docs/math.md sections
-3, 4, 6 and 10): the transition over each step, the exact one-point (DDIM) weight, and a quadrature of the
+3, 4 and 6): the transition over each step, the exact one-point (DDIM) weight, and a quadrature of the
 exponential kernel against which extrapolation polynomials are integrated, for the two things a method may
 extrapolate (its *target*): the noise prediction eps, or the data prediction x0.
 

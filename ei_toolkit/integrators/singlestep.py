@@ -2,8 +2,8 @@
 the data (x0) prediction.
 
 A step from t_i to t_{i+1} is split in lam = -log rho (the half log-SNR): stage s sits at lam_i + c_s h. Stage s
-starts from x_i and integrates, exactly against the exponential kernel of its target (docs/math.md sections 4 and
-10), the polynomial in log rho through the evaluations of the stages it ``uses``; the new state does the same over
+starts from x_i and integrates, exactly against the exponential kernel of its target (docs/math.md section
+4.9), the polynomial in log rho through the evaluations of the stages it ``uses``; the new state does the same over
 the whole step. With c = (0, 1/2), stage 1 using {0} and the step using {0, 1}, this is DPM-Solver-2 (Lu et al.
 2022, "DPM-Solver", r1 = 1/2) in the eps form and DPM-Solver++(2S) in the x0 form; with c = (0, 1/3, 2/3), stage 2
 using {0, 1} and the step using {0, 2}, DPM-Solver-3 / DPM-Solver++(3S). The exact kernel integrals replace their
