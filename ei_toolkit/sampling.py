@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import NumericalError
+from .errors import NumericalError, all_finite
 from .integrators import INTEGRATORS, Method, SolveRequest, get_integrator
 from .model import Model, ModelEvaluator
 from .noise import check_generator
@@ -111,24 +111,30 @@ def solve(
             raise ValueError(f"an explicit grid needs at least 2 times; got {times.numel()}")
         t_start, t_end = float(times[0]), float(times[-1])
     else:
-        t_start = sde.t_max if t_start is None else t_start
+        t_terminal = getattr(sde, "t_terminal", None)  # zero terminal SNR: sampling starts at infinite noise
+        t_start = (sde.t_max if t_terminal is None else t_terminal) if t_start is None else t_start
         t_end = (sde.t_min if t_end is None else t_end)
         if not t_start > t_end:
             raise ValueError(f"t_start must be greater than t_end (sampling runs backwards in time); got "
                              f"t_start={t_start}, t_end={t_end}")
         lo = sde.t_min if matrix else sde.t0
         for name, v in (("t_start", t_start), ("t_end", t_end)):
-            if not lo <= v <= sde.t_max:
+            if not lo <= v <= sde.t_max and not (name == "t_start" and v == getattr(sde, "t_terminal", None)):
                 raise ValueError(f"{name} must lie in the SDE's domain [{lo:g}, {sde.t_max:g}]; got {v}")
     evaluator = ModelEvaluator(model, sde, prediction, clip_x0=clip_x0, dynamic_threshold=dynamic_threshold,
                                model_dtype=x.dtype)
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise NumericalError(f"x is not finite at t_start = {t_start:g} (it holds NaN or inf)")
     request = SolveRequest(evaluator=evaluator, x=x.to(work), sde=sde, t_start=t_start, t_end=t_end, nfe=nfe,
                            grid=grid, generator=generator, brownian=brownian, trajectory=trajectory,
                            progress=progress)
-    sol = chosen.solve(request)
-    if not bool(torch.isfinite(sol.x).all()):  # one synchronisation, after the loop
+    if t_start == getattr(sde, "t_terminal", None):  # hook: the first step from rho = inf (zero terminal SNR)
+        from .diffusion.zero_snr import solve_from_infinite_noise
+
+        sol = solve_from_infinite_noise(chosen, request)
+    else:
+        sol = chosen.solve(request)
+    if not all_finite(sol.x):  # one synchronisation, after the loop
         raise NumericalError(f"the state is not finite at the end (t = {t_end:g}) although every model output was: "
                              f"the {work} working precision overflowed; pass dtype=torch.float64")
     sol.x = sol.x.to(x.dtype)

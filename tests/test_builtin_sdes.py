@@ -75,6 +75,100 @@ def test_discrete_vp_matches_alphas_cumprod_and_interpolates_log_alpha():
     torch.testing.assert_close(same.rho(n), sde.rho(n), rtol=1e-12, atol=0)
 
 
+def test_discrete_vp_refuses_t_max_beyond_its_table():
+    betas = np.linspace(1e-4, 0.02, 1000)
+    assert ei.DiscreteVP(betas, t_max=500).t_max == 500
+    with pytest.raises(ValueError, match=r"t_max = 1000 lies beyond the table \(the table ends at t = 999\); "
+                                         "DiscreteVP does not extrapolate"):
+        ei.DiscreteVP(betas, t_max=1000)
+    with pytest.raises(ValueError, match=r"t_max must be a finite real number"):
+        ei.DiscreteVP(betas, t_max=float("nan"))
+
+
+# -- zero terminal SNR (Lin et al. 2024) ---------------------------------------------------------------------------
+
+
+def test_zero_terminal_snr_schedule_ends_at_infinite_noise():
+    plain = ei.DiscreteVP.linear()
+    sde = ei.DiscreteVP.linear(rescale_zero_snr=True)
+    ac = sde.alphas_cumprod.numpy()
+    assert ac[-1] == 0 and ac[-2] > 0 and sde.betas[-1] == 1
+    # Lin et al. algorithm 1: sqrt(alphas_cumprod) shifted to end at 0 and scaled to keep its first value
+    root = np.sqrt(ddpm_alphas_cumprod())
+    np.testing.assert_allclose(np.sqrt(ac), (root - root[-1]) * root[0] / (root[0] - root[-1]), rtol=1e-12,
+                               atol=1e-15)
+    assert sde.zero_terminal_snr and not plain.zero_terminal_snr and plain.t_terminal is None
+    assert (sde.t_max, sde.t_terminal) == (998.0, 999.0)  # the domain ends at the last time with alpha > 0
+    a, s = sde.alpha_sigma(torch.tensor([0.0, 998.0, 999.0], dtype=torch.float64))
+    np.testing.assert_allclose(a.numpy() ** 2, ac[[0, 998, 999]], rtol=1e-12)
+    assert float(s[-1]) == 1.0 and float(a[-1]) == 0.0
+    assert sde.key != ei.DiscreteVP(sde.betas[:-1].numpy()).key  # same finite part, not the same SDE
+    # the same schedule from its table, or from betas ending in 1
+    for other in (ei.DiscreteVP.from_alphas_cumprod(torch.tensor(ac)), ei.DiscreteVP(sde.betas)):
+        assert other.t_terminal == 999.0 and other.t_max == 998.0
+        n = torch.arange(999, dtype=torch.float64)
+        torch.testing.assert_close(other.rho(n), sde.rho(n), rtol=1e-10, atol=0)
+    with pytest.raises(ValueError, match=r"t_max = 999 lies beyond the table \(alpha > 0 up to t = 998; t = 999 is "
+                                         "the zero-SNR time t_terminal"):
+        ei.DiscreteVP(sde.betas, t_max=999)
+    with pytest.raises(ValueError, match=r"betas must lie in \(0, 1\) \(the last may be 1"):
+        ei.DiscreteVP([0.1, 1.0, 0.2])
+    assert ei.DiscreteVP(sde.betas, t_max=500).t_terminal is None  # a window cut short is an ordinary schedule
+
+
+def gaussian_v_model(sde, m, s):
+    """The exact v-prediction of data N(m, s^2 I) under a DiscreteVP, t_terminal included (x0 = m there)."""
+
+    def model(x, t):
+        a, sg = (u.to(x).view(-1, *[1] * (x.ndim - 1)) for u in sde.alpha_sigma(t.double()))
+        x0 = m + a * s * s * (x - a * m) / (a * a * s * s + sg * sg)
+        return a * (x - a * x0) / sg - sg * x0
+
+    return model
+
+
+@pytest.mark.parametrize("method", ["ddim", None, "x0-logrhoab2"])
+def test_sampling_from_zero_terminal_snr_starts_at_infinite_noise_and_converges(method):
+    """The probability-flow ODE of N(m, s^2) data maps x at infinite noise to m + s x exactly; the first step,
+    from rho = inf, is x_1 = alpha_1 x0 + sigma_1 x with x0 = -v there."""
+    sde = ei.DiscreteVP.linear(rescale_zero_snr=True)
+    m, s = 0.7, 0.3
+    model = gaussian_v_model(sde, m, s)
+    x = torch.randn(256, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    kw = {} if method is None else {"method": method}
+    errors = []
+    for nfe in (10, 40):
+        sol = ei.solve(model, x, sde, prediction="v", nfe=nfe, t_end=-1.0, **kw)
+        assert sol.nfe == nfe and float(sol.times[0]) == 999.0 and float(sol.eval_times[0]) == 999.0
+        assert len(sol.times) == nfe + 1 and sol.stats["start"] == "infinite noise"
+        errors.append(float((sol.x - (m + s * x)).abs().max()))
+    assert errors[1] < 0.3 * errors[0] and errors[1] < 0.06, errors
+    # one step from infinite noise straight to the data returns x0 = -v at t_terminal: the data mean
+    one = ei.sample(model, x, sde, prediction="v", nfe=1, t_end=-1.0, **kw)
+    torch.testing.assert_close(one, torch.full_like(x, m), rtol=0, atol=1e-12)
+    # the trajectory's second state is the exact step from rho = inf
+    sol = ei.solve(model, x, sde, prediction="v", nfe=5, t_end=-1.0, trajectory=True, **kw)
+    t1 = sol.times[1:2]
+    a1, s1 = sde.alpha(t1).item(), sde.sigma(t1).item()
+    torch.testing.assert_close(sol.trajectory[1], a1 * m + s1 * x, rtol=1e-12, atol=1e-12)
+    assert sol.trajectory.shape[0] == 6
+
+
+def test_zero_terminal_snr_refuses_what_is_undefined_at_infinite_noise():
+    sde = ei.DiscreteVP.linear(rescale_zero_snr=True)
+    x = torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r"needs a model that predicts x0 or v: prediction='eps'"):
+        ei.sample(lambda x, t: x, x, sde, nfe=5)
+    # an eps-model can still start below t_terminal, inside the domain
+    out = ei.sample(lambda x, t: torch.zeros_like(x), x, sde, nfe=5, t_start=sde.t_max, t_end=-1.0)
+    assert torch.isfinite(out).all()
+    # stochastic DDIM from infinite noise: lam = 1 forgets x (x_1 = alpha_1 x0 + sigma_1 z)
+    model = gaussian_v_model(sde, 0.0, 1.0)
+    a = ei.sample(model, x, sde, prediction="v", method="sddim", nfe=3, generator=torch.Generator().manual_seed(1))
+    b = ei.sample(model, 2 * x, sde, prediction="v", method="sddim", nfe=3, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b)
+
+
 def test_psi_is_the_alpha_ratio_for_builtins():
     for cls in (ei.VPSDE, ei.CosineVPSDE, ei.SubVPSDE):
         sde = cls()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
+from collections.abc import Hashable
 
 import numpy as np
 import sympy as sp
@@ -102,48 +104,124 @@ class DiscreteVP(LinearSDE):
     ``betas`` (length N) give alphas_cumprod[n] = prod_{i <= n} (1 - betas[i]); time n = 0..N-1 is the
     model's timestep and alpha(n) = sqrt(alphas_cumprod[n]), sigma = sqrt(1 - alpha^2). log alpha is
     interpolated piecewise linearly between integer times (as DPM-Solver does), and the data sits at
-    t0 = -1, where alpha = 1 (diffusers' ``set_alpha_to_one``). Default window [0, N - 1].
+    t0 = -1, where alpha = 1 (diffusers' ``set_alpha_to_one``). Default window [0, N - 1]; ``t_max`` beyond
+    the table is an error (nothing is extrapolated).
+
+    Zero terminal SNR (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed", WACV 2024):
+    a last beta of 1 (alphas_cumprod[-1] = 0), or ``rescale_zero_snr=True`` to rescale the betas so. Then the
+    SDE's domain ends at t_max = N - 2, the last time with alpha > 0, and :attr:`t_terminal` = N - 1 is the
+    time of infinite noise (alpha = 0, sigma = 1, rho = inf), where sampling starts by default. Only the
+    data prediction x0 is defined there (x0 = -v for a v-model), so the first step is the exact
+    exponential-integrator step from rho = inf with x0 frozen, x_next = alpha_next x0 + sigma_next x
+    (docs/math.md section 5 with rho_t -> inf); :func:`ei_toolkit.sample` takes it through
+    :func:`ei_toolkit.diffusion.zero_snr.solve_from_infinite_noise`.
     """
 
+    t_terminal: float | None = None
+
     def __init__(self, betas: torch.Tensor | np.ndarray | list[float], *, t_min: float = 0.0,
-                 t_max: float | None = None):
+                 t_max: float | None = None, rescale_zero_snr: bool = False):
         b = np.asarray(torch.as_tensor(betas, dtype=torch.float64).cpu().numpy() if isinstance(betas, torch.Tensor)
                        else betas, dtype=np.float64)
         if b.ndim != 1 or len(b) < 2:
             raise ValueError(f"betas must be a 1-D sequence of length >= 2; got shape {b.shape}")
-        if not np.all((b > 0) & (b < 1)):
-            raise ValueError("betas must lie in (0, 1)")
-        self._init_from_log_alpha(np.concatenate([[0.0], 0.5 * np.cumsum(np.log1p(-b))]), t_min, t_max)
+        if not isinstance(rescale_zero_snr, bool):
+            raise TypeError(f"rescale_zero_snr must be True or False; got {rescale_zero_snr!r}")
+        if not np.all((b[:-1] > 0) & (b[:-1] < 1)) or not 0 < b[-1] <= 1:
+            raise ValueError("betas must lie in (0, 1) (the last may be 1: zero terminal SNR)")
+        if rescale_zero_snr:
+            b = rescale_zero_terminal_snr(b)
+        with np.errstate(divide="ignore"):
+            log_alpha = np.concatenate([[0.0], 0.5 * np.cumsum(np.log1p(-b))])
+        self._init_from_log_alpha(log_alpha, t_min, t_max)
         self.betas = torch.as_tensor(b)
 
     @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor | np.ndarray | list[float], *, t_min: float = 0.0,
                             t_max: float | None = None) -> DiscreteVP:
-        """Build from a table of alphas_cumprod (strictly decreasing, in (0, 1))."""
+        """Build from a table of alphas_cumprod (strictly decreasing, in (0, 1); the last may be 0: zero
+        terminal SNR)."""
         a = np.asarray(alphas_cumprod.detach().cpu().double().numpy() if isinstance(alphas_cumprod, torch.Tensor)
                        else alphas_cumprod, dtype=np.float64)
         if a.ndim != 1 or len(a) < 2:
             raise ValueError(f"alphas_cumprod must be a 1-D sequence of length >= 2; got shape {a.shape}")
-        if not (np.all((a > 0) & (a < 1)) and np.all(np.diff(a) < 0)):
-            raise ValueError("alphas_cumprod must lie in (0, 1) and be strictly decreasing")
+        if not (np.all(a[:-1] > 0) and np.all(a < 1) and a[-1] >= 0 and np.all(np.diff(a) < 0)):
+            raise ValueError("alphas_cumprod must lie in (0, 1) (the last may be 0: zero terminal SNR) and be "
+                             "strictly decreasing")
         self = cls.__new__(cls)
-        self._init_from_log_alpha(np.concatenate([[0.0], 0.5 * np.log(a)]), t_min, t_max)
+        with np.errstate(divide="ignore"):
+            self._init_from_log_alpha(np.concatenate([[0.0], 0.5 * np.log(a)]), t_min, t_max)
         self.betas = torch.as_tensor(1 - a / np.concatenate([[1.0], a[:-1]]))
         return self
 
     def _init_from_log_alpha(self, log_alpha: np.ndarray, t_min: float, t_max: float | None) -> None:
-        n = len(log_alpha) - 1
-        la = _discrete_log_alpha(log_alpha.tobytes())
+        n = len(log_alpha) - 1  # table entries at t = 0..n-1; log_alpha[0] is the data time t0 = -1
+        zero_snr = not np.isfinite(log_alpha[-1])
+        finite = log_alpha[:-1] if zero_snr else log_alpha
+        last = float(len(finite) - 2)  # the last time with alpha > 0
+        if zero_snr and n < 3:
+            raise ValueError("a zero-terminal-SNR table needs at least 3 entries (two with alpha > 0)")
+        if t_max is not None:
+            if isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not math.isfinite(t_max):
+                raise ValueError(f"t_max must be a finite real number; got {t_max!r}")
+            if t_max > last:
+                where = (f"alpha > 0 up to t = {last:g}; t = {n - 1} is the zero-SNR time t_terminal, where "
+                         "sampling starts by default" if zero_snr else f"the table ends at t = {last:g}")
+                raise ValueError(f"t_max = {t_max:g} lies beyond the table ({where}); DiscreteVP does not "
+                                 "extrapolate")
+        la = _discrete_log_alpha(np.ascontiguousarray(finite).tobytes())
         self._init_marginals(sp.sqrt(1 - sp.exp(2 * la(T))), log_alpha=la(T), t0=-1.0, t_min=t_min,
-                             t_max=float(n - 1) if t_max is None else t_max)
+                             t_max=last if t_max is None else float(t_max))
         self.num_timesteps = n
-        self.alphas_cumprod = torch.as_tensor(np.exp(2 * log_alpha[1:]))
+        with np.errstate(over="ignore"):
+            self.alphas_cumprod = torch.as_tensor(np.exp(2 * log_alpha[1:]))
         self.parameters = {"num_timesteps": n}
+        # infinite noise is the start of sampling unless the window was cut short
+        self.t_terminal = float(n - 1) if zero_snr and self.t_max == last else None
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        """Whether the table ends at infinite noise (alphas_cumprod[-1] = 0)."""
+        return self.t_terminal is not None
+
+    @property
+    def key(self) -> Hashable:
+        base = super().key
+        return base if self.t_terminal is None else (*base, ("t_terminal", self.t_terminal))
+
+    def alpha_sigma(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha(t) and sigma(t) on the whole table, :attr:`t_terminal` included (alpha = 0, sigma = 1 there);
+        float64 for Python numbers, else t's dtype and device."""
+        t = self._time(t)
+        if self.t_terminal is None:
+            return self.alpha(t), self.sigma(t)
+        at_end = t == self.t_terminal
+        inner = torch.where(at_end, torch.full_like(t, self.t_max), t)
+        a, s = self.alpha(inner), self.sigma(inner)
+        return torch.where(at_end, torch.zeros_like(a), a), torch.where(at_end, torch.ones_like(s), s)
+
+    def __repr__(self) -> str:
+        extra = ", zero terminal SNR" if self.t_terminal is not None else ""
+        return f"{type(self).__name__}(num_timesteps={self.num_timesteps}{extra})"
 
     @classmethod
-    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteVP:
-        """The DDPM linear schedule (Ho et al. 2020): betas evenly spaced from beta_start to beta_end."""
-        return cls(np.linspace(beta_start, beta_end, num_timesteps))
+    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, *,
+               rescale_zero_snr: bool = False) -> DiscreteVP:
+        """The DDPM linear schedule (Ho et al. 2020): betas evenly spaced from beta_start to beta_end
+        (rescaled to zero terminal SNR with ``rescale_zero_snr=True``)."""
+        return cls(np.linspace(beta_start, beta_end, num_timesteps), rescale_zero_snr=rescale_zero_snr)
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray | torch.Tensor | list[float]) -> np.ndarray:
+    """Betas rescaled to zero terminal SNR (Lin et al. 2024, algorithm 1): sqrt(alphas_cumprod) is shifted so
+    that its last value is 0 and scaled so that its first is unchanged; float64."""
+    b = np.asarray(torch.as_tensor(betas, dtype=torch.float64).numpy(), dtype=np.float64)
+    root = np.sqrt(np.cumprod(1 - b))
+    first, last = root[0], root[-1]
+    root = (root - last) * first / (first - last)
+    ac = root**2
+    alphas = np.concatenate([ac[:1], ac[1:] / ac[:-1]])
+    return 1 - alphas
 
 
 def _discrete_log_alpha(log_alpha_bytes: bytes) -> type[TableFunction]:

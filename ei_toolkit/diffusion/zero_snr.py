@@ -1,0 +1,135 @@
+"""Sampling from zero terminal SNR (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+WACV 2024): a :class:`~ei_toolkit.DiscreteVP` whose table ends at alpha = 0 starts at infinite noise,
+rho = sigma / alpha = inf, where eps = x and only the data prediction x0 carries information (x0 = -v for a
+v-model; an eps-model's x0 = (x - sigma eps) / alpha is undefined there).
+
+The first step is therefore the exact exponential-integrator step with x0 frozen (docs/math.md section 5, stochastic
+DDIM, in the limit rho_t -> inf, where the ratio rho_s / rho_t vanishes): in the y = x / alpha frame
+y_s = x0 + rho_s (e eps_t + sqrt(1 - e^2) z), so in x
+
+    x_s = alpha_s x0 + sigma_s (e x_t + sqrt(1 - e^2) z),
+
+with e = 1 for every deterministic method (the probability-flow ODE: x_s = alpha_s x0 + sigma_s x_t), and for
+stochastic DDIM e = 0 when lambda > 0 and e = sqrt(1 - eta^2) for DDIM's eta. The rest of the solve is the
+method's own, on the finite part of the schedule, started afresh (a multistep method cannot extrapolate through
+rho = inf). This module is the hook that :func:`ei_toolkit.solve` calls when ``t_start`` is ``sde.t_terminal``;
+:class:`~ei_toolkit.diffusion.EIScheduler` takes the same first step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from ..integrators import Method, SolveRequest
+    from ..solution import Solution
+
+
+def terminal_mixing(method: Any) -> float:
+    """e of the first step from infinite noise for ``method`` (1 for deterministic methods); a clear error for a
+    stochastic method whose step from rho = inf is not known here."""
+    if not getattr(method, "stochastic", False):
+        return 1.0
+    lam, eta = getattr(method, "lam", None), getattr(method, "eta", None)
+    if lam is not None:
+        return 0.0 if lam > 0 else 1.0
+    if eta is not None:
+        return math.sqrt(max(0.0, 1.0 - eta * eta))
+    raise ValueError(f"the stochastic method {getattr(method, 'name', method)!r} has no known step from infinite "
+                     "noise (zero terminal SNR); start below sde.t_terminal (t_start=sde.t_max)")
+
+
+def infinite_noise_step(x: torch.Tensor, x0: torch.Tensor, alpha_next: float, sigma_next: float, e: float = 1.0,
+                        z: torch.Tensor | None = None) -> torch.Tensor:
+    """The exact step from rho = inf with x0 frozen: alpha_next x0 + sigma_next (e x + sqrt(1 - e^2) z)."""
+    out = torch.mul(x0, alpha_next)
+    if e != 0.0:
+        out.add_(x, alpha=sigma_next * e)
+    if e != 1.0:
+        if z is None:
+            raise ValueError("a stochastic step from infinite noise needs noise z")
+        out.add_(z, alpha=sigma_next * math.sqrt(max(0.0, 1.0 - e * e)))
+    return out
+
+
+def check_prediction(prediction: str) -> None:
+    if prediction not in ("x0", "v"):
+        raise ValueError(f"sampling from zero terminal SNR (alpha = 0 at t_terminal) needs a model that predicts x0 "
+                         f"or v: prediction={prediction!r} gives x0 = (x - sigma eps) / alpha, undefined at alpha = 0 "
+                         "(Lin et al. 2024 train such models with v-prediction); or start below t_terminal")
+
+
+def terminal_grid(grid: torch.Tensor, t_terminal: float) -> torch.Tensor:
+    """A grid computed from the last finite time (sde.t_max) with its first point moved to t_terminal: the same
+    later points, and a first step that starts at infinite noise."""
+    out = grid.clone()
+    out[0] = t_terminal
+    return out
+
+
+def solve_from_infinite_noise(method: Method, request: SolveRequest) -> Solution:
+    """Solve ``request`` (whose ``t_start`` is ``request.sde.t_terminal``) with ``method``: one model evaluation at
+    infinite noise and the exact step above, then the method on the rest of its grid (``nfe`` counts both)."""
+    from ..integrators import Integrator
+    from ..integrators.base import cached_grid
+    from ..noise import gaussian_noise
+    from ..solution import Solution
+
+    start = time.perf_counter()
+    sde, ev = request.sde, request.evaluator
+    t_terminal = float(sde.t_terminal)
+    check_prediction(ev.prediction)
+    e = terminal_mixing(method)
+    if e != 1.0 and request.brownian is not None:
+        raise ValueError("a Brownian path over s = -rho cannot start at rho = inf: pass generator= for sampling "
+                         "from zero terminal SNR")
+    nfe = request.nfe
+    rest: torch.Tensor | None = None
+    grid_name = "adaptive"
+    if request.explicit_grid:
+        times = torch.as_tensor(request.grid, dtype=torch.float64).flatten()
+        if float(times[0]) != t_terminal:
+            raise ValueError("an explicit grid from zero terminal SNR must start at sde.t_terminal")
+        rest, grid_name = times[1:], "explicit"
+    elif isinstance(method, Integrator):
+        if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
+            raise ValueError(f"nfe must be a positive integer; got {nfe!r}")
+        total = 10 if nfe is None else nfe
+        try:
+            steps = 1 if total == 1 else 1 + method.steps_for_nfe(total - 1)
+        except ValueError as exc:
+            raise ValueError(f"nfe={total} from zero terminal SNR: one evaluation at infinite noise, then "
+                             f"{total - 1} for {method.name!r}: {exc}") from None
+        grid_name = request.grid or method.default_grid
+        full = terminal_grid(cached_grid(sde, grid_name, steps, sde.t_max, request.t_end), t_terminal)
+        rest = full[1:]
+    t1 = float(rest[0]) if rest is not None else sde.t_max
+    x = request.x
+    t64 = torch.tensor([t1], dtype=torch.float64)
+    a1, s1 = float(sde.alpha(t64)), float(sde.sigma(t64))
+    nfe0 = ev.nfe
+    x0 = ev(x, t_terminal, "x0", alpha=0.0, sigma=1.0)
+    z = gaussian_noise(request.generator)(0, x) if e != 1.0 else None
+    x1 = infinite_noise_step(x, x0, a1, s1, e, z)
+    states = [x, x1] if request.trajectory else []
+    if rest is not None and len(rest) < 2:  # a single step, straight to t_end
+        ev.check()
+        out, times, evals = x1, torch.tensor([t_terminal, t1], dtype=torch.float64), torch.tensor([t_terminal])
+        traj = torch.stack(states) if request.trajectory else None
+    else:
+        sub = dataclasses.replace(request, x=x1, t_start=t1,
+                                  grid=rest if rest is not None else request.grid,
+                                  nfe=None if rest is not None else (None if nfe is None else nfe - 1))
+        sol = method.solve(sub)
+        out = sol.x
+        times = torch.cat([torch.tensor([t_terminal], dtype=torch.float64), sol.times.to(torch.float64)])
+        evals = torch.cat([torch.tensor([t_terminal], dtype=torch.float64), sol.eval_times.to(torch.float64)])
+        traj = (torch.cat([x[None], sol.trajectory]) if request.trajectory and sol.trajectory is not None
+                else None)
+    return Solution(x=out, times=times, eval_times=evals, nfe=ev.nfe - nfe0, method=method.name, grid=grid_name,
+                    trajectory=traj, stats={"seconds": time.perf_counter() - start, "start": "infinite noise"})
