@@ -10,17 +10,79 @@ numerical self-check.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from ei_toolkit.errors import NumericalError
 
 if TYPE_CHECKING:
     from ei_toolkit.compare import Peer
 
 BUILTIN_SDES = ("vp", "subvp", "cosine", "ve", "edm", "ddpm")
+
+
+class UsageError(Exception):
+    """A bad command line: :func:`main` prints ``ei-toolkit: error: <message>`` and exits with status 2."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite real number."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
+    return v
+
+
+def writable_path(arg: str, path: str) -> Path:
+    """``path`` as a Path whose directory exists (nothing is created)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{arg} {path!r} is a directory; give a file name")
+    if not p.parent.is_dir():
+        raise UsageError(f"{arg} {path!r}: the directory {str(p.parent)!r} does not exist")
+    return p
+
+
+def parse_params(items: Sequence[str]) -> dict[str, float]:
+    """``--param NAME=VALUE`` items as a dict of floats, or a :class:`UsageError` naming the bad item."""
+    out: dict[str, float] = {}
+    for kv in items:
+        name, sep, value = kv.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UsageError(f"--param {kv!r}: expected NAME=VALUE, e.g. --param a=0.1")
+        if not name.isidentifier():
+            raise UsageError(f"--param {kv!r}: NAME must be an identifier such as a or beta_min")
+        try:
+            v = float(value)
+        except ValueError:
+            raise UsageError(f"--param {kv!r}: VALUE must be a number; got {value!r}") from None
+        if not math.isfinite(v):
+            raise UsageError(f"--param {kv!r}: VALUE must be a finite number")
+        if name in out:
+            raise UsageError(f"--param {name} is given twice")
+        out[name] = v
+    return out
 
 
 def make_sde(name: str):  # returns a LinearSDE
@@ -35,7 +97,7 @@ def make_sde(name: str):  # returns a LinearSDE
         "ddpm": ei.DiscreteVP.linear,
     }
     if name not in table:
-        raise SystemExit(f"unknown SDE {name!r}; choose one of {', '.join(table)}")
+        raise UsageError(f"--sde: unknown SDE {name!r}; choose one of {', '.join(table)}")
     return table[name]()
 
 
@@ -43,14 +105,21 @@ def describe(args: argparse.Namespace) -> int:
     import ei_toolkit as ei
 
     start = time.perf_counter()
-    if args.drift is not None or args.diffusion is not None:
+    custom = args.drift is not None or args.diffusion is not None
+    if custom:
+        if args.sde is not None:
+            raise UsageError("--sde names a built-in SDE; --drift/--diffusion define a custom one: give one or the "
+                             "other")
         if args.drift is None or args.diffusion is None:
-            raise SystemExit("give both --drift and --diffusion for a custom SDE")
-        params = dict(kv.split("=", 1) for kv in args.param)
-        sde = ei.LinearSDE(drift=args.drift, diffusion=args.diffusion, t_max=args.t_max,
-                           **{k: float(v) for k, v in params.items()})
+            raise UsageError("give both --drift and --diffusion for a custom SDE")
+        t_max = 1.0 if args.t_max is None else args.t_max
+        sde = ei.LinearSDE(drift=args.drift, diffusion=args.diffusion, t_max=t_max, **parse_params(args.param))
     else:
-        sde = make_sde(args.sde)
+        if args.param:
+            raise UsageError("--param sets parameters of a custom SDE (--drift/--diffusion)")
+        if args.t_max is not None:
+            raise UsageError("--t-max applies to a custom SDE (--drift/--diffusion)")
+        sde = make_sde(args.sde or "vp")
     built = time.perf_counter() - start
     print(sde.describe())
     t = torch.linspace(sde.t_min, sde.t_max, 10001, dtype=torch.float64)
@@ -68,14 +137,17 @@ PEER_COMPARISON = "python benchmarks/compare.py"
 
 def add_compare_options(c: argparse.ArgumentParser) -> None:
     """The options of ``compare``, shared with ``benchmarks/compare.py`` (which adds ``--no-peers``)."""
-    c.add_argument("--problem", default="gmm2d", help="gmm2d, gmm2d-sharp, gmm16, gmm64-sharp (default gmm2d)")
-    c.add_argument("--sde", default="ddpm", help=f"{', '.join(BUILTIN_SDES)} (default ddpm: peers need it)")
-    c.add_argument("--methods", nargs="+", default=list(DEFAULT_COMPARE_METHODS), help="method names, or 'all'")
+    c.add_argument("--problem", default="gmm2d", help="gmm2d, gmm2d-sharp, gmm16, gmm64-sharp (default: gmm2d)")
+    c.add_argument("--sde", default="ddpm", help=f"{', '.join(BUILTIN_SDES)} (default: ddpm; peers need it)")
+    c.add_argument("--methods", nargs="+", default=list(DEFAULT_COMPARE_METHODS),
+                   help=f"method names, or 'all' (default: {' '.join(DEFAULT_COMPARE_METHODS)})")
     c.add_argument("--grids", nargs="+", default=None,
                    help="grid names, or 'all' (default: each method's recommended grid)")
-    c.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 15, 20, 50])
-    c.add_argument("--n", type=int, default=1000, help="number of trajectories")
-    c.add_argument("--out", default="ei_toolkit_compare.png", help="where to write the plot")
+    c.add_argument("--nfe", nargs="+", type=positive_int, default=[5, 10, 15, 20, 50],
+                   help="numbers of model evaluations (default: 5 10 15 20 50)")
+    c.add_argument("--n", type=positive_int, default=1000, help="number of trajectories (default: 1000)")
+    c.add_argument("--out", default="ei_toolkit_compare.png",
+                   help="where to write the plot (default: ei_toolkit_compare.png)")
 
 
 def compare_command(args: argparse.Namespace, peers: Mapping[str, Peer] | None = None) -> int:
@@ -84,16 +156,20 @@ def compare_command(args: argparse.Namespace, peers: Mapping[str, Peer] | None =
     from pathlib import Path
 
     from ei_toolkit import GRIDS, INTEGRATORS, Integrator, compare
+    from ei_toolkit.testing import PROBLEMS
 
     planned = [n for n, m in INTEGRATORS.items() if isinstance(m, Integrator)]
     methods = planned if args.methods == ["all"] else args.methods
     for m in methods:
         if m not in INTEGRATORS:
-            raise SystemExit(f"unknown method {m!r}; valid methods: {', '.join(INTEGRATORS)}")
+            raise UsageError(f"--methods: unknown method {m!r}; valid methods: {', '.join(INTEGRATORS)}")
     grids = list(GRIDS) if args.grids == ["all"] else args.grids
     for g in grids or []:
         if g not in GRIDS:
-            raise SystemExit(f"unknown grid {g!r}; valid grids: {', '.join(GRIDS)}")
+            raise UsageError(f"--grids: unknown grid {g!r}; valid grids: {', '.join(GRIDS)}")
+    if args.problem not in PROBLEMS:
+        raise UsageError(f"--problem: unknown problem {args.problem!r}; valid problems: {', '.join(PROBLEMS)}")
+    writable_path("--out", args.out)
     sde = make_sde(args.sde)
     if peers is None:
         note = f"none here (against diffusers and k-diffusion: {PEER_COMPARISON})"
@@ -119,15 +195,28 @@ def sample_command(args: argparse.Namespace) -> int:
     from ei_toolkit.models import load_digits_model
     from ei_toolkit.png import image_grid, write_png
 
+    out_path = writable_path("--out", args.out)
+    if args.method is not None and args.method not in ei.INTEGRATORS:
+        raise UsageError(f"--method: unknown method {args.method!r}; valid methods: {', '.join(ei.INTEGRATORS)}")
+    if args.grid is not None and args.grid not in ei.GRIDS:
+        raise UsageError(f"--grid: unknown grid {args.grid!r}; valid grids: {', '.join(ei.GRIDS)}")
+    noisy = args.lam is not None or args.eta is not None
+    if noisy and (args.method is None or not ei.INTEGRATORS[args.method].stochastic):
+        raise UsageError("--lam/--eta set the noise of a stochastic method: use them with --method sddim")
+    if args.lam is not None and args.eta is not None:
+        raise UsageError("give --lam or --eta, not both")
     model = load_digits_model()
     sde = ei.DiscreteVP.linear()
-    x = torch.randn(args.n, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed))
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(args.n, 1, 8, 8, generator=gen)
     start = time.perf_counter()
     with torch.no_grad():
         kw = {"method": args.method} if args.method else {}
+        if noisy or (args.method is not None and ei.INTEGRATORS[args.method].stochastic):
+            kw.update(lam=args.lam, eta=args.eta, generator=gen)
         sol = ei.solve(model, x, sde, nfe=args.nfe, grid=args.grid, t_end=sde.t0, **kw)
     took = time.perf_counter() - start
-    out = write_png(args.out, image_grid(sol.x, cols=args.cols))
+    out = write_png(out_path, image_grid(sol.x, cols=args.cols))
     print(f"{args.n} digits with {sol.method} on the {sol.grid} grid, NFE {sol.nfe}, in {took:.2f} s -> {out}")
     return 0
 
@@ -141,26 +230,39 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--no-peers", action="store_true", help="no effect: kept for old command lines (no peers here)")
     c.set_defaults(func=compare_command)
     sp_ = sub.add_parser("sample", help="draw digits from the shipped model trained on scikit-learn's 8x8 digits")
-    sp_.add_argument("--n", type=int, default=64, help="number of digits (default 64)")
-    sp_.add_argument("--nfe", type=int, default=10)
-    sp_.add_argument("--method", default=None, help="integrator (default: the sample() default)")
-    sp_.add_argument("--grid", default=None)
-    sp_.add_argument("--cols", type=int, default=8)
-    sp_.add_argument("--seed", type=int, default=0)
-    sp_.add_argument("--out", default="digits.png", help="PNG to write (default digits.png)")
+    sp_.add_argument("--n", type=positive_int, default=64, help="number of digits (default: 64)")
+    sp_.add_argument("--nfe", type=positive_int, default=10, help="number of model evaluations (default: 10)")
+    sp_.add_argument("--method", default=None,
+                     help="integrator, e.g. tab3 or sddim (default: logrhoab2, the default of ei.sample)")
+    sp_.add_argument("--grid", default=None, help="time grid (default: the method's recommended grid)")
+    sp_.add_argument("--lam", type=finite_float, default=None,
+                     help="noise level lambda >= 0 of --method sddim (default: 1, the DDPM posterior)")
+    sp_.add_argument("--eta", type=finite_float, default=None,
+                     help="DDIM's eta in [0, 1] for --method sddim, instead of --lam (default: none)")
+    sp_.add_argument("--cols", type=positive_int, default=8, help="digits per row of the PNG (default: 8)")
+    sp_.add_argument("--seed", type=int, default=0, help="seed of the initial noise and of sddim's noise (default: 0)")
+    sp_.add_argument("--out", default="digits.png", help="PNG to write; its directory must exist (default: digits.png)")
     sp_.set_defaults(func=sample_command)
     p = sub.add_parser("describe", help="derive an SDE and show its closed forms")
-    p.add_argument("--sde", default="vp", help=f"built-in SDE: {', '.join(BUILTIN_SDES)} (default vp)")
-    p.add_argument("--drift", help="custom drift F(t), e.g. '-(a + b*t)/2'")
-    p.add_argument("--diffusion", help="custom diffusion G(t), e.g. 'sqrt(a + b*t)'")
-    p.add_argument("--t-max", type=float, default=1.0)
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--sde", default=None, help=f"built-in SDE: {', '.join(BUILTIN_SDES)} (default: vp, unless "
+                                                "--drift/--diffusion give a custom one)")
+    p.add_argument("--drift", help="custom drift F(t), e.g. '-(a + b*t)/2' (default: none)")
+    p.add_argument("--diffusion", help="custom diffusion G(t), e.g. 'sqrt(a + b*t)' (default: none)")
+    p.add_argument("--t-max", type=finite_float, default=None,
+                   help="end of a custom SDE's domain (default: 1.0)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="value of a parameter of the custom SDE, repeatable (default: none)")
     p.set_defaults(func=describe)
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["compare", *argv]  # the default command
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (UsageError, ValueError, TypeError, NumericalError, KeyError) as exc:
+        # a user error (bad option values, an SDE or method that cannot run as asked): a message, no traceback
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        parser.exit(2, f"{parser.prog}: error: {msg}\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+"""The command line: user errors get one line ``ei-toolkit: error: ...`` and exit status 2, never a traceback; every
+option documents its default; sddim's noise is reachable."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ei_toolkit.__main__ import main
+
+
+def run_main(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    captured = capsys.readouterr()
+    return info.value.code, captured.err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["sample", "--grid", "foo"], r"--grid: unknown grid 'foo'; valid grids: uniform_t"),
+    (["sample", "--nfe", "0"], r"argument --nfe: expected a positive integer; got '0'"),
+    (["sample", "--nfe", "ten"], r"argument --nfe: expected a positive integer"),
+    (["sample", "--n", "2", "--method", "rhork-rk4", "--nfe", "10"], r"nfe=10 is not possible for 'rhork-rk4'"),
+    (["sample", "--method", "nope"], r"--method: unknown method 'nope'"),
+    (["sample", "--lam", "1"], r"--lam/--eta set the noise of a stochastic method"),
+    (["sample", "--method", "sddim", "--lam", "1", "--eta", "0.5"], r"give --lam or --eta, not both"),
+    (["sample", "--n", "2", "--method", "sddim", "--eta", "2"], r"eta must lie in \[0, 1\]"),
+    (["sample", "--n", "2", "--method", "sddim", "--lam", "-1"], r"lam must be a finite number >= 0"),
+    (["sample", "--out", "/nonexistent-dir/x.png"], r"--out '/nonexistent-dir/x.png': the directory"),
+    (["compare", "--problem", "foo"], r"--problem: unknown problem 'foo'; valid problems: gmm2d"),
+    (["compare", "--methods", "foo"], r"--methods: unknown method 'foo'"),
+    (["compare", "--grids", "foo"], r"--grids: unknown grid 'foo'"),
+    (["compare", "--sde", "foo"], r"--sde: unknown SDE 'foo'"),
+    (["compare", "--out", "/nonexistent-dir/c.png"], r"--out '/nonexistent-dir/c.png': the directory"),
+    (["describe", "--param", "a"], r"--param sets parameters of a custom SDE"),
+    (["describe", "--drift=-a", "--diffusion=1", "--param", "a"], r"--param 'a': expected NAME=VALUE"),
+    (["describe", "--drift=-a", "--diffusion=1", "--param", "a=one"], r"--param 'a=one': VALUE must be a number"),
+    (["describe", "--drift=-a", "--diffusion=1", "--param", "a=1", "--param", "a=2"], r"--param a is given twice"),
+    (["describe", "--sde", "ve", "--drift=-1", "--diffusion=1"], r"--sde names a built-in SDE; --drift/--diff"),
+    (["describe", "--drift=-1"], r"give both --drift and --diffusion"),
+    (["describe", "--drift=-1", "--diffusion=t^2"], r"diffusion uses \^ in 't\^2': write powers with \*\*"),
+    (["describe", "--drift=-1", "--diffusion=1", "--t-max", "nan"], r"argument --t-max: expected a finite number"),
+    (["describe", "--drift=-1", "--diffusion=1", "--t-max", "0"], r"t_max must be greater than t0"),
+    (["describe", "--sde", "foo"], r"--sde: unknown SDE 'foo'"),
+])
+def test_user_errors_exit_2_with_one_line(argv, message, capsys):
+    import re
+
+    code, err = run_main(argv, capsys)
+    assert code == 2
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+    assert re.search(r"^ei-toolkit( \w+)?: error: ", err.splitlines()[-1])
+
+
+def test_no_traceback_from_the_installed_entry_point():
+    res = subprocess.run([sys.executable, "-m", "ei_toolkit", "sample", "--grid", "foo"], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.startswith("ei-toolkit: error: --grid: unknown grid 'foo'") and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("command", ["compare", "sample", "describe"])
+def test_every_option_has_help_with_its_default(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    options = text.split("options:")[1]
+    # each option's entry (from one '  --' to the next) states a default, except --help and no-op flags
+    entries = [e for e in options.split("\n  -") if e.strip() and not e.startswith("h, --help")]
+    assert entries
+    for entry in entries:
+        if entry.startswith("-no-peers"):
+            continue
+        assert "default" in " ".join(entry.split()), entry
+
+
+def test_sddim_lam_and_eta_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "d.png"
+    assert main(["sample", "--n", "2", "--nfe", "4", "--method", "sddim", "--lam", "0.5", "--out", str(out)]) == 0
+    assert "sddim(lam=0.5)" in capsys.readouterr().out and out.exists()
+    assert main(["sample", "--n", "2", "--nfe", "4", "--method", "sddim", "--eta", "0.3", "--out", str(out)]) == 0
+    assert "sddim(eta=0.3)" in capsys.readouterr().out
+
+
+def test_custom_sde_with_parameters_is_described(capsys):
+    assert main(["describe", "--drift=-a", "--diffusion=1", "--param", "a=2"]) == 0
+    assert "LinearSDE(a=2.0)" in capsys.readouterr().out
