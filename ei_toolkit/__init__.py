@@ -5,6 +5,7 @@ ICLR 2023)."""
 from . import adapters, diffusion, grids, integrators
 from .adapters import FlowODE, NFEBudgetExceeded, ReverseSDE, brownian_motion, odeint, sdeint
 from .errors import NumericalError
+from .generate import evaluate_shards, generate, load_shards, verify_shards
 from .grids import GRIDS, time_grid
 from .integrators import INTEGRATORS, Integrator, Method, register
 from .model import ModelEvaluator
@@ -39,12 +40,16 @@ __all__ = [
     "adapters",
     "brownian_motion",
     "diffusion",
+    "evaluate_shards",
+    "generate",
     "grids",
     "integrators",
+    "load_shards",
     "odeint",
     "register",
     "sample",
     "sdeint",
     "solve",
     "time_grid",
+    "verify_shards",
 ]

@@ -253,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="value of a parameter of the custom SDE, repeatable (default: none)")
     p.set_defaults(func=describe)
+    from ei_toolkit.generate import add_subcommands  # generate, evaluate (sharded, torchrun-ready)
+
+    add_subcommands(sub)
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["compare", *argv]  # the default command
