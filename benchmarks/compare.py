@@ -3,9 +3,11 @@ integrators against diffusers and k-diffusion (the peers of ``peers.py``). Print
 plot (default ``ei_toolkit_compare.png``).
 
 Run: python benchmarks/compare.py [--problem gmm2d] [--sde ddpm] [--methods ...] [--grids ...] [--nfe ...]
-[--n 1000] [--no-peers] [--out PLOT]. Peers need the bench extra (``bash scripts/setup.sh bench``, which
-also installs k-diffusion with --no-deps) and the DDPM schedule (``--sde ddpm``, the default). Without
-peers this is ``ei-toolkit compare``.
+[--n 1000] [--no-peers] [--peers SUBSTRING ...] [--out PLOT]. Peers (diffusers DPM-Solver++ / UniPC on the
+official DPM-Solver grids, k-diffusion on Karras sigmas; ``peers.py``) run on any built-in ``--sde``; they need the
+bench extra (``bash scripts/setup.sh bench``, which also installs k-diffusion with --no-deps). ``--peers`` keeps
+the peers whose name contains one of the substrings (e.g. ``--peers logSNR "k-diffusion"``). Without peers this is
+``ei-toolkit compare``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import sys
 
 from peers import available_peers
 
-from ei_toolkit import DiscreteVP
-from ei_toolkit.__main__ import add_compare_options, compare_command, make_sde
+from ei_toolkit.__main__ import add_compare_options, compare_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,14 +25,14 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_compare_options(parser)
     parser.add_argument("--no-peers", action="store_true", help="our integrators only")
+    parser.add_argument("--peers", nargs="+", default=None, metavar="SUBSTRING",
+                        help="only the peers whose name contains one of these (default: all)")
     args = parser.parse_args(argv)
-    peers = {} if args.no_peers else available_peers()
-    if not args.no_peers:
-        if not peers:
-            print("no peer library found: pip install -e .[bench]; pip install --no-deps k-diffusion")
-        elif not isinstance(make_sde(args.sde), DiscreteVP):
-            print(f"the peers need the DDPM schedule (--sde ddpm); running ours only on --sde {args.sde}")
-            peers = {}
+    wanted = args.peers
+    peers = {} if args.no_peers else available_peers(
+        None if wanted is None else (lambda name: any(w in name for w in wanted)))
+    if not args.no_peers and not peers:
+        print("no peer selected or no peer library found: pip install -e .[bench]; pip install --no-deps k-diffusion")
     return compare_command(args, peers)
 
 
