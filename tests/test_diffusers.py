@@ -63,8 +63,9 @@ def test_ei_scheduler_replaces_dpm_solver_from_its_config():
     assert torch.isfinite(x).all()
     with pytest.raises(RuntimeError, match="call set_timesteps"):
         sched.step(x, 0, x)
-    with pytest.raises(ValueError, match=r"one-evaluation multistep methods; 'rhork-rk4' is not one"):
-        EIScheduler(method="rhork-rk4")
+    with pytest.raises(ValueError, match=r"plan-based methods one model evaluation at a time; 'torchdiffeq:dopri5' "
+                                         r"chooses its own evaluations"):
+        EIScheduler(method="torchdiffeq:dopri5")
 
 
 def test_classifier_free_guidance_is_one_batched_forward():

@@ -1,5 +1,6 @@
 """diffusers integration (optional extra ``diffusers``): the SDE and model callable of a diffusers UNet and
-scheduler config in one call, and :class:`EIScheduler`, a drop-in diffusers scheduler.
+scheduler config in one call (:class:`~ei_toolkit.diffusion.EIScheduler`, the drop-in scheduler, is in
+:mod:`.scheduler`).
 
 Timesteps stay in the model's units (0..N-1, fractional between integers); log alpha is interpolated
 piecewise linearly between them, and the data sits at t = -1 (see :class:`~ei_toolkit.DiscreteVP`).
@@ -10,14 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..grids import time_grid
-from ..integrators import Integrator, MultistepPlan, get_integrator, plan_for
-from ..model import to_eps, to_x0
 from ..sde import DiscreteVP
 from .guidance import classifier_free_guidance
 
@@ -34,12 +32,20 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
 def sde_from_scheduler_config(config: Any) -> DiscreteVP:
     """A :class:`~ei_toolkit.DiscreteVP` from a diffusers scheduler (or its config): ``trained_betas``, or
     ``beta_schedule`` in {linear, scaled_linear, squaredcos_cap_v2} with beta_start, beta_end and
-    num_train_timesteps."""
+    num_train_timesteps; ``rescale_betas_zero_snr`` rescales it to zero terminal SNR (Lin et al. 2024)."""
     config = _get(config, "config", config) if not isinstance(config, Mapping) else config
+    betas = _betas(config)
+    rescale = _get(config, "rescale_betas_zero_snr", False)
+    if not isinstance(rescale, bool):
+        raise ValueError(f"rescale_betas_zero_snr must be True or False; got {rescale!r}")
+    return DiscreteVP(betas, rescale_zero_snr=rescale)
+
+
+def _betas(config: Any) -> np.ndarray:
     n = int(_get(config, "num_train_timesteps", 1000))
     trained = _get(config, "trained_betas")
     if trained is not None:
-        return DiscreteVP(np.asarray(trained, dtype=np.float64))
+        return np.asarray(trained, dtype=np.float64)
     schedule = _get(config, "beta_schedule", "linear")
     b0, b1 = float(_get(config, "beta_start", 1e-4)), float(_get(config, "beta_end", 0.02))
     if schedule == "linear":
@@ -52,7 +58,7 @@ def sde_from_scheduler_config(config: Any) -> DiscreteVP:
     else:
         raise ValueError(f"unsupported beta_schedule {schedule!r}; supported: {', '.join(BETA_SCHEDULES)} or "
                          "trained_betas")
-    return DiscreteVP(betas)
+    return betas
 
 
 def prediction_from_config(config: Any) -> str:
@@ -126,105 +132,10 @@ def from_diffusers(unet: torch.nn.Module, scheduler: Any, *, encoder_hidden_stat
     return DiffusersModel(sde=sde, model=model, prediction=prediction)
 
 
-def _scheduler_base() -> tuple[type, type, Callable]:
-    try:
-        from diffusers.configuration_utils import ConfigMixin, register_to_config
-        from diffusers.schedulers.scheduling_utils import SchedulerMixin
-    except ImportError as exc:  # pragma: no cover - exercised without the extra
-        raise ImportError("EIScheduler needs diffusers: pip install ei_toolkit[diffusers]") from exc
-    return SchedulerMixin, ConfigMixin, register_to_config
+def __getattr__(name: str) -> Any:
+    # EIScheduler lives in .scheduler (imported lazily: it imports this module)
+    if name in ("EIScheduler", "EISchedulerOutput"):
+        from . import scheduler
 
-
-_SchedulerMixin, _ConfigMixin, _register_to_config = _scheduler_base()
-
-
-@dataclass
-class EISchedulerOutput:
-    prev_sample: torch.Tensor
-    pred_original_sample: torch.Tensor | None = None
-
-
-class EIScheduler(_SchedulerMixin, _ConfigMixin):
-    """A diffusers scheduler running an ei_toolkit multistep integrator (default: logrhoab2 on a uniform
-    log-rho grid, ending at the data), for use in place of e.g. ``DPMSolverMultistepScheduler`` in a
-    pipeline: ``pipe.scheduler = EIScheduler.from_config(pipe.scheduler.config)``.
-
-    Timesteps are fractional model timesteps; coefficients are computed in float64 once per
-    ``set_timesteps``. One model evaluation per step (multistep methods only: ddim, tab*, rhoab*,
-    logrhoab*, ipndm, euler).
-    """
-
-    order = 1
-    _compatibles: ClassVar[list[str]] = ["DDIMScheduler", "DDPMScheduler", "DEISMultistepScheduler",
-                               "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "PNDMScheduler",
-                               "EulerDiscreteScheduler", "LMSDiscreteScheduler"]
-
-    @_register_to_config
-    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                 beta_schedule: str = "linear", trained_betas: Any = None, prediction_type: str = "epsilon",
-                 method: str = "logrhoab2", grid: str | None = None, final_sigmas_type: str = "zero",
-                 clip_sample: bool = False, clip_sample_range: float = 1.0, **unused: Any) -> None:
-        self.sde = sde_from_scheduler_config(self.config)
-        self.prediction = prediction_from_config(self.config)
-        self.integrator = get_integrator(method)
-        if (not isinstance(self.integrator, Integrator) or self.integrator.evals_per_step != 1
-                or self.integrator.stochastic):
-            raise ValueError(f"EIScheduler runs one-evaluation multistep methods; {method!r} is not one")
-        if final_sigmas_type not in ("zero", "sigma_min"):
-            raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min'; got {final_sigmas_type!r}")
-        self.init_noise_sigma = 1.0
-        self.timesteps = torch.tensor([])
-        self.num_inference_steps: int | None = None
-        self._plan: MultistepPlan | None = None
-        self._hist: list[torch.Tensor] = []
-        self._step_index = 0
-
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer; got {num_inference_steps!r}")
-        sde = self.sde
-        t_end = sde.t0 if self.config.final_sigmas_type == "zero" else sde.t_min
-        grid = time_grid(sde, self.config.grid or self.integrator.default_grid, num_inference_steps, sde.t_max,
-                         t_end)
-        self._plan = plan_for(self.integrator, sde, grid)
-        self._alpha = sde.alpha(grid).tolist()
-        self._sigma = sde.sigma(grid).tolist()
-        self.timesteps = grid[:-1].to(device=device, dtype=torch.float32)
-        self.num_inference_steps = num_inference_steps
-        self._hist, self._step_index = [], 0
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
-        return sample
-
-    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
-             generator: torch.Generator | None = None, return_dict: bool = True) -> EISchedulerOutput | tuple:
-        if self._plan is None:
-            raise RuntimeError("call set_timesteps(num_inference_steps) before step()")
-        i = self._step_index
-        if i >= len(self._plan.psi):
-            raise RuntimeError(f"step() called {i + 1} times for {len(self._plan.psi)} timesteps; call set_timesteps "
-                               "again to start a new sampling run")
-        if model_output.shape != sample.shape:
-            raise ValueError(f"model_output has shape {tuple(model_output.shape)}; expected {tuple(sample.shape)}")
-        a, s = self._alpha[i], self._sigma[i]
-        x0 = to_x0(self.prediction, model_output, sample, a, s)
-        if self.config.clip_sample:
-            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
-        e = x0 if self._plan.target == "x0" else (
-            (sample - a * x0) / s if self.config.clip_sample else to_eps(self.prediction, model_output, sample, a, s))
-        self._hist.append(e)
-        out = self._plan.step(i, sample, self._hist)
-        self._step_index += 1
-        if not return_dict:
-            return (out,)
-        return EISchedulerOutput(prev_sample=out, pred_original_sample=x0)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        t = timesteps.to(torch.float64).cpu()
-        a = self.sde.alpha(t).to(original_samples)
-        s = self.sde.sigma(t).to(original_samples)
-        shape = (-1, *([1] * (original_samples.ndim - 1)))
-        return a.view(shape) * original_samples + s.view(shape) * noise
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
+        return getattr(scheduler, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -202,7 +202,7 @@ class DiscreteVP(LinearSDE):
 
     def __repr__(self) -> str:
         extra = ", zero terminal SNR" if self.t_terminal is not None else ""
-        return f"{type(self).__name__}(num_timesteps={self.num_timesteps}{extra})"
+        return f"{type(self).__name__}(num_timesteps={getattr(self, 'num_timesteps', '?')}{extra})"
 
     @classmethod
     def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, *,

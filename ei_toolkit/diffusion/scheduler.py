@@ -1,0 +1,558 @@
+"""``EIScheduler``: any plan-based method of the toolkit as a diffusers scheduler (optional extra ``diffusers``).
+
+A pipeline calls ``set_timesteps`` once and then ``step(model_output, t, sample)`` for each timestep. The scheduler
+computes the method's float64 plan for the grid once (``plan_for``, cached by value) and steps it one model
+evaluation at a time with ``plan.step(i, x, hist)`` (multistep plans, incl. predictor-corrector plans) or stage by
+stage (singlestep / Runge-Kutta plans). The position in the plan is taken from the timestep, as diffusers' own
+schedulers do (``set_begin_index``, ``index_for_timestep``), so img2img and inpainting may start mid-schedule; a
+multistep method then starts at lower order: step j after a start at k is step j - k of the plan on the grid from
+t_k, exactly what ``ei.sample(..., grid=grid[k:])`` computes.
+
+Timesteps are the model's own (0..N-1, fractional between integers, log alpha interpolated piecewise linearly:
+:class:`~ei_toolkit.DiscreteVP`); they are float32 and the coefficients are computed at exactly those values, so
+``set_timesteps(timesteps=scheduler.timesteps)`` reproduces a run bit for bit.
+
+``SchedulerMixin`` and ``ConfigMixin`` are public names of this module on purpose: a saved pipeline records the
+module of its scheduler, and diffusers' loader looks them up there to find how to load it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+try:
+    from diffusers import ConfigMixin, SchedulerMixin
+    from diffusers.configuration_utils import register_to_config
+    from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
+    from diffusers.utils import BaseOutput, logging
+    from diffusers.utils.torch_utils import randn_tensor
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError("EIScheduler needs diffusers: pip install ei_toolkit[diffusers]") from exc
+
+from ..grids import GRIDS, time_grid
+from ..integrators import INTEGRATORS, Integrator, MultistepPlan, RungeKuttaPlan, get_integrator, plan_for
+from ..integrators.base import PredictorCorrectorPlan, combine
+from ..model import threshold_x0, to_eps, to_x0
+from ..sde import DiscreteVP
+from .diffusers_integration import prediction_from_config, sde_from_scheduler_config
+from .zero_snr import check_prediction, infinite_noise_step, terminal_grid, terminal_mixing
+
+__all__ = ["ConfigMixin", "EIScheduler", "EISchedulerOutput", "SchedulerMixin"]
+
+logger = logging.get_logger(__name__)
+
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+FINAL_SIGMAS = ("zero", "sigma_min")
+VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned",
+                  "learned_range")
+SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+
+
+@dataclass
+class EISchedulerOutput(BaseOutput):
+    """What :meth:`EIScheduler.step` returns: the state at the next timestep and the data prediction used."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+def _number(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(float(v)):
+        raise ValueError(f"{name} must be a finite number; got {v!r}")
+    return float(v)
+
+
+def _f32(t: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """float64 times rounded to float32 (the timesteps a pipeline hands the model), kept in float64."""
+    return torch.as_tensor(t, dtype=torch.float64).to(torch.float32).to(torch.float64)
+
+
+class EIScheduler(SchedulerMixin, ConfigMixin):
+    """A diffusers scheduler that runs a method of the toolkit (any plan-based entry of ``ei.INTEGRATORS``; default
+    ``logrhoab2`` on its uniform log-rho grid): ``pipe.scheduler = EIScheduler.from_config(pipe.scheduler.config)``.
+
+    Options (also read from another scheduler's config):
+
+    * the schedule: ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule`` (linear, scaled_linear,
+      squaredcos_cap_v2) or ``trained_betas``; ``rescale_betas_zero_snr`` rescales it to zero terminal SNR (Lin et
+      al. 2024), sampled from infinite noise by an exact first step (:mod:`ei_toolkit.diffusion.zero_snr`);
+    * ``prediction_type``: epsilon, v_prediction or sample; ``variance_type`` learned / learned_range drops the
+      variance channels of the model output (the fixed_* types need nothing: no method here draws DDPM's variance);
+    * the method: ``method`` (a name in ``ei.INTEGRATORS``), ``lam`` / ``eta`` for stochastic DDIM (``"sddim"``,
+      whose noise comes from the ``generator`` the pipeline passes to :meth:`step`);
+    * the grid, the first of: ``grid`` (a name in ``ei.GRIDS``); ``use_karras_sigmas`` / ``use_exponential_sigmas`` /
+      ``use_beta_sigmas`` / ``use_lu_lambdas`` (rho = sigma / alpha from rho(t_max) to rho(t_min) as a power law with
+      exponent 7, uniform in log rho, at the quantiles of Beta(0.6, 0.6), uniform in log rho); ``timestep_spacing``
+      linspace / leading (with ``steps_offset``) / trailing (integer timesteps as DPMSolverMultistepScheduler
+      spaces them); otherwise the method's default grid. ``final_sigmas_type``: "zero" ends at the data (t = -1),
+      "sigma_min" at t = 0;
+    * the data prediction: ``thresholding`` (dynamic thresholding, Saharia et al. 2022, with
+      ``dynamic_thresholding_ratio`` and ``sample_max_value`` as in diffusers), ``clip_sample`` /
+      ``clip_sample_range``.
+
+    Anything else in a config is reported by diffusers' loader ("... not expected and will be ignored"), keys of
+    the compatible diffusers schedulers excepted, exactly as for diffusers' own schedulers.
+    """
+
+    _compatibles: ClassVar[list[str]] = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1  # model evaluations per inference step; set per method (singlestep methods: stages per step)
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        prediction_type: str = "epsilon",
+        method: str = "logrhoab2",
+        grid: str | None = None,
+        lam: float | None = None,
+        eta: float | None = None,
+        timestep_spacing: str | None = None,
+        steps_offset: int = 0,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_lu_lambdas: bool = False,
+        final_sigmas_type: str = "zero",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        rescale_betas_zero_snr: bool = False,
+        variance_type: str | None = None,
+    ) -> None:
+        self.sde: DiscreteVP = sde_from_scheduler_config(self.config)
+        self.prediction = prediction_from_config(self.config)
+        chosen = get_integrator(method)
+        if not isinstance(chosen, Integrator):
+            plan_based = ", ".join(n for n, m in INTEGRATORS.items() if isinstance(m, Integrator))
+            raise ValueError(f"EIScheduler steps plan-based methods one model evaluation at a time; {chosen.name!r} "
+                             f"chooses its own evaluations (black-box or adaptive). Valid: {plan_based}")
+        self.method = chosen.configure(lam=lam, eta=eta)
+        if grid is not None and grid not in GRIDS:
+            raise ValueError(f"unknown grid {grid!r}; valid grids: {', '.join(GRIDS)} (or None: the method's)")
+        if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)} or None; got "
+                             f"{timestep_spacing!r}")
+        flags = [f for f in SIGMA_FLAGS if self.config[f]]
+        if len(flags) > 1:
+            raise ValueError(f"only one of {', '.join(SIGMA_FLAGS)} can be True; got {', '.join(flags)}")
+        if final_sigmas_type not in FINAL_SIGMAS:
+            raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min'; got {final_sigmas_type!r}")
+        if variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}; got {variance_type!r}")
+        try:
+            operator.index(steps_offset)
+        except TypeError:
+            raise ValueError(f"steps_offset must be an integer; got {steps_offset!r}") from None
+        if thresholding and not (0 < _number("dynamic_thresholding_ratio", dynamic_thresholding_ratio) < 1):
+            raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1); got {dynamic_thresholding_ratio!r}")
+        if not _number("sample_max_value", sample_max_value) > 0:
+            raise ValueError(f"sample_max_value must be positive; got {sample_max_value!r}")
+        if not _number("clip_sample_range", clip_sample_range) > 0:
+            raise ValueError(f"clip_sample_range must be positive; got {clip_sample_range!r}")
+        self.order = int(getattr(self.method, "evals_per_step", 1))
+        self.betas = self.sde.betas.to(torch.float32)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = self.sde.alphas_cumprod.to(torch.float32)
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.arange(self.sde.num_timesteps - 1, -1, -1, dtype=torch.float32)
+        self.sigmas: torch.Tensor | None = None
+        self._grid: torch.Tensor | None = None
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._reset_run()
+
+    # -- the schedule -----------------------------------------------------------------------------------------
+
+    @property
+    def step_index(self) -> int | None:
+        """The index in :attr:`timesteps` of the next step (None before the first step)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """The index of the first step, if a pipeline set it (:meth:`set_begin_index`)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the run at ``timesteps[begin_index]`` (img2img / inpainting pipelines call this)."""
+        n = operator.index(begin_index)
+        if isinstance(begin_index, bool) or n < 0:
+            raise ValueError(f"begin_index must be an integer >= 0; got {begin_index!r}")
+        self._begin_index = n
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      timesteps: Sequence[float] | np.ndarray | torch.Tensor | None = None,
+                      sigmas: Sequence[float] | np.ndarray | torch.Tensor | None = None) -> None:
+        """The timesteps of a run with ``num_inference_steps`` steps (singlestep methods: each of
+        :attr:`order` evaluations), or at the given ``timesteps`` (model timesteps, decreasing; the end per
+        ``final_sigmas_type`` is added) or ``sigmas`` (rho = sigma / alpha, decreasing; a last 0 ends at the data)."""
+        given = [name for name, v in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
+                                      ("sigmas", sigmas)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"pass exactly one of num_inference_steps, timesteps= or sigmas=; got "
+                             f"{', '.join(given) or 'none'}")
+        sde = self.sde
+        if timesteps is not None:
+            grid = self._custom_grid(self._as_times("timesteps", timesteps))
+        elif sigmas is not None:
+            grid = self._custom_grid(self._times_of_sigmas(self._as_times("sigmas", sigmas)))
+        else:
+            try:
+                n = operator.index(num_inference_steps)
+            except TypeError:
+                n = 0
+            if isinstance(num_inference_steps, bool) or n < 1:
+                raise ValueError(f"num_inference_steps must be a positive integer; got {num_inference_steps!r}")
+            grid = self._named_grid(n)
+        grid = _f32(grid)
+        if not bool((grid[1:] < grid[:-1]).all()):
+            raise ValueError(f"the timesteps must be strictly decreasing in float32; got {grid.tolist()}")
+        term = sde.t_terminal
+        self._offset = 1 if term is not None and float(grid[0]) == term else 0
+        rest = grid[self._offset:]
+        plan = plan_for(self.method, sde, rest) if len(rest) > 1 else None
+        if plan is not None and not isinstance(plan, (MultistepPlan, RungeKuttaPlan)):
+            raise ValueError(f"{self.method.name!r} makes a {type(plan).__name__}, which EIScheduler cannot step")
+        if self._offset and isinstance(plan, RungeKuttaPlan):
+            raise ValueError(f"{self.method.name!r} is a singlestep method; EIScheduler starts those below zero "
+                             "terminal SNR only (pass timesteps= starting at or below sde.t_max, or use a multistep "
+                             "method)")
+        evals = grid[:-1] if not isinstance(plan, RungeKuttaPlan) else torch.cat([grid[:self._offset],
+                                                                                 plan.eval_times])
+        evals = _f32(evals)
+        a, s = sde.alpha_sigma(evals)
+        self._ab = list(zip(a.tolist(), s.tolist(), strict=True))
+        self._grid, self._plan, self._subplans = grid, plan, {}
+        if isinstance(plan, RungeKuttaPlan):
+            self._stages = [(i, k) for i in range(plan.steps) for k in range(len(plan.stage_psi[i]))]
+        with np.errstate(divide="ignore"):
+            rho = np.where(a.numpy() > 0, s.numpy() / np.where(a.numpy() > 0, a.numpy(), 1.0), np.inf)
+        end_rho = float(sde.rho(grid[-1:]))
+        self.timesteps = evals.to(device=device, dtype=torch.float32)
+        self.sigmas = torch.tensor([*rho.tolist(), end_rho], dtype=torch.float32)
+        self.num_inference_steps = len(grid) - 1
+        self._step_index = None
+        self._begin_index = None
+        self._reset_run()
+
+    def _reset_run(self) -> None:
+        self._hist: list[torch.Tensor] = []
+        self._restart = 0
+        self._last = -2
+        self._x_prev: torch.Tensor | None = None
+        self._rk_x: torch.Tensor | None = None
+        self._rk_ks: list[torch.Tensor] = []
+
+    def _end(self) -> float:
+        return self.sde.t0 if self.config.final_sigmas_type == "zero" else self.sde.t_min
+
+    def _top(self) -> float:
+        """Where generated grids start: the SDE's last time (zero terminal SNR: the last finite one, moved to
+        t_terminal afterwards)."""
+        return self.sde.t_max
+
+    def _named_grid(self, n: int) -> torch.Tensor:
+        sde, cfg, end = self.sde, self.config, self._end()
+        flag = next((f for f in SIGMA_FLAGS if cfg[f]), None)
+        if cfg.grid is not None or (flag is None and cfg.timestep_spacing is None):
+            name = cfg.grid or self.method.default_grid
+            grid = time_grid(sde, name, n, self._top(), end)
+        elif flag is not None:
+            count = n + 1 if cfg.final_sigmas_type == "sigma_min" else n
+            grid = self._sigma_grid(flag, count)
+            if cfg.final_sigmas_type == "zero":
+                grid = torch.cat([grid, torch.tensor([end], dtype=torch.float64)])
+        else:
+            return self._spaced_grid(n)
+        return grid if sde.t_terminal is None else terminal_grid(grid, sde.t_terminal)
+
+    def _sigma_grid(self, flag: str, count: int) -> torch.Tensor:
+        """``count`` times from t_max to t_min, spaced in rho = sigma / alpha per ``flag``."""
+        sde = self.sde
+        hi, lo = sde.rho_max, sde.rho_min
+        if count == 1:
+            return torch.tensor([self._top()], dtype=torch.float64)
+        u = np.linspace(0.0, 1.0, count)
+        if flag == "use_karras_sigmas":  # Karras et al. 2022, eq. (5), rho = 7
+            rho = (hi ** (1 / 7) + u * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7
+        elif flag == "use_beta_sigmas":  # Lee et al. 2024, "Beta sampling is all you need", Beta(0.6, 0.6)
+            import scipy.stats
+
+            rho = lo + scipy.stats.beta.ppf(1 - u, 0.6, 0.6) * (hi - lo)
+        else:  # exponential sigmas / uniform lambda: uniform in log rho
+            rho = np.exp(np.log(hi) + u * (np.log(lo) - np.log(hi)))
+        t = sde.t_of_rho(torch.as_tensor(rho, dtype=torch.float64).clamp(lo, hi))
+        t[0], t[-1] = self._top(), sde.t_min
+        return t
+
+    def _spaced_grid(self, n: int) -> torch.Tensor:
+        """DPMSolverMultistepScheduler's integer timesteps for ``timestep_spacing``, then the end."""
+        cfg, total = self.config, self.sde.num_timesteps
+        if cfg.timestep_spacing == "linspace":
+            ts = np.linspace(0, total - 1, n + 1).round()[::-1][:-1]
+        elif cfg.timestep_spacing == "leading":
+            ratio = total // (n + 1)
+            ts = (np.arange(0, n + 1) * ratio).round()[::-1][:-1] + int(cfg.steps_offset)
+        else:  # trailing
+            ts = np.arange(total, 0, -total / n).round() - 1
+        ts = np.unique(ts)[::-1].astype(np.float64)  # n > N gives repeats: dropped, as diffusers does
+        return self._custom_grid(torch.as_tensor(ts.copy()))
+
+    def _as_times(self, name: str, values: Any) -> torch.Tensor:
+        try:
+            t = torch.as_tensor(np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values,
+                                           dtype=np.float64)).flatten()
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a sequence of numbers; got {values!r}") from None
+        if t.numel() < 1 or bool(torch.isnan(t).any()):
+            raise ValueError(f"{name} must be a non-empty sequence of numbers; got {values!r}")
+        return t
+
+    def _times_of_sigmas(self, sigmas: torch.Tensor) -> torch.Tensor:
+        sde = self.sde
+        out = torch.empty_like(sigmas)
+        inf = torch.isinf(sigmas) & (sigmas > 0)
+        if bool(inf.any()):
+            if sde.t_terminal is None or not bool(inf[0]) or bool(inf[1:].any()):
+                raise ValueError("sigmas: only the first may be inf, and only on a zero-terminal-SNR schedule")
+            out[0] = sde.t_terminal
+        fin = ~inf
+        if bool((sigmas[fin] < 0).any()) or bool((sigmas[fin] > sde.rho_max * (1 + 1e-6)).any()):  # float32 slack
+            raise ValueError(f"sigmas must lie in [0, {sde.rho_max:.6g}] (rho = sigma / alpha at t_max); got "
+                             f"{sigmas.tolist()}")
+        out[fin] = sde.t_of_rho(sigmas[fin].clamp(max=sde.rho_max))
+        return out
+
+    def _custom_grid(self, t: torch.Tensor) -> torch.Tensor:
+        """Timesteps (decreasing) plus the end, checked against the domain."""
+        sde, end = self.sde, self._end()
+        if len(t) > 1 and not bool((t[1:] < t[:-1]).all()):
+            raise ValueError(f"timesteps must be strictly decreasing; got {t.tolist()}")
+        first = 1 if sde.t_terminal is not None and float(t[0]) == sde.t_terminal else 0
+        body = t[first:]
+        if bool((body > sde.t_max).any()) or bool((t < sde.t0).any()):
+            term = "" if sde.t_terminal is None else f" or start at t_terminal = {sde.t_terminal:g}"
+            raise ValueError(f"timesteps must lie in [{sde.t0:g}, {sde.t_max:g}]{term}; got {t.tolist()}")
+        if float(t[-1]) > end:
+            t = torch.cat([t, torch.tensor([end], dtype=torch.float64)])
+        if len(t) < 2:
+            raise ValueError(f"the timesteps end where the run ends (t = {end:g}); give at least one step")
+        return t
+
+    # -- stepping ---------------------------------------------------------------------------------------------
+
+    def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
+        """The index of ``timestep`` in the schedule (of its second occurrence if it occurs twice, as in
+        diffusers: a singlestep schedule repeats a step's end as the next step's start)."""
+        t = self._timestep_value(timestep)
+        sched = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        hits = (torch.as_tensor(sched).detach().to("cpu", torch.float64) == t).nonzero().flatten()
+        if len(hits) == 0:
+            raise ValueError(f"timestep {t:g} is not one of the scheduler's timesteps ({self._show()}); pass the "
+                             "timesteps of set_timesteps")
+        return int(hits[1] if len(hits) > 1 else hits[0])
+
+    def _show(self) -> str:
+        ts = self.timesteps.tolist()
+        return ", ".join(f"{v:g}" for v in ts[:4]) + (", ..." if len(ts) > 4 else "")
+
+    @staticmethod
+    def _timestep_value(timestep: Any) -> float:
+        if isinstance(timestep, torch.Tensor):
+            flat = timestep.detach().flatten()
+            if flat.numel() == 0 or not (flat.is_floating_point() or flat.dtype in (torch.int32, torch.int64)):
+                raise TypeError(f"timestep must be a number or a tensor of one; got {timestep!r}")
+            if flat.numel() > 1 and not bool((flat == flat[0]).all()):
+                raise ValueError(f"timestep must be one value (a batch of equal timesteps at most); got {timestep!r}")
+            return float(flat[0].to(torch.float32))
+        if isinstance(timestep, bool) or not isinstance(timestep, (int, float, np.number)):
+            raise TypeError(f"timestep must be a number or a tensor of one; got {type(timestep).__name__} "
+                            f"{timestep!r}")
+        return float(np.float32(timestep))
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
+             generator: torch.Generator | list[torch.Generator] | None = None,
+             variance_noise: torch.Tensor | None = None, return_dict: bool = True) -> EISchedulerOutput | tuple:
+        """One model evaluation: the state at the next timestep (``prev_sample``) and the data prediction.
+        ``generator`` (or ``variance_noise``) feeds stochastic methods."""
+        if self._grid is None:
+            raise RuntimeError("call set_timesteps(num_inference_steps) before step()")
+        if self._step_index is None:
+            self._step_index = (self.index_for_timestep(timestep) if self._begin_index is None
+                                else self._begin_index)
+        i = self._step_index
+        if i >= len(self.timesteps):
+            raise RuntimeError(f"step() called past the last of {len(self.timesteps)} timesteps; call set_timesteps "
+                               "again to start a new run")
+        t = self._timestep_value(timestep)
+        if t != float(self.timesteps[i]):
+            raise ValueError(f"step() got timestep {t:g}, but the run is at timesteps[{i}] = "
+                             f"{float(self.timesteps[i]):g}; pass the scheduler's timesteps in order (to start "
+                             "mid-schedule, call set_begin_index or pass that timestep first)")
+        if not isinstance(sample, torch.Tensor) or not isinstance(model_output, torch.Tensor):
+            raise TypeError("model_output and sample must be tensors")
+        if (model_output.shape != sample.shape and self.config.variance_type in ("learned", "learned_range")
+                and model_output.ndim > 1 and model_output.shape[1] == 2 * sample.shape[1]):
+            model_output = model_output[:, : sample.shape[1]]
+        if model_output.shape != sample.shape:
+            raise ValueError(f"model_output has shape {tuple(model_output.shape)}; expected {tuple(sample.shape)} "
+                             "(the shape of sample)")
+        work = sample.dtype if sample.dtype in (torch.float32, torch.float64) else torch.float32
+        x, out = sample.to(work), model_output.to(work)
+        a, s = self._ab[i]
+        if i < self._offset:  # zero terminal SNR: the exact step from rho = inf
+            check_prediction(self.prediction)
+            x0 = self._threshold(to_x0(self.prediction, out, x, a, s))
+            a1, s1 = (float(v) for v in self.sde.alpha_sigma(self._grid[1:2]))
+            e = terminal_mixing(self.method)
+            z = self._noise(generator, variance_noise)(0, x) if e != 1.0 else None
+            prev = infinite_noise_step(x, x0, a1, s1, e, z)
+        elif isinstance(self._plan, RungeKuttaPlan):
+            x0, prev = self._stage(i - self._offset, x, out, a, s)
+        else:
+            x0, prev = self._multistep(i - self._offset, x, out, a, s, self._noise(generator, variance_noise))
+        self._step_index = i + 1
+        prev, x0 = prev.to(sample.dtype), x0.to(sample.dtype)
+        if not return_dict:
+            return (prev, x0)
+        return EISchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+    def _convert(self, out: torch.Tensor, x: torch.Tensor, a: float, s: float, target: str
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, e): the data prediction (thresholded / clipped as configured) and what the plan combines."""
+        x0 = to_x0(self.prediction, out, x, a, s)
+        modified = self.config.thresholding or self.config.clip_sample
+        if modified:
+            x0 = self._threshold(x0)
+        if target == "x0":
+            return x0, x0
+        return x0, ((x - a * x0) / s if modified else to_eps(self.prediction, out, x, a, s))
+
+    def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if cfg.thresholding:  # diffusers' s = clamp(quantile, 1, sample_max_value); x0 -> clamp(x0, -s, s) / s
+            m = float(cfg.sample_max_value)
+            if m >= 1:  # the quantile of clamp(|x0|, m) is min(quantile, m): Imagen's rule on the clamped x0
+                x0 = threshold_x0(x0.clamp(-m, m), dynamic=float(cfg.dynamic_thresholding_ratio), max_value=1.0)
+            else:
+                x0 = x0.clamp(-m, m) / m
+        if cfg.clip_sample:
+            x0 = x0.clamp(-float(cfg.clip_sample_range), float(cfg.clip_sample_range))
+        return x0
+
+    def _noise(self, generator: Any, variance_noise: torch.Tensor | None) -> Any:
+        def draw(i: int, x: torch.Tensor) -> torch.Tensor:
+            if variance_noise is not None:
+                if variance_noise.shape != x.shape:
+                    raise ValueError(f"variance_noise has shape {tuple(variance_noise.shape)}; expected "
+                                     f"{tuple(x.shape)}")
+                return variance_noise.to(device=x.device, dtype=x.dtype)
+            return randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+        return draw
+
+    def _subplan(self, restart: int) -> MultistepPlan:
+        """The plan on the grid from step ``restart`` on (the lower-order start after a jump in the run)."""
+        if restart == 0:
+            return self._plan
+        hit = self._subplans.get(restart)
+        if hit is None:
+            hit = self._subplans[restart] = plan_for(self.method, self.sde, self._grid[self._offset + restart:])
+        return hit
+
+    def _multistep(self, j: int, x: torch.Tensor, out: torch.Tensor, a: float, s: float, noise: Any
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._plan is None:  # a lone step from infinite noise was the whole run
+            raise RuntimeError("no steps left in this run")
+        x0, e = self._convert(out, x, a, s, self._plan.target)
+        if j != self._last + 1:  # the history is not contiguous: start again at lower order
+            self._hist, self._restart, self._x_prev = [], j, None
+        self._hist.append(e)
+        plan = self._subplan(self._restart)
+        k = j - self._restart
+        if isinstance(plan, PredictorCorrectorPlan) and self._x_prev is not None:
+            x = plan.correct(k - 1, self._x_prev, self._hist)  # the corrected state replaces the predicted one
+        self._x_prev = x
+        self._last = j
+        return x0, plan.step(k, x, self._hist, noise)
+
+    def _stage(self, i: int, x: torch.Tensor, out: torch.Tensor, a: float, s: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        plan = self._plan
+        step, stage = self._stages[i]
+        if stage == 0:
+            self._rk_x, self._rk_ks = x, []
+        elif self._last != i - 1 or self._rk_x is None:
+            raise RuntimeError(f"{self.method.name!r} runs stage by stage: timesteps[{i}] is stage {stage} of a step; "
+                               "start at a step's first stage (a multiple of scheduler.order)")
+        x0, k = self._convert(out, x, a, s, plan.target)
+        self._rk_ks.append(k)
+        self._last = i
+        base, ks = self._rk_x, self._rk_ks
+        if stage + 1 < len(plan.stage_psi[step]):
+            nxt = stage + 1
+            return x0, combine(base, plan.stage_psi[step][nxt], list(zip(plan.stage_weights[step][nxt], ks,
+                                                                         strict=False)))
+        return x0, combine(base, plan.psi[step], list(zip(plan.weights[step], ks, strict=True)))
+
+    # -- noising and model inputs -----------------------------------------------------------------------------
+
+    def _marginal(self, timesteps: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(timesteps, (str, bool)):
+            raise TypeError(f"timesteps must be numbers; got {timesteps!r}")
+        t = self._as_times("timesteps", timesteps)
+        term = self.sde.t_terminal
+        ok = ((t >= self.sde.t0) & (t <= self.sde.t_max)) | (t == term if term is not None else False)
+        if not bool(ok.all()):
+            raise ValueError(f"timesteps must lie in the schedule's domain [{self.sde.t0:g}, "
+                             f"{term if term is not None else self.sde.t_max:g}]; got {t.tolist()}")
+        a, s = self.sde.alpha_sigma(t)
+        shape = (-1, *([1] * (like.ndim - 1))) if t.numel() > 1 else (1,) * max(like.ndim, 1)
+        if t.numel() > 1 and t.numel() != like.shape[0]:
+            raise ValueError(f"timesteps: one per sample ({like.shape[0]}) or one for all; got {t.numel()}")
+        return (a.to(like.device, like.dtype).view(shape), s.to(like.device, like.dtype).view(shape))
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """x_t = alpha(t) x0 + sigma(t) noise at model timesteps (one per sample, or one for all)."""
+        if noise.shape != original_samples.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {tuple(original_samples.shape)}")
+        a, s = self._marginal(timesteps, original_samples)
+        return a * original_samples + s * noise.to(original_samples)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """The v-prediction target alpha(t) noise - sigma(t) x0 (Salimans & Ho 2022)."""
+        a, s = self._marginal(timesteps, sample)
+        return a * noise.to(sample) - s * sample
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        """The model takes x itself (a VP schedule in x needs no input scaling)."""
+        return sample
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """As diffusers' ``from_config``; keyword arguments EIScheduler does not take are reported, not dropped."""
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(k for k in kwargs if k not in known and not k.startswith("_"))
+        if unknown:
+            logger.warning(f"EIScheduler.from_config: {unknown} are not EIScheduler options and are ignored; valid: "
+                           f"{sorted(known)}")
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
