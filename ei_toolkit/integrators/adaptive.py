@@ -88,7 +88,7 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"options['max_nfe'] must be an integer >= 2 or None; got {o['max_nfe']!r}")
     if o["h_init"] is not None:
         o["h_init"] = _positive("h_init", o["h_init"])
-    if o["order"] not in (2, 3) or isinstance(o["order"], bool):
+    if o["order"] not in (2, 3, 4) or isinstance(o["order"], bool):
         raise ValueError(f"options['order'] must be 2 (2-point pair with DDIM embedded) or 3 (3-point with "
                          f"2-point embedded); got {o['order']!r}")
     if o["form"] not in FORMS:
@@ -182,6 +182,7 @@ class Adaptive(Method):
             if budget is not None and ev.nfe - nfe0 >= budget:
                 raise NFEBudgetExceeded(f"method 'adaptive' needed more than max_nfe={budget} model evaluations "
                                         f"(at t = {t:.6g}); loosen rtol/atol or raise max_nfe")
+            eval_times.append(t)
             return ev(x, t, form, alpha=a, sigma=s)
 
         def scale(x: torch.Tensor, a: float) -> torch.Tensor:
@@ -189,8 +190,8 @@ class Adaptive(Method):
 
         x = request.x
         a_i, s_i = coeffs(t_start)
+        times, hs, eval_times = [t_start], [], []
         lams, evals = [lam_a], [evaluate(x, t_start, a_i, s_i)]  # history (newest last)
-        times, hs, eval_times = [t_start], [], [t_start]
         states = [x] if request.trajectory else []
         lam_i, t_i = lam_a, t_start
         p = o["order"]
@@ -250,7 +251,6 @@ class Adaptive(Method):
                 if e_n is not None:
                     lams.append(lam_n)
                     evals.append(e_n)
-                    eval_times.append(t_n)
                     del lams[:-p], evals[:-p]
                 err = max(err, 1e-10)
                 if o["controller"] == "pi" and len(hs) > 1:

@@ -1,0 +1,136 @@
+"""method="adaptive": the embedded exponential Adams pair with step-size control (ei_toolkit/integrators/adaptive.py).
+Tolerance proportionality against the exact ODE solution, honest statistics (evaluations counted by a wrapper
+model), the evaluation budget, bad options, float32 and float64."""
+
+import pytest
+import torch
+
+import ei_toolkit as ei
+from ei_toolkit.testing import get_problem
+
+
+@pytest.fixture(scope="module")
+def setup():
+    sde = ei.VPSDE()
+    mix = get_problem("gmm2d")
+    x = mix.sample_marginal(sde, sde.t_max, 16, torch.Generator().manual_seed(0))
+    ref = mix.reference(sde, x, sde.t_max, sde.t_min, rtol=1e-12, atol=1e-12)
+    return sde, mix, mix.eps_model(sde), x, ref
+
+
+class Counting:
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.model(x, t)
+
+
+def err(a, b):
+    return float((a.double() - b).pow(2).mean().sqrt())
+
+
+@pytest.mark.parametrize("form", ["x0", "eps"])
+def test_error_falls_with_the_tolerance(setup, form):
+    sde, _, model, x, ref = setup
+    errs, nfes = [], []
+    for tol in (1e-3, 1e-4, 1e-5):
+        sol = ei.solve(model, x, sde, method="adaptive", options={"rtol": tol, "atol": tol, "form": form})
+        errs.append(err(sol.x, ref))
+        nfes.append(sol.nfe)
+    assert errs[0] > errs[1] > errs[2], errs
+    assert errs[0] / errs[2] > 10, errs  # two decades of tolerance buy at least one decade of error
+    assert errs[2] < 1e-4 and errs[0] < 1e-2, errs
+    assert nfes[0] < nfes[1] < nfes[2], nfes
+
+
+def test_stats_match_the_evaluations_actually_made(setup):
+    sde, _, model, x, _ = setup
+    counted = Counting(model)
+    sol = ei.solve(counted, x, sde, method="adaptive", options={"rtol": 1e-4, "atol": 1e-4})
+    st = sol.stats
+    assert sol.nfe == st["nfe"] == counted.calls == len(sol.eval_times)
+    assert st["steps"] == st["accepted"] == len(sol.times) - 1 == len(st["h"]) > 3
+    assert st["rejected"] >= 0 and st["grid"] == "adaptive"
+    # each accepted step costs one evaluation (none after the last), a rejected first step one more
+    assert st["accepted"] <= sol.nfe <= st["accepted"] + st["rejected"] + 1
+    times = sol.times
+    assert times.dtype == torch.float64 and bool((times[1:] < times[:-1]).all())
+    assert times[0] == sde.t_max and times[-1] == sde.t_min
+    torch.testing.assert_close(st["accepted_grid"], times)
+    # the accepted grid is a grid: a fixed-step method runs on it
+    y = ei.sample(model, x, sde, method="logrhoab2", grid=times)
+    assert torch.isfinite(y).all()
+
+
+def test_rejected_steps_cost_no_evaluation_after_the_first(setup):
+    sde, _, model, x, _ = setup
+    counted = Counting(model)
+    # a huge first step is rejected (one wasted evaluation each time) until the estimate accepts it
+    sol = ei.solve(counted, x, sde, method="adaptive", options={"rtol": 1e-5, "atol": 1e-5, "h_init": 5.0})
+    assert sol.stats["rejected"] >= 1
+    assert counted.calls == sol.nfe
+
+
+def test_max_nfe_raises_budget_exceeded(setup):
+    sde, _, model, x, _ = setup
+    counted = Counting(model)
+    with pytest.raises(ei.NFEBudgetExceeded, match="max_nfe=12"):
+        ei.solve(counted, x, sde, method="adaptive", options={"rtol": 1e-6, "atol": 1e-6, "max_nfe": 12})
+    assert counted.calls == 12
+    sol = ei.solve(model, x, sde, method="adaptive", options={"rtol": 1e-2, "atol": 1e-2, "max_nfe": 200})
+    assert sol.nfe <= 200
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"rtol": -1e-3}, "rtol"),
+    ({"rtol": "1e-3"}, "rtol"),
+    ({"atol": float("nan")}, "atol"),
+    ({"order": 5}, "order"),
+    ({"form": "v"}, "form"),
+    ({"max_nfe": 0}, "max_nfe"),
+    ({"max_nfe": 1.5}, "max_nfe"),
+    ({"h_init": 0}, "h_init"),
+    ({"safety": 1.5}, "safety"),
+    ({"min_factor": 1.2}, "min_factor"),
+    ({"max_factor": 0.5}, "max_factor"),
+    ({"controller": "pid"}, "controller"),
+    ({"tolerance": 1e-3}, "unknown options"),
+])
+def test_bad_options_are_named(setup, options, match):
+    sde, _, model, x, _ = setup
+    with pytest.raises(ValueError, match=match):
+        ei.solve(model, x, sde, method="adaptive", options=options)
+
+
+def test_nfe_grid_and_matrix_sdes_are_refused(setup):
+    sde, mix, model, x, _ = setup
+    with pytest.raises(ValueError, match="nfe/grid do not apply"):
+        ei.solve(model, x, sde, method="adaptive", nfe=10)
+    with pytest.raises(ValueError, match="nfe/grid do not apply"):
+        ei.solve(model, x, sde, method="adaptive", grid="uniform_logrho")
+    cld = ei.CLD()
+    with pytest.raises(ValueError, match="does not support matrix SDEs"):
+        ei.solve(mix.eps_model(cld), mix.sample_marginal(cld, 1.0, 2), cld, method="adaptive")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_works_in_float32_and_float64(setup, dtype):
+    sde, _, model, x, ref = setup
+    sol = ei.solve(model, x.to(dtype), sde, method="adaptive", options={"rtol": 1e-4, "atol": 1e-4})
+    assert sol.x.dtype == dtype
+    assert err(sol.x, ref) < 1e-3
+
+
+def test_solve_to_rho_zero_ends_with_the_data_prediction():
+    """DiscreteVP to t0 = -1 (rho = 0): adaptive in log rho down to t_min, then the exact DDIM step to the data."""
+    sde = ei.DiscreteVP.linear()
+    mix = get_problem("gmm2d")
+    model = mix.eps_model(sde)
+    x = mix.sample_marginal(sde, sde.t_max, 8, torch.Generator().manual_seed(1))
+    counted = Counting(model)
+    sol = ei.solve(counted, x, sde, method="adaptive", t_end=-1.0, options={"rtol": 1e-5, "atol": 1e-5})
+    assert sol.times[-1] == -1.0 and sol.times[-2] == sde.t_min and counted.calls == sol.nfe
+    fine = ei.sample(model, x, sde, method="logrhoab3", nfe=200, t_end=-1.0)
+    assert err(sol.x, fine.double()) < 1e-3
