@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from .adaptive import Adaptive
-from .adaptive import Adaptive
 from .base import (
     EpsFn,
     Integrator,
@@ -91,7 +90,6 @@ for _order in (2, 3):
 register(StochasticDDIM(lam=1.0, name="sddim"))  # lam=1: the DDPM posterior; solve(..., lam= or eta=) reconfigures
 for _name in TORCHDIFFEQ_METHODS:
     register(TorchDiffEq(_name))
-register(Adaptive())  # exponential Adams embedded pair with step-size control (adaptive.py)
 register(Adaptive())  # exponential Adams embedded pair with step-size control (adaptive.py)
 
 __all__ = [
