@@ -392,10 +392,9 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         ``generator`` (or ``variance_noise``) feeds stochastic methods."""
         if self._grid is None:
             raise RuntimeError("call set_timesteps(num_inference_steps) before step()")
-        if self._step_index is None:
-            self._step_index = (self.index_for_timestep(timestep) if self._begin_index is None
-                                else self._begin_index)
         i = self._step_index
+        if i is None:  # the run's first step: its position from the timestep, or the pipeline's begin index
+            i = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
         if i >= len(self.timesteps):
             raise RuntimeError(f"step() called past the last of {len(self.timesteps)} timesteps; call set_timesteps "
                                "again to start a new run")
