@@ -108,7 +108,7 @@ def run_comparison(
         reference(t_end)
         for nfe in nfes:
             for m, g in pairs:
-                if nfe % INTEGRATORS[m].evals_per_step:
+                if not INTEGRATORS[m].accepts_nfe(nfe):
                     continue
                 start = time.perf_counter()
                 sol = solve(model, x, sde, method=m, nfe=nfe, grid=g, t_start=t_start, t_end=t_end)

@@ -405,7 +405,8 @@ class Integrator(Method):
             times = time_grid(request.sde, request.grid, 0, request.t_start, request.t_end)
             steps = len(times) - 1
             if request.nfe is not None and self.steps_for_nfe(request.nfe) != steps:
-                fits = [n for n in range(1, steps * self.evals_per_step + 1) if self._steps_or_none(n) == steps]
+                fits = [n for n in range(1, steps * self.evals_per_step + 1)
+                        if self.accepts_nfe(n) and self.steps_for_nfe(n) == steps]
                 raise ValueError(f"nfe={request.nfe} does not match the explicit grid: {steps} steps of "
                                  f"{self.name} use {' to '.join(str(n) for n in sorted({fits[0], fits[-1]}))} "
                                  "evaluations")
@@ -418,11 +419,13 @@ class Integrator(Method):
                              "times)")
         return cached_grid(request.sde, name, steps, request.t_start, request.t_end), name
 
-    def _steps_or_none(self, nfe: int) -> int | None:
+    def accepts_nfe(self, nfe: int) -> bool:
+        """Whether some number of steps uses exactly ``nfe`` evaluations."""
         try:
-            return self.steps_for_nfe(nfe)
+            self.steps_for_nfe(nfe)
         except ValueError:
-            return None
+            return False
+        return True
 
     def solve(self, request: SolveRequest) -> Solution:
         from ..solution import Solution

@@ -106,15 +106,20 @@ def kernel_quadrature(sde: Any, t_a: torch.Tensor, t_b: torch.Tensor, variable: 
     alpha_b = sde.alpha(t_b).numpy()
     if target == "x0":
         lam_a, lam_b = half_lambda(sde, t_a), half_lambda(sde, t_b)
+        ok = np.isfinite(lam_a) & np.isfinite(lam_b)  # other steps (from rho = inf, into rho = 0) get NaN weights
+        lam_a, lam_b = np.where(ok, lam_a, 0.0), np.where(ok, lam_b, 1.0)
         mid, half = 0.5 * (lam_b + lam_a), 0.5 * (lam_b - lam_a)
         lq = mid[:, None] + half[:, None] * _GL_X[None, :]
-        rq = torch.from_numpy(np.exp(-lq))
+        rq = torch.from_numpy(np.exp(-lq)).clamp(0.0, sde.rho_max)
         weights = (alpha_b * half)[:, None] * np.exp(lq - lam_b[:, None]) * _GL_W[None, :]
     else:
-        rho_a, rho_b = sde.rho(t_a), sde.rho(t_b)
+        rho_a, rho_b = sde.rho(t_a).numpy(), sde.rho(t_b).numpy()
+        ok = np.isfinite(rho_a)  # a step from infinite noise has no eps form: NaN weights
+        rho_a = np.where(ok, rho_a, rho_b)
         mid, half = 0.5 * (rho_b + rho_a), 0.5 * (rho_b - rho_a)
-        rq = (mid[:, None] + half[:, None] * torch.from_numpy(_GL_X)[None, :]).clamp_min(0)
-        weights = (alpha_b * half.numpy())[:, None] * _GL_W[None, :]
+        rq = torch.from_numpy(mid[:, None] + half[:, None] * _GL_X[None, :]).clamp_min(0)
+        weights = (alpha_b * half)[:, None] * _GL_W[None, :]
+    weights[~ok] = np.nan
     if variable == "t":
         vq = sde.t_of_rho(rq).numpy()
     elif variable == "rho":

@@ -26,6 +26,7 @@ from .kernels import (
     check_target,
     half_lambda,
     kernel_quadrature,
+    lagrange_at,
     lagrange_integrals,
     one_point_weights,
     transitions,
@@ -65,7 +66,7 @@ ONE_POINT = Collocation(c=(0.0,), uses=((0,),), order=1)  # DDIM: the last step 
 class SinglestepExponential(Integrator):
     """An exponential Runge-Kutta method on a :class:`Collocation` in log rho, extrapolating ``target`` (eps or
     x0). ``len(c)`` evaluations per step; an ``nfe`` that is not a multiple of it gives a last step of lower order
-    with the evaluations left (as DPM-Solver does). Needs rho > 0 at the grid's end (t_end above the data time t0)."""
+    with the evaluations left (as DPM-Solver does). A last step into the data (rho = 0) places its stages in rho."""
 
     def __init__(self, name: str, collocation: Collocation | int, target: str = "eps",
                  default_grid: str = "uniform_logrho", last_stages: int | None = None) -> None:
@@ -108,43 +109,58 @@ class SinglestepExponential(Integrator):
         check_target(sde, self.target)
         t = grid.to(torch.float64)
         lam = half_lambda(sde, t)
-        if not np.all(np.isfinite(lam)):
+        if not np.all(np.isfinite(lam[:-1])):
             raise ValueError(f"{self.name!r} places stages in log rho, which is infinite at t = "
-                             f"{float(t[~torch.from_numpy(np.isfinite(lam))][0]):g} (rho = 0 or inf): end the grid "
-                             "above the data time and start it below infinite noise, or use a multistep method")
+                             f"{float(t[:-1][~torch.from_numpy(np.isfinite(lam[:-1]))][0]):g} (rho = inf, zero "
+                             "terminal SNR): start below infinite noise, or use a multistep x0 method")
         n = len(t) - 1
         cols = self._collocations(n)
-        # stage times of every step, flattened; then every target point (stages 1.. and the new state) from t_i
-        step_of = np.repeat(np.arange(n), [len(c.c) for c in cols])
+        counts = [len(c.c) for c in cols]
+        # stage times of every step, flattened. A step into the data (rho = 0, lam = inf) places its stages
+        # uniformly in rho and interpolates in rho, which stays finite there (docs/math.md section 4.9)
+        step_of = np.repeat(np.arange(n), counts)
         c_all = np.concatenate([c.c for c in cols])
-        lam_s = lam[step_of] + c_all * (lam[step_of + 1] - lam[step_of])
-        t_s = sde.t_of_rho(torch.from_numpy(np.exp(-lam_s)))
-        first = np.concatenate([[0], np.cumsum([len(c.c) for c in cols])[:-1]])
+        into_data = ~np.isfinite(lam[1:])
+        rho = sde.rho(t).numpy()
+        with np.errstate(invalid="ignore", over="ignore"):
+            rho_s = np.where(into_data[step_of], rho[step_of] * (1 - c_all),
+                             np.exp(-(lam[step_of] + c_all * (lam[step_of + 1] - lam[step_of]))))
+        t_s = sde.t_of_rho(torch.from_numpy(rho_s))
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
         t_s[first] = t[:-1]
-        v_s = variable_at(sde, "logrho", t_s)
-        is_first = np.zeros(len(c_all), dtype=bool)
-        is_first[first] = True
-        ends = torch.cat([t_s[~torch.from_numpy(is_first)], t[1:]])  # stage points, then the new states
-        ends_step = np.concatenate([step_of[~is_first], np.arange(n)])
+        t_s[torch.from_numpy(c_all == 1.0)] = t[1:][torch.from_numpy(step_of[c_all == 1.0])]
+        v_s = np.where(into_data[step_of], variable_at(sde, "rho", t_s), variable_at(sde, "logrho", t_s))
+        # every target point: the stages after the first, then the new states; each from its step's start
+        later = np.ones(len(c_all), dtype=bool)
+        later[first] = False
+        ends = torch.cat([t_s[torch.from_numpy(later)], t[1:]])
+        ends_step = np.concatenate([step_of[later], np.arange(n)])
         starts = t[:-1][torch.from_numpy(ends_step)]
         psi = transitions(sde, starts, ends, self.target)
         exact = one_point_weights(sde, starts, ends, self.target)
-        v_q, k_q = kernel_quadrature(sde, starts, ends, "logrho", self.target)
-        stage_row = np.cumsum(~is_first) - 1  # index into ends of each non-first stage
+        vq_log, k_q = kernel_quadrature(sde, starts, ends, "logrho", self.target)
+        vq_rho, _ = kernel_quadrature(sde, starts, ends, "rho", self.target)
+        v_q = np.where(into_data[ends_step][:, None], vq_rho, vq_log)
+        alpha_end = sde.alpha(ends).numpy()
+        row_of_stage = np.cumsum(later) - 1  # the row in `ends` of each later stage
         final_row = len(ends) - n
         stage_psi, stage_w, weights, psi_final = [], [], [], []
         for i, col in enumerate(cols):
             m = len(col.c)
             st_psi, st_w = [1.0], [()]
             for s, used in enumerate(col.uses):
-                row = final_row + i if s == m - 1 else int(stage_row[first[i] + s + 1])
+                row = final_row + i if s == m - 1 else int(row_of_stage[first[i] + s + 1])
                 w = [0.0] * (s + 1)
+                nodes = v_s[[first[i] + j for j in used]]
                 if len(used) == 1:
-                    w[used[0]] = float(exact[row])
+                    values = [exact[row]]
+                elif self.target == "x0" and s == m - 1 and into_data[i]:
+                    # x0 form into rho = 0: the kernel concentrates at the end, x_{i+1} = alpha_{i+1} p(rho = 0)
+                    values = [alpha_end[row] * ell for ell in lagrange_at(nodes, 0.0)]
                 else:
-                    nodes = v_s[[first[i] + j for j in used]]
-                    for j, value in zip(used, lagrange_integrals(nodes, v_q[row], k_q[row]), strict=True):
-                        w[j] = float(value)
+                    values = lagrange_integrals(nodes, v_q[row], k_q[row])
+                for j, value in zip(used, values, strict=True):
+                    w[j] = float(value)
                 if s == m - 1:
                     weights.append(tuple(w))
                     psi_final.append(float(psi[row]))
