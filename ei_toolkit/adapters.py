@@ -25,7 +25,7 @@ import torch
 import torchdiffeq
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
-from .errors import NumericalError
+from .errors import NumericalError, all_finite
 from .grids import time_grid
 from .model import Model, ModelEvaluator
 from .sde import LinearSDE
@@ -116,7 +116,7 @@ class FlowODE(torch.nn.Module):
         if self.max_nfe is not None and self.nfe > self.max_nfe:
             raise NFEBudgetExceeded(f"the solver needed more than max_nfe={self.max_nfe} model evaluations "
                                     f"(at {self.frame} = {float(tau):.6g}); loosen rtol/atol or raise max_nfe")
-        if not bool(torch.isfinite(state).all()):
+        if not all_finite(state):
             raise NumericalError(f"the ODE state is not finite at {self.frame} = {float(tau):.6g}")
         sde = self.sde
         t = self.t_of(torch.as_tensor(tau, dtype=torch.float64).reshape(()))
@@ -239,7 +239,7 @@ class ReverseSDE(torch.nn.Module):
 
     def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
-        if not bool(torch.isfinite(y).all()):
+        if not all_finite(y):
             raise NumericalError(f"the SDE state is not finite at rho = {-float(s):.6g}")
         t = self._t(s)
         x = (self.sde.alpha(t).to(y.dtype) * y).reshape(self.shape)
