@@ -6,6 +6,7 @@ from . import adapters, diffusion, grids, integrators
 from .adapters import FlowODE, NFEBudgetExceeded, ReverseSDE, brownian_motion, odeint, sdeint
 from .errors import NumericalError
 from .generate import evaluate_shards, generate, load_shards, verify_shards
+from .grid_opt import load_grid, optimize_grid, save_grid
 from .grids import GRIDS, time_grid
 from .integrators import INTEGRATORS, Integrator, Method, register
 from .model import ModelEvaluator
@@ -44,10 +45,13 @@ __all__ = [
     "generate",
     "grids",
     "integrators",
+    "load_grid",
     "load_shards",
     "odeint",
+    "optimize_grid",
     "register",
     "sample",
+    "save_grid",
     "sdeint",
     "solve",
     "time_grid",
