@@ -147,15 +147,16 @@ def test_step_output_is_a_diffusers_output():
     torch.testing.assert_close(plain[1], out.pred_original_sample, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", ["logrhoab2", "tab3", "x0-logrhoab2-pc", "ipndm", "rhork-heun"])
+@pytest.mark.parametrize("method", ["logrhoab2", "tab3", "x0-logrhoab2-pc", "ipndm", "rhork-midpoint"])
 def test_a_run_is_ei_sample_on_the_same_grid(method):
     model, x = mixture_model(), torch.randn(5, 4, dtype=torch.float64)
     sched = EIScheduler(method=method)
     ours = run(sched, model, x)
-    torch.testing.assert_close(ours, ei.sample(model, x, SDE, method=method, grid=sched._grid), rtol=0, atol=1e-12)
+    tol = 1e-12 if sched.order == 1 else 1e-7  # stage times reach the model as float32, coefficients use float64
+    torch.testing.assert_close(ours, ei.sample(model, x, SDE, method=method, grid=sched._grid), rtol=0, atol=tol)
 
 
-@pytest.mark.parametrize("method", ["logrhoab2", "tab3", "x0-logrhoab2-pc", "rhork-heun"])
+@pytest.mark.parametrize("method", ["logrhoab2", "tab3", "x0-logrhoab2-pc", "rhork-midpoint"])
 def test_position_comes_from_the_timestep_and_history_restarts_at_lower_order(method):
     """Starting at timesteps[k] (img2img) is the method on the grid from t_k, without set_begin_index too."""
     model, x = mixture_model(), torch.randn(5, 4, dtype=torch.float64)
@@ -163,7 +164,8 @@ def test_position_comes_from_the_timestep_and_history_restarts_at_lower_order(me
     sched.set_timesteps(10)
     grid, k = sched._grid, 4
     expected = ei.sample(model, x, SDE, method=method, grid=grid[k:])
-    torch.testing.assert_close(run(sched, model, x, start=k * sched.order), expected, rtol=0, atol=1e-12)
+    tol = 1e-12 if sched.order == 1 else 1e-7  # as above
+    torch.testing.assert_close(run(sched, model, x, start=k * sched.order), expected, rtol=0, atol=tol)
     sched.set_timesteps(10)
     assert sched.step_index is None and sched.begin_index is None
     sched.set_begin_index(k * sched.order)
@@ -172,11 +174,13 @@ def test_position_comes_from_the_timestep_and_history_restarts_at_lower_order(me
     for t in sched.timesteps[k * sched.order:]:
         y = sched.step(model(y, t.double().expand(5)), t, y).prev_sample
     assert sched.step_index == len(sched.timesteps)
-    torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y, expected, rtol=0, atol=tol)
 
 
 def test_index_for_timestep_takes_the_later_of_repeated_times():
-    sched = EIScheduler(method="rhork-heun")  # stage 2 of a step sits where the next step starts
+    with pytest.raises(ValueError, match=r"'rhork-heun' evaluates the model at the data time t = -1"):
+        EIScheduler(method="rhork-heun").set_timesteps(4)
+    sched = EIScheduler(method="rhork-heun", final_sigmas_type="sigma_min")  # a step's last stage: the next's first
     sched.set_timesteps(4)
     t = sched.timesteps
     assert float(t[1]) == float(t[2]) and sched.index_for_timestep(t[1]) == 2

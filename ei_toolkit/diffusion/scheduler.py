@@ -235,6 +235,10 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         evals = grid[:-1] if not isinstance(plan, RungeKuttaPlan) else torch.cat([grid[:self._offset],
                                                                                  plan.eval_times])
         evals = _f32(evals)
+        if bool((evals <= sde.t0).any()):
+            raise ValueError(f"{self.method.name!r} evaluates the model at the data time t = {sde.t0:g} (a stage at "
+                             "the end of its last step), where no model is defined; use final_sigmas_type='sigma_min' "
+                             "or a method without a stage at the step's end (e.g. rhork-midpoint)")
         a, s = sde.alpha_sigma(evals)
         self._ab = list(zip(a.tolist(), s.tolist(), strict=True))
         self._grid, self._plan, self._subplans = grid, plan, {}
