@@ -608,6 +608,7 @@ def _run(group: _Group, job: _Job, out_dir: Path, batch: int, model_id: str | No
     # 2. every rank checks its share of the existing shards; the missing or bad ones are dealt round-robin
     n, size = job.n, job.shard_size
     n_shards = math.ceil(n / size)
+    out_dir.mkdir(parents=True, exist_ok=True)  # on other nodes, where the directory may be local
     found = _scan(out_dir, range(group.rank, n_shards, group.world), size, n, job.shape)
     todo_map: dict[int, str] = {}
     for part in group.all_gather(found):
