@@ -43,8 +43,8 @@ from .base import Method, SolveRequest
 FORMS = ("x0", "eps")
 CONTROLLERS = ("pi", "i")
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
-_DEFAULTS: dict[str, Any] = {"rtol": 1e-3, "atol": 1e-3, "max_nfe": None, "h_init": None, "order": 3, "form": "x0",
-                             "safety": 0.9, "min_factor": 0.2, "max_factor": 2.0, "controller": "pi",
+_DEFAULTS: dict[str, Any] = {"rtol": 1e-3, "atol": 1e-3, "max_nfe": None, "h_init": None, "order": 4, "form": "x0",
+                             "safety": 0.9, "min_factor": 0.2, "max_factor": 3.0, "controller": "pi",
                              "max_rejections": 50}
 OPTIONS = tuple(_DEFAULTS)
 
@@ -196,7 +196,7 @@ class Adaptive(Method):
         lam_i, t_i = lam_a, t_start
         p = o["order"]
         rtol, atol, safety = o["rtol"], o["atol"], o["safety"]
-        h = o["h_init"] if o["h_init"] is not None else self._first_step(rtol, atol, span)
+        h = o["h_init"] if o["h_init"] is not None else self._first_step(rtol, span)
         h = min(h, span)
         err_prev, rejected, in_a_row, last_rejected = 1.0, 0, 0, False
         while lam_i < lam_b - 1e-12 * max(1.0, abs(lam_b)):
@@ -286,10 +286,9 @@ class Adaptive(Method):
                                "h": hs, "rtol": rtol, "atol": atol, "order": p, "form": form})
 
     @staticmethod
-    def _first_step(rtol: float, atol: float, span: float) -> float:
-        """First step in lam without an extra evaluation: the DDIM first step has local error ~ C h^2 in y with C of
-        order one in units of the tolerance scale at the start (the data prediction varies on a lam-scale of one
-        where rho meets the data's scale), so h0 = (tol)^(1/2), clipped to [1e-3, 1] and to a quarter of the span;
-        the step's own error estimate then corrects it (a rejection costs one evaluation here only)."""
-        tol = max(min(rtol, 1.0), 1e-14)
-        return min(1.0, 0.25 * span, max(1e-3, 4.0 * math.sqrt(tol)))
+    def _first_step(rtol: float, span: float) -> float:
+        """First step in lam, without an extra evaluation. At the start (high noise) the data prediction is nearly
+        constant (the data mean), so the exponential Euler first step is nearly exact and a step of half a unit of
+        lam (rho / 1.65) is usually accepted; it shrinks like rtol^(1/4) below rtol = 1e-4 and is capped at a quarter
+        of the span. Its own error estimate corrects it (a rejection costs one evaluation, on the first step only)."""
+        return min(0.25 * span, 0.5 * min(1.0, (rtol / 1e-4) ** 0.25))
