@@ -159,6 +159,9 @@ def test_zero_terminal_snr_refuses_what_is_undefined_at_infinite_noise():
     x = torch.randn(4, 2)
     with pytest.raises(ValueError, match=r"needs a model that predicts x0 or v: prediction='eps'"):
         ei.sample(lambda x, t: x, x, sde, nfe=5)
+    # float32 v-models (the usual case) start at infinite noise like float64 ones
+    v32 = ei.sample(gaussian_v_model(sde, 0.5, 0.2), x, sde, prediction="v", nfe=8, t_end=-1.0)
+    assert v32.dtype == torch.float32 and float((v32 - (0.5 + 0.2 * x)).abs().max()) < 0.1
     # an eps-model can still start below t_terminal, inside the domain
     out = ei.sample(lambda x, t: torch.zeros_like(x), x, sde, nfe=5, t_start=sde.t_max, t_end=-1.0)
     assert torch.isfinite(out).all()
