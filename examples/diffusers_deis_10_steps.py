@@ -31,3 +31,13 @@ pipe.scheduler = EIScheduler.from_config(pipe.scheduler.config, method="tab3")
 pipe.set_progress_bar_config(disable=True)
 out = pipe(batch_size=4, num_inference_steps=10, generator=torch.Generator().manual_seed(0), output_type="np")
 print("DDPMPipeline with EIScheduler, 10 steps:", out.images.shape)
+
+# 3. The pipeline, EIScheduler included, saves and loads like any diffusers pipeline.
+import tempfile  # noqa: E402
+
+from diffusers import DiffusionPipeline  # noqa: E402
+
+with tempfile.TemporaryDirectory() as folder:
+    pipe.save_pretrained(folder)
+    loaded = DiffusionPipeline.from_pretrained(folder)
+print("reloaded:", type(loaded.scheduler).__name__, loaded.scheduler.config.method)
