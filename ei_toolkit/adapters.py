@@ -16,6 +16,7 @@ in s = -rho.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -231,6 +232,7 @@ class ReverseSDE(torch.nn.Module):
         self.evaluator = ModelEvaluator(model, sde, prediction)
         self.sde_type = sde_type
         self.nfe = 0
+        self.max_nfe: int | None = None
         self._rho_lo = float(sde.rho(torch.tensor(sde.t0, dtype=torch.float64)))
 
     def _t(self, s: torch.Tensor) -> torch.Tensor:
@@ -239,6 +241,9 @@ class ReverseSDE(torch.nn.Module):
 
     def f(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
+        if self.max_nfe is not None and self.nfe > self.max_nfe:
+            raise NFEBudgetExceeded(f"the SDE solver needed more than max_nfe={self.max_nfe} model evaluations (at "
+                                    f"rho = {-float(s):.6g})")
         if not all_finite(y):
             raise NumericalError(f"the SDE state is not finite at rho = {-float(s):.6g}")
         t = self._t(s)
@@ -256,18 +261,87 @@ def _check_lam(lam: float) -> None:
         raise ValueError(f"lam must be a finite number >= 0; got {lam!r}")
 
 
+class PerSampleBrownian:
+    """A Brownian motion on (batch, d) whose row n is an independent torchsde ``BrownianInterval`` seeded from
+    ``generators[n]`` alone: sample n's path is the same whatever batch it is drawn in (sharded generation). It has
+    the interface torchsde's solvers use (call, ``shape``, ``dtype``, ``device``, ``levy_area_approximation``)."""
+
+    def __init__(self, paths: Sequence[Any]) -> None:
+        self.paths = list(paths)
+
+    def __call__(self, ta: Any, tb: Any = None, return_U: bool = False, return_A: bool = False) -> Any:
+        parts = [p(ta, tb, return_U=return_U, return_A=return_A) for p in self.paths]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
+        return torch.cat(parts)
+
+    def __repr__(self) -> str:
+        return f"PerSampleBrownian({len(self.paths)} paths)"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.paths[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.paths[0].device
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.paths), self.paths[0].shape[1]))
+
+    @property
+    def levy_area_approximation(self) -> str:
+        return self.paths[0].levy_area_approximation
+
+
+def _entropy(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+
+
 def brownian_motion(x: torch.Tensor, sde: LinearSDE, t_start: float | None = None, t_end: float | None = None,
-                    entropy: int | None = None):
+                    entropy: int | None = None, generator: torch.Generator | Sequence[torch.Generator] | None = None):
     """A torchsde Brownian motion over s = -rho on the flattened shape of ``x``, to drive :func:`sdeint`
-    and the stochastic DDIM of :func:`ei_toolkit.sample` with the same path."""
+    and the stochastic DDIM of :func:`ei_toolkit.sample` with the same path. Its seed is ``entropy``, or drawn from
+    ``generator``; a list of generators (one per sample) gives each sample its own path (:class:`PerSampleBrownian`),
+    so that sample n is the same whatever batch it is in."""
     import torchsde
 
+    from .noise import check_generator
+
+    check_generator(generator, x.shape[0])
+    if entropy is not None and generator is not None:
+        raise ValueError("give entropy or generator, not both")
     t_start = sde.t_max if t_start is None else t_start
     t_end = sde.t_min if t_end is None else t_end
     r = sde.rho(torch.tensor([t_start, t_end], dtype=torch.float64))
-    return torchsde.BrownianInterval(t0=-float(r[0]), t1=-float(r[1]), size=(x.shape[0], x[0].numel()),
-                                     dtype=x.dtype, device=x.device, entropy=entropy,
-                                     levy_area_approximation="space-time")
+
+    def path(rows: int, seed: int | None) -> Any:
+        return torchsde.BrownianInterval(t0=-float(r[0]), t1=-float(r[1]), size=(rows, x[0].numel()),
+                                         dtype=x.dtype, device=x.device, entropy=seed,
+                                         levy_area_approximation="space-time")
+
+    if isinstance(generator, (list, tuple)):
+        return PerSampleBrownian([path(1, _entropy(g)) for g in generator])
+    return path(x.shape[0], _entropy(generator) if generator is not None else entropy)
+
+
+# model evaluations per step of each torchsde method on the (additive-noise) reverse SDE
+TORCHSDE_EVALS = {"euler": 1, "milstein": 1, "srk": 10, "midpoint": 2, "heun": 2, "euler_heun": 1,
+                  "reversible_heun": 1}
+STRATONOVICH_METHODS = ("midpoint", "heun", "euler_heun", "reversible_heun")  # the noise is additive: same SDE
+DEFAULT_SDE_STEPS = 100
+DEFAULT_SDE_MAX_NFE = 10_000
+
+
+def _positive_int(name: str, v: object) -> int:
+    try:
+        n = operator.index(v)
+    except TypeError:
+        n = 0
+    if isinstance(v, bool) or n < 1:
+        raise ValueError(f"{name} must be a positive integer; got {v!r}")
+    return n
 
 
 def sdeint(
@@ -277,37 +351,114 @@ def sdeint(
     *,
     lam: float = 1.0,
     method: str = "euler",
-    dt: float = 1e-2,
+    steps: int | None = None,
+    nfe: int | None = None,
+    dt: float | None = None,
+    max_nfe: int | None = DEFAULT_SDE_MAX_NFE,
     t_start: float | None = None,
     t_end: float | None = None,
     bm: object | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     prediction: str = "eps",
     sde_type: str = "ito",
+    progress: bool = False,
     **kwargs: object,
 ) -> Solution:
-    """Integrate the lambda-family reverse SDE with a torchsde ``method``, in the rho frame (step ``dt`` in
-    rho); image-shaped ``x`` is flattened for torchsde and restored. ``bm`` (see :func:`brownian_motion`)
-    fixes the Brownian path. Returns a :class:`~ei_toolkit.Solution`."""
+    """Integrate the lambda-family reverse SDE (docs/math.md section 5) with a torchsde ``method`` in the rho frame;
+    image-shaped ``x`` is flattened for torchsde and restored. Returns a :class:`~ei_toolkit.Solution`.
+
+    Steps: ``steps`` (default 100) equal steps in log rho, or as many as ``nfe`` model evaluations allow
+    (``TORCHSDE_EVALS`` per step), so the cost does not grow with the SDE's rho range; a step ending at rho = 0 (the
+    data time) is the last. ``dt`` instead takes equal steps of ``dt`` in rho (torchsde's own stepping). ``max_nfe``
+    (default 10,000; None: no limit) bounds the model evaluations: a run that would need more stops before it starts,
+    or when it gets there. ``bm`` (see :func:`brownian_motion`) fixes the Brownian path; ``generator`` seeds it (one
+    generator per sample: sample n is the same whatever batch it is in). ``progress=True`` shows a tqdm bar.
+    """
     import torchsde
 
     start = time.perf_counter()
     _check_lam(lam)
     if method not in TORCHSDE_METHODS:
         raise ValueError(f"unknown torchsde method {method!r}; valid: {', '.join(TORCHSDE_METHODS)}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError("x must be a floating-point tensor")
+    if sum(v is not None for v in (steps, nfe, dt)) > 1:
+        raise ValueError("give one of steps (in log rho), nfe or dt (a step in rho), not several")
+    if max_nfe is not None:
+        max_nfe = _positive_int("max_nfe", max_nfe)
+    if bm is not None and generator is not None:
+        raise ValueError("give bm (a Brownian path) or generator (to seed one), not both")
     t_start = sde.t_max if t_start is None else float(t_start)
     t_end = sde.t_min if t_end is None else float(t_end)
     if not t_start > t_end:
         raise ValueError(f"t_start must be greater than t_end; got t_start={t_start}, t_end={t_end}")
-    times = torch.tensor([t_start, t_end], dtype=torch.float64)
-    rho = sde.rho(times)
-    a = sde.alpha(times)
+    k = TORCHSDE_EVALS[method]
+    if dt is not None:
+        if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (math.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt must be a positive number (a step in rho); got {dt!r}")
+        times = torch.tensor([t_start, t_end], dtype=torch.float64)
+        r = sde.rho(times)
+        n_steps = math.ceil(float(r[0] - r[1]) / dt - 1e-9)
+    else:
+        if nfe is not None:
+            n_nfe = _positive_int("nfe", nfe)
+            if n_nfe < k or n_nfe % k:
+                raise ValueError(f"nfe={n_nfe} is not possible for torchsde's {method!r}: it uses {k} model "
+                                 f"evaluations per step, so nfe must be a multiple of {k}")
+            n_steps = n_nfe // k
+        else:
+            n_steps = DEFAULT_SDE_STEPS if steps is None else _positive_int("steps", steps)
+        times = time_grid(sde, "uniform_logrho", n_steps, t_start, t_end)
+        r = sde.rho(times)
+    if max_nfe is not None and n_steps * k > max_nfe:
+        raise NFEBudgetExceeded(f"sdeint with {method!r} would take {n_steps} steps ({n_steps * k} model "
+                                f"evaluations), more than max_nfe={max_nfe}"
+                                + (f": dt={dt} is a step in rho, which spans {float(r[-1]):.3g}..{float(r[0]):.3g}; "
+                                   "use steps= or nfe= (steps in log rho)" if dt is not None else "")
+                                + "; or raise max_nfe")
+    a = sde.alpha(times[[0, -1]])
     rev = ReverseSDE(model, sde, lam, x.shape, prediction,
-                     sde_type="stratonovich" if method in ("midpoint", "heun", "reversible_heun") else sde_type)
-    y0 = (x / a[0].to(x.dtype)).reshape(x.shape[0], -1)
-    ts = (-rho).to(x.dtype)
+                     sde_type="stratonovich" if method in STRATONOVICH_METHODS else sde_type)
+    rev.max_nfe = max_nfe
+    y = (x / a[0].to(x.dtype)).reshape(x.shape[0], -1)
     if bm is None:
-        bm = brownian_motion(x, sde, t_start, t_end)
-    ys = torchsde.sdeint(rev, y0, ts, bm=bm, method=method, dt=dt, **kwargs)
-    out = (ys[-1] * a[1].to(x.dtype)).reshape(x.shape)
-    return Solution(x=out, times=times, eval_times=torch.empty(0, dtype=torch.float64), nfe=rev.nfe,
-                    method=f"torchsde:{method}", grid="fixed dt", stats={"seconds": time.perf_counter() - start})
+        bm = brownian_motion(x, sde, t_start, t_end, generator=generator)
+    s = (-r).tolist()
+    bar = _progress_bar(n_steps, f"sdeint ({method})") if progress else None
+    try:
+        if dt is not None:
+            y = torchsde.sdeint(rev, y, torch.tensor([s[0], s[-1]], dtype=x.dtype), bm=bm, method=method, dt=dt,
+                                **kwargs)[-1]
+            if bar is not None:
+                bar.update(n_steps)
+        else:  # torchsde's solver stepped from grid point to grid point (its sdeint interpolates between them)
+            from torchsde._core import methods as torchsde_methods
+            from torchsde._core.sdeint import check_contract
+
+            options = kwargs.pop("options", None)
+            if kwargs:
+                raise ValueError(f"unknown keyword arguments {sorted(kwargs)} (torchsde's fixed-step solvers take "
+                                 "options= here)")
+            ts_all = torch.tensor(s, dtype=x.dtype, device=x.device)
+            wrapped, y, ts_all, bm, _, options = check_contract(rev, y, ts_all, bm, method, False, options, None,
+                                                                 False)
+            solver = torchsde_methods.select(method=method, sde_type=wrapped.sde_type)(
+                sde=wrapped, bm=bm, dt=1.0, adaptive=False, rtol=1e-5, atol=1e-4, dt_min=1e-5, options=options)
+            extra = solver.init_extra_solver_state(ts_all[0], y)
+            for i in range(n_steps):
+                y, extra = solver.step(ts_all[i], ts_all[i + 1], y, extra)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    out = (y * a[1].to(x.dtype)).reshape(x.shape)
+    return Solution(x=out, times=times[[0, -1]].clone(), eval_times=torch.empty(0, dtype=torch.float64),
+                    nfe=rev.nfe, method=f"torchsde:{method}", grid="fixed dt" if dt is not None else "uniform_logrho",
+                    stats={"seconds": time.perf_counter() - start, "steps": n_steps})
+
+
+def _progress_bar(total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step")

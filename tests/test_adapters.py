@@ -162,7 +162,8 @@ def test_sddim_converges_strongly_to_torchsde_on_the_same_brownian_path():
     t_start, t_end = 0.5, 0.05  # rho from about 4.5 to 0.3
     x = mix.sample_marginal(sde, t_start, 32, torch.Generator().manual_seed(4))
     bm = ei.brownian_motion(x, sde, t_start, t_end, entropy=7)
-    fine = ei.sdeint(model, x, sde, lam=1.0, method="srk", dt=2e-3, t_start=t_start, t_end=t_end, bm=bm).x
+    fine = ei.sdeint(model, x, sde, lam=1.0, method="srk", dt=2e-3, t_start=t_start, t_end=t_end, bm=bm,
+                     max_nfe=None).x
     errs = []
     for steps in (25, 50, 100, 200):
         out = ei.sample(model, x, sde, method="sddim", lam=1.0, nfe=steps, grid="uniform_logrho", t_start=t_start,
@@ -226,3 +227,92 @@ def test_torchdiffeq_methods_through_sample():
     assert errs[1] < errs[0] / 8, errs  # third order: 4x the steps, far smaller error
     with pytest.raises(ValueError, match=r"unknown options \['tol'\]"):
         ei.sample(model, X, VP, method="torchdiffeq:dopri5", options={"tol": 1e-3})
+
+
+# --- per-sample reproducibility, sdeint's defaults, progress bars, the stochastic page (issue 10 items 7, 8) ----
+
+
+def test_sddim_sample_is_the_same_in_a_batch_of_1_and_of_8():
+    model = PROBLEM.eps_model(VP)
+    gens = lambda n: [torch.Generator().manual_seed(100 + i) for i in range(n)]  # noqa: E731
+    one = ei.sample(model, X[:1], VP, method="sddim", lam=1.0, nfe=10, generator=gens(1))
+    eight = ei.sample(model, X[:8], VP, method="sddim", lam=1.0, nfe=10, generator=gens(8))
+    torch.testing.assert_close(one[0], eight[0], rtol=0, atol=1e-12)
+    other = ei.sample(model, X[:1], VP, method="sddim", lam=1.0, nfe=10, generator=[torch.Generator().manual_seed(7)])
+    assert (other[0] - one[0]).abs().max() > 1e-3  # the noise matters: a different generator, a different sample
+    with pytest.raises(ValueError, match=r"generator: a list needs one torch.Generator per sample \(8\); got 2"):
+        ei.sample(model, X[:8], VP, method="sddim", generator=gens(2))
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_sdeint_sample_is_the_same_in_a_batch_of_1_and_of_8(method):
+    model = PROBLEM.eps_model(VP)
+    gens = lambda n: [torch.Generator().manual_seed(200 + i) for i in range(n)]  # noqa: E731
+    one = ei.sdeint(model, X[:1], VP, method=method, steps=20, generator=gens(1)).x
+    eight = ei.sdeint(model, X[:8], VP, method=method, steps=20, generator=gens(8)).x
+    torch.testing.assert_close(one[0], eight[0], rtol=0, atol=1e-12)
+    assert (eight[0] - eight[1]).abs().max() > 1e-3
+    # one generator for the whole batch is reproducible too, but sample 0 then depends on the batch
+    a = ei.sdeint(model, X[:8], VP, method=method, steps=20, generator=torch.Generator().manual_seed(3)).x
+    b = ei.sdeint(model, X[:8], VP, method=method, steps=20, generator=torch.Generator().manual_seed(3)).x
+    assert torch.equal(a, b)
+
+
+def test_sdeint_steps_are_equal_in_log_rho_and_the_cost_does_not_grow_with_the_rho_range():
+    ddpm = ei.DiscreteVP.linear()
+    model = PROBLEM.eps_model(ddpm)
+    x = PROBLEM.sample_marginal(ddpm, ddpm.t_max, 8, torch.Generator().manual_seed(0))
+    sol = ei.sdeint(model, x, ddpm, method="euler")
+    assert sol.stats["steps"] == 100 and sol.nfe == 101 and sol.grid == "uniform_logrho"  # + torchsde's shape check
+    assert ei.sdeint(model, x, ddpm, method="srk", nfe=40).nfe == 41  # 4 steps of 10 evaluations
+    assert ei.sdeint(model, x, ddpm, method="heun", steps=7).stats["steps"] == 7
+    # the docs' old call, a step of 0.01 in rho (0.01..157), stops before it starts instead of running for minutes
+    with pytest.raises(NFEBudgetExceeded, match=r"15740 steps \(157400 model evaluations\), more than max_nfe=10000"
+                                                r": dt=0.01 is a step in rho"):
+        ei.sdeint(model, x, ddpm, lam=1.0, method="srk", dt=1e-2)
+    with pytest.raises(NFEBudgetExceeded, match=r"50 steps \(50 model evaluations\), more than max_nfe=20"):
+        ei.sdeint(model, x, ddpm, steps=50, max_nfe=20)
+    with pytest.raises(ValueError, match=r"nfe=15 is not possible for torchsde's 'srk'"):
+        ei.sdeint(model, x, ddpm, method="srk", nfe=15)
+    with pytest.raises(ValueError, match=r"give one of steps \(in log rho\), nfe or dt"):
+        ei.sdeint(model, x, ddpm, steps=10, dt=0.5)
+    with pytest.raises(ValueError, match=r"steps must be a positive integer; got 0"):
+        ei.sdeint(model, x, ddpm, steps=0)
+    with pytest.raises(ValueError, match=r"max_nfe must be a positive integer; got True"):
+        ei.sdeint(model, x, ddpm, max_nfe=True)
+    assert ei.sdeint(model, x, ddpm, nfe=np.int64(5)).stats["steps"] == 5  # numpy integers are integers
+
+
+def test_sdeint_converges_to_the_fine_solution_on_one_brownian_path():
+    sde = ei.VPSDE()
+    model = PROBLEM.eps_model(sde)
+    x = PROBLEM.sample_marginal(sde, 0.5, 16, torch.Generator().manual_seed(4))
+    bm = ei.brownian_motion(x, sde, 0.5, 0.05, entropy=11)
+    fine = ei.sdeint(model, x, sde, method="heun", steps=800, t_start=0.5, t_end=0.05, bm=bm).x
+    errs = [(ei.sdeint(model, x, sde, method="heun", steps=n, t_start=0.5, t_end=0.05, bm=bm).x - fine)
+            .pow(2).mean().sqrt().item() for n in (25, 100)]
+    assert errs[1] < errs[0] / 2, errs
+
+
+def test_progress_bars_are_tqdm(capsys):
+    model = PROBLEM.eps_model(VP)
+    ei.sdeint(model, X[:4], VP, steps=5, progress=True)
+    err = capsys.readouterr().err
+    assert "sdeint (euler)" in err and "5/5" in err
+    ei.sample(model, X[:4], VP, method="ddim", nfe=5, progress=True)
+    err = capsys.readouterr().err
+    assert "sampling (ddim)" in err and "5/5" in err
+
+
+def test_the_stochastic_page_runs_in_seconds():
+    import re
+    import time
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "stochastic.md"
+    ns: dict = {}
+    start = time.perf_counter()
+    for code in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S):
+        exec(compile(code, "docs/stochastic.md", "exec"), ns)  # the project's own documentation
+    assert time.perf_counter() - start < 60  # was 190 s (157,401 evaluations) for the sdeint example alone
+    assert ns["sol"].nfe == 41 and torch.isfinite(ns["sol"].x).all()
