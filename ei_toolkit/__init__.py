@@ -57,3 +57,12 @@ __all__ = [
     "time_grid",
     "verify_shards",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # diffusers is an optional extra: ei_toolkit.EIScheduler is imported on first use
+    if name == "EIScheduler":
+        from .diffusion.scheduler import EIScheduler
+
+        return EIScheduler
+    raise AttributeError(f"module 'ei_toolkit' has no attribute {name!r}")

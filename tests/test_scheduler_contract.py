@@ -89,6 +89,7 @@ def test_swapping_with_every_compatible_scheduler_keeps_the_config():
 
 
 def test_schedule_attributes_match_diffusers():
+    assert ei.EIScheduler is EIScheduler and ei.diffusion.EIScheduler is EIScheduler  # the public names
     theirs = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2")
     ours = EIScheduler.from_config(theirs.config)
     np.testing.assert_allclose(ours.betas.numpy(), theirs.betas.numpy(), rtol=1e-5, atol=1e-7)
@@ -378,3 +379,16 @@ def test_rescale_betas_zero_snr_starts_at_infinite_noise():
     assert eps_sched.step_index is None  # a refused step does not move the run
     eps_sched.set_begin_index(1)  # below infinite noise an eps-model is fine (img2img)
     assert torch.isfinite(eps_sched.step(0 * x, eps_sched.timesteps[1], x).prev_sample).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_run_on_the_gpu_equals_the_cpu_run():
+    model, x = mixture_model(), torch.randn(3, 4)
+    cpu = run(EIScheduler(), model, x)
+    sched = EIScheduler()
+    sched.set_timesteps(10, device="cuda")
+    y = x.cuda()
+    for t in sched.timesteps:  # timesteps on the device: read once, at the first step
+        y = sched.step(model(y.double().cpu(), t.double().cpu().expand(3)).float().cuda(), t, y).prev_sample
+    torch.testing.assert_close(y.cpu(), cpu, rtol=1e-5, atol=1e-5)

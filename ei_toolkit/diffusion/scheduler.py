@@ -170,6 +170,7 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
         self.timesteps = torch.arange(self.sde.num_timesteps - 1, -1, -1, dtype=torch.float32)
+        self._timesteps_cpu = self.timesteps
         self.sigmas: torch.Tensor | None = None
         self._grid: torch.Tensor | None = None
         self._step_index: int | None = None
@@ -247,7 +248,8 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         with np.errstate(divide="ignore"):
             rho = np.where(a.numpy() > 0, s.numpy() / np.where(a.numpy() > 0, a.numpy(), 1.0), np.inf)
         end_rho = float(sde.rho(grid[-1:]))
-        self.timesteps = evals.to(device=device, dtype=torch.float32)
+        self._timesteps_cpu = evals.to(torch.float32)
+        self.timesteps = self._timesteps_cpu.to(device=device)
         self.sigmas = torch.tensor([*rho.tolist(), end_rho], dtype=torch.float32)
         self.num_inference_steps = len(grid) - 1
         self._step_index = None
@@ -365,6 +367,7 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         diffusers: a singlestep schedule repeats a step's end as the next step's start)."""
         t = self._timestep_value(timestep)
         sched = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        sched = self._timesteps_cpu if schedule_timesteps is None and self._grid is not None else sched
         hits = (torch.as_tensor(sched).detach().to("cpu", torch.float64) == t).nonzero().flatten()
         if len(hits) == 0:
             raise ValueError(f"timestep {t:g} is not one of the scheduler's timesteps ({self._show()}); pass the "
@@ -402,10 +405,14 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         if i >= len(self.timesteps):
             raise RuntimeError(f"step() called past the last of {len(self.timesteps)} timesteps; call set_timesteps "
                                "again to start a new run")
-        t = self._timestep_value(timestep)
-        if t != float(self.timesteps[i]):
+        # Reading a device tensor waits for the device: after the first step, a timestep on a GPU is trusted
+        # (no host-device synchronisation per step); Python numbers and CPU tensors are checked every step.
+        on_device = isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu"
+        t = float(self._timesteps_cpu[i]) if on_device and self._step_index is not None else \
+            self._timestep_value(timestep)
+        if t != float(self._timesteps_cpu[i]):
             raise ValueError(f"step() got timestep {t:g}, but the run is at timesteps[{i}] = "
-                             f"{float(self.timesteps[i]):g}; pass the scheduler's timesteps in order (to start "
+                             f"{float(self._timesteps_cpu[i]):g}; pass the scheduler's timesteps in order (to start "
                              "mid-schedule, call set_begin_index or pass that timestep first)")
         if not isinstance(sample, torch.Tensor) or not isinstance(model_output, torch.Tensor):
             raise TypeError("model_output and sample must be tensors")
