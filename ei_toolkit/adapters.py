@@ -38,6 +38,8 @@ MATRIX_FRAMES = ("t", "y")
 TORCHDIFFEQ_METHODS = tuple(m for m in _TORCHDIFFEQ_SOLVERS if m != "scipy_solver")
 # fixed-grid methods, with their model evaluations per step
 TORCHDIFFEQ_FIXED = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4, "explicit_adams": 1}
+# fixed-grid methods whose coefficients assume equal steps (torchdiffeq's Adams-Bashforth(-Moulton))
+TORCHDIFFEQ_EQUAL_STEPS = ("explicit_adams", "implicit_adams", "fixed_adams")
 TORCHSDE_METHODS = ("euler", "milstein", "srk", "midpoint", "heun", "euler_heun", "reversible_heun")
 
 
@@ -178,13 +180,13 @@ def odeint(
     func = FlowODE(model, sde, frame, prediction, max_nfe, evaluator)
     opts = dict(options or {})
     fixed = method in TORCHDIFFEQ_FIXED or method in ("implicit_adams", "fixed_adams")
+    default = "quadratic_t" if func.matrix else "uniform_logrho"
     if fixed:
         if grid is not None and not isinstance(grid, str):
             times = time_grid(sde, grid, 0, t_start, t_end)
         else:
             if steps is None:
                 raise ValueError(f"the fixed-grid method {method!r} needs steps= (or an explicit grid=)")
-            default = "quadratic_t" if func.matrix else "uniform_logrho"
             times = time_grid(sde, grid or default, steps, t_start, t_end)
     else:
         if steps is not None or grid is not None:
@@ -192,6 +194,14 @@ def odeint(
         times = torch.tensor([t_start, t_end], dtype=torch.float64)
         opts.setdefault("step_t", func.tau(times))  # land on t_end: never step past it (out of the domain)
     taus = func.tau(times)
+    if method in TORCHDIFFEQ_EQUAL_STEPS and len(times) > 2:
+        d = taus[1:] - taus[:-1]
+        if float((d - d[0]).abs().max()) > 1e-6 * float(d.abs().max()):
+            explicit = grid is not None and not isinstance(grid, str)
+            what = "the explicit grid" if explicit else f"the {grid or default} grid"
+            uniform = {"logrho": "uniform_logrho", "rho": "uniform_rho", "t": "uniform_t", "y": "uniform_t"}[func.frame]
+            raise ValueError(f"torchdiffeq's {method!r} assumes equal steps (fixed Adams coefficients), but {what} is "
+                             f"not uniform in its {func.frame!r} frame; use grid={uniform!r}")
     taus = taus.to(x.dtype) if x.dtype == torch.float64 else taus.float()
     y0 = func.encode(x, times[0])
     solver = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from .errors import NumericalError, all_finite
-from .integrators import INTEGRATORS, Method, SolveRequest, get_integrator
+from .integrators import INTEGRATORS, Integrator, Method, SolveRequest, get_integrator
+from .integrators.base import plan_for
+from .integrators.conditioning import check_roundoff
 from .model import Model, ModelEvaluator
 from .noise import check_generator
 from .sde import LinearSDE, MatrixLinearSDE
@@ -128,20 +130,56 @@ def solve(
     request = SolveRequest(evaluator=evaluator, x=x.to(work), sde=sde, t_start=t_start, t_end=t_end, nfe=nfe,
                            grid=grid, generator=generator, brownian=brownian, trajectory=trajectory,
                            progress=progress)
+    _check_roundoff(chosen, request, x.dtype)
     if t_start == getattr(sde, "t_terminal", None):  # hook: the first step from rho = inf (zero terminal SNR)
         from .diffusion.zero_snr import solve_from_infinite_noise
 
         sol = solve_from_infinite_noise(chosen, request)
     else:
-        sol = chosen.solve(request)
+        sol = _named(chosen, request, x.dtype)
     if not all_finite(sol.x):  # one synchronisation, after the loop
-        raise NumericalError(f"the state is not finite at the end (t = {t_end:g}) although every model output was: "
+        raise NumericalError(f"{_describe(chosen, request, x.dtype)}: the state is not finite at the end "
+                             f"(t = {t_end:g}) although every model output was: "
                              f"the {work} working precision overflowed; pass dtype=torch.float64")
     sol.x = sol.x.to(x.dtype)
+    if x.dtype == torch.float16 and not all_finite(sol.x):
+        raise NumericalError(f"{_describe(chosen, request, x.dtype)}: the result overflows float16 (|x| > 65504) "
+                             "when cast back to x's dtype; the run diverged or the data scale needs float32")
     if sol.trajectory is not None:
         sol.trajectory = sol.trajectory.to(x.dtype)
     sol.stats["seconds"] = time.perf_counter() - start
     return sol
+
+
+def _describe(method: Method, request: SolveRequest, model_dtype: torch.dtype) -> str:
+    grid = "explicit" if request.explicit_grid else (request.grid or getattr(method, "default_grid", None))
+    dtype = str(model_dtype).removeprefix("torch.")
+    return f"{method.name} on the {grid} grid (nfe={request.nfe}, {dtype} model input)"
+
+
+def _check_roundoff(method: Method, request: SolveRequest, model_dtype: torch.dtype) -> None:
+    """A clear error, before the run, when the plan would amplify the model dtype's round-off into noise
+    (:mod:`ei_toolkit.integrators.conditioning`)."""
+    if not isinstance(method, Integrator) or model_dtype == torch.float64:
+        return
+    times, grid_name = method.times(request)
+    nfe = request.nfe if request.nfe is not None else (len(times) - 1) * method.evals_per_step
+    check_roundoff(plan_for(method, request.sde, times), request.sde, model_dtype, method.name, grid_name, nfe)
+
+
+def _named(method: Method, request: SolveRequest, model_dtype: torch.dtype) -> Solution:
+    """``method.solve(request)``; numerical trouble is reported with the method, grid, nfe and dtype named."""
+    try:
+        return method.solve(request)
+    except NumericalError as exc:
+        msg = str(exc)
+        if msg.startswith(method.name):
+            raise
+        try:
+            named = type(exc)(f"{_describe(method, request, model_dtype)}: {msg}")
+        except Exception:  # an exception class with another signature
+            raise exc from None
+        raise named from exc
 
 
 def _working_dtype(x: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:

@@ -1,0 +1,213 @@
+"""Fuzz-style robustness sweep (issue 10): every registered deterministic method x the built-in grids x the built-in
+SDEs x NFE from 1 to 1000 x the dtypes float64, float32, float16 and bfloat16, on a small Gaussian mixture whose eps
+is exact, so that each result can be compared with a DOP853 reference solution of the probability-flow ODE.
+
+Each run is classified as
+
+* ``ok``: a finite result whose error is not far above that of the same configuration in float64;
+* ``clear error``: a ValueError, TypeError or NumericalError whose message names the method, the grid or the
+  argument at fault (``nfe``, ``grid``, ``dtype``, ``x``);
+* ``unclear error``: any other exception, or one whose message names none of those;
+* ``silent-bad``: a non-finite result returned, or a finite one whose relative error exceeds
+  ``FAR * err64 + FLOOR * u`` (err64 the float64 run's error, u the dtype's unit round-off: what its rounding of
+  the model's input and output alone can cost);
+* ``crash``: anything that is not an Exception (the process itself dying would end the sweep).
+
+Adaptive torchdiffeq methods choose their own steps: they run once per SDE and dtype with their defaults.
+
+Run: ``python benchmarks/bench_fuzz.py`` (full sweep, writes benchmarks/results/fuzz.md) or ``--quick`` (a subset,
+written to benchmarks/results/fuzz_quick.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+import ei_toolkit as ei
+from ei_toolkit.errors import NumericalError
+from ei_toolkit.testing import get_problem
+
+ROOT = Path(__file__).resolve().parent
+NFES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 50, 100, 200, 500, 1000)
+QUICK_NFES = (1, 3, 4, 10, 100)
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+FAR = 10.0  # "far above" the float64 error
+FLOOR = 64.0  # in units of the dtype's round-off, relative to the data scale
+BATCH = 8
+ADAPTIVE_MAX_NFE = 5000  # adaptive torchdiffeq methods: their budget (exceeding it is a clear error naming max_nfe)
+CLASSES = ("ok", "clear error", "unclear error", "silent-bad", "crash")
+
+
+def sdes() -> dict[str, ei.LinearSDE]:
+    return {"VP": ei.VPSDE(), "sub-VP": ei.SubVPSDE(), "cosine": ei.CosineVPSDE(), "VE": ei.VESDE(),
+            "EDM": ei.EDM(), "DiscreteVP linear": ei.DiscreteVP.linear()}
+
+
+def methods() -> list[str]:
+    return [n for n, m in ei.INTEGRATORS.items() if not m.stochastic]
+
+
+def fixed_grid(name: str) -> bool:
+    m = ei.INTEGRATORS[name]
+    return not m.black_box or getattr(m, "evals_per_step", None) is not None
+
+
+def classify_error(exc: BaseException, names: tuple[str, ...]) -> str:
+    if not isinstance(exc, Exception):
+        return "crash"
+    if isinstance(exc, (ValueError, TypeError, NumericalError)) and any(n in str(exc) for n in names):
+        return "clear error"
+    return "unclear error"
+
+
+def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+def sweep(nfes: tuple[int, ...], log=print, only_sdes: list[str] | None = None,
+          only_methods: list[str] | None = None, dtypes: tuple[torch.dtype, ...] = DTYPES) -> tuple[list[dict], float]:
+    problem = get_problem("gmm2d")
+    start = time.perf_counter()
+    rows: list[dict] = []
+
+    def report(row: dict) -> None:
+        if row["class"] not in ("ok", "clear error"):
+            log(f"  {row['class']}: {row['sde']} / {row['method']} / {row['grid']} / nfe {row['nfe']} / "
+                f"{row['dtype']}: {row['detail'].splitlines()[0][:300]}")
+
+    for sde_name, sde in sdes().items():
+        if only_sdes and sde_name not in only_sdes:
+            continue
+        model = problem.eps_model(sde)
+        x = problem.sample_marginal(sde, sde.t_max, BATCH, generator=torch.Generator().manual_seed(0))
+        ref = problem.reference(sde, x, sde.t_max, sde.t_min)
+        for method in methods():
+            if only_methods and method not in only_methods:
+                continue
+            configs = ([(g, n) for g in ei.GRIDS for n in nfes] if fixed_grid(method) else [(None, None)])
+            for grid, nfe in configs:
+                err64 = math.inf
+                for dtype in dtypes:
+                    names = tuple(n for n in (method, grid, "nfe", "grid", "dtype", "x", "max_nfe") if n)
+                    row = {"sde": sde_name, "method": method, "grid": grid, "nfe": nfe, "dtype": str(dtype)[6:]}
+                    try:
+                        with torch.no_grad():
+                            y = ei.sample(model, x.to(dtype), sde, method=method, grid=grid, nfe=nfe,
+                                          options=None if fixed_grid(method) else {"max_nfe": ADAPTIVE_MAX_NFE})
+                    except BaseException as exc:
+                        if isinstance(exc, KeyboardInterrupt):
+                            raise
+                        row["class"] = classify_error(exc, names)
+                        row["detail"] = f"{type(exc).__name__}: {exc}"
+                        if row["class"] != "clear error":
+                            row["detail"] += "\n" + "".join(traceback.format_exception(exc)[-3:])
+                        rows.append(row)
+                        report(row)
+                        continue
+                    if not bool(torch.isfinite(y).all()):
+                        row.update({"class": "silent-bad", "detail": "non-finite result returned"})
+                        rows.append(row)
+                        report(row)
+                        continue
+                    err = relative_error(y, ref)
+                    row["error"] = err
+                    if dtype == torch.float64:
+                        err64 = err
+                    bound = FAR * err64 + FLOOR * UNIT_ROUNDOFF[dtype]
+                    if err > bound:
+                        row.update({"class": "silent-bad",
+                                    "detail": f"relative error {err:.3g} vs float64 {err64:.3g} (bound {bound:.3g})"})
+                    else:
+                        row["class"] = "ok"
+                    rows.append(row)
+                    report(row)
+            done = collections.Counter(r["class"] for r in rows)
+            log(f"[{time.perf_counter() - start:7.0f} s] {sde_name:18s} {method:26s} {dict(done)}")
+    return rows, time.perf_counter() - start
+
+
+def write_report(rows: list[dict], seconds: float, nfes: tuple[int, ...], out: Path, command: str) -> None:
+    counts = collections.Counter(r["class"] for r in rows)
+    by_dtype: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    by_sde: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for r in rows:
+        by_dtype[r["dtype"]][r["class"]] += 1
+        by_sde[r["sde"]][r["class"]] += 1
+    lines = [
+        "# Fuzz-style robustness sweep",
+        "",
+        f"`{command}` ({platform.machine()}, torch {torch.__version__}, {os.cpu_count()} CPUs (shared), "
+        f"{seconds / 60:.1f} min). Every registered deterministic method ({len(methods())}) x grids "
+        f"({', '.join(ei.GRIDS)}) x built-in SDEs (VP, sub-VP, cosine, VE, EDM, DiscreteVP linear) x NFE "
+        f"{', '.join(map(str, nfes))} x dtypes float64, float32, float16, bfloat16 (adaptive torchdiffeq methods: once "
+        f"per SDE and dtype), on the 2-D Gaussian mixture `gmm2d` ({BATCH} samples from t_max to t_min) with its exact "
+        "eps; errors are relative to a DOP853 reference.",
+        "",
+        f"Classes: silent-bad = a non-finite result returned, or a relative error above {FAR:g} x the float64 "
+        f"run's + {FLOOR:g} x the dtype's unit round-off; clear error = ValueError / TypeError / NumericalError "
+        "naming the method, grid or argument; unclear error = any other exception or message; crash = not an "
+        "Exception.",
+        "",
+        "| class | runs |",
+        "|---|---|",
+        *[f"| {c} | {counts.get(c, 0)} |" for c in CLASSES],
+        f"| total | {len(rows)} |",
+        "",
+        "| dtype | " + " | ".join(CLASSES) + " |",
+        "|---|" + "---|" * len(CLASSES),
+        *[f"| {d} | " + " | ".join(str(c.get(k, 0)) for k in CLASSES) + " |" for d, c in by_dtype.items()],
+        "",
+        "| SDE | " + " | ".join(CLASSES) + " |",
+        "|---|" + "---|" * len(CLASSES),
+        *[f"| {d} | " + " | ".join(str(c.get(k, 0)) for k in CLASSES) + " |" for d, c in by_sde.items()],
+        "",
+    ]
+    errors = collections.Counter()
+    for r in rows:
+        if r["class"] == "clear error":
+            msg = r["detail"].split(";")[0].split(": ", 1)[-1]
+            errors[msg[:110]] += 1
+    lines += ["Most frequent clear errors (message up to its first ';'):", "", "| runs | message |", "|---|---|"]
+    lines += [f"| {n} | {m.replace('|', '/')} |" for m, n in errors.most_common(12)]
+    bad = [r for r in rows if r["class"] in ("unclear error", "silent-bad", "crash")]
+    lines += ["", f"Runs that are not ok or a clear error: {len(bad)}", ""]
+    for r in bad[:200]:
+        lines.append(f"- {r['class']}: {r['sde']} / {r['method']} / {r['grid']} / nfe {r['nfe']} / {r['dtype']}: "
+                     f"{r['detail'].splitlines()[0][:200]}")
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"NFE {QUICK_NFES} only (default: {NFES})")
+    parser.add_argument("--out", default=None, help="report path (default benchmarks/results/fuzz.md, "
+                                                    "fuzz_quick.md with --quick)")
+    parser.add_argument("--sde", action="append", default=None, help="only this SDE (repeatable; default: all)")
+    parser.add_argument("--method", action="append", default=None, help="only this method (repeatable; default: all)")
+    parser.add_argument("--nfe", type=int, nargs="+", default=None, help="these NFEs (default: the sweep's)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    nfes = tuple(args.nfe) if args.nfe else (QUICK_NFES if args.quick else NFES)
+    out = Path(args.out) if args.out else ROOT / "results" / ("fuzz_quick.md" if args.quick else "fuzz.md")
+    rows, seconds = sweep(nfes, log=lambda s: print(s, flush=True), only_sdes=args.sde, only_methods=args.method)
+    command = "python benchmarks/bench_fuzz.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
+                                                   ).rstrip()
+    write_report(rows, seconds, nfes, out, command)
+    counts = collections.Counter(r["class"] for r in rows)
+    print(dict(counts), f"-> {out}")
+    return 0 if all(counts.get(c, 0) == 0 for c in ("unclear error", "silent-bad", "crash")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
