@@ -179,8 +179,10 @@ def test_position_comes_from_the_timestep_and_history_restarts_at_lower_order(me
 
 
 def test_index_for_timestep_takes_the_later_of_repeated_times():
-    with pytest.raises(ValueError, match=r"'rhork-heun' evaluates the model at the data time t = -1"):
-        EIScheduler(method="rhork-heun").set_timesteps(4)
+    for method in ("rhork-heun", "x0-logrhoss2"):  # stages on the last step's way to the data: below t = 0
+        with pytest.raises(ValueError, match=rf"'{method}' evaluates the model at t = -[0-9.]+, below the first "
+                                             "training timestep 0"):
+            EIScheduler(method=method).set_timesteps(4)
     sched = EIScheduler(method="rhork-heun", final_sigmas_type="sigma_min")  # a step's last stage: the next's first
     sched.set_timesteps(4)
     t = sched.timesteps

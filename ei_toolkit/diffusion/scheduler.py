@@ -236,10 +236,12 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         evals = grid[:-1] if not isinstance(plan, RungeKuttaPlan) else torch.cat([grid[:self._offset],
                                                                                  plan.eval_times])
         evals = _f32(evals)
-        if bool((evals <= sde.t0).any()):
-            raise ValueError(f"{self.method.name!r} evaluates the model at the data time t = {sde.t0:g} (a stage at "
-                             "the end of its last step), where no model is defined; use final_sigmas_type='sigma_min' "
-                             "or a method without a stage at the step's end (e.g. rhork-midpoint)")
+        below = evals < sde.t_min - 1e-4  # a stage inside the last step, on the way to the data (slack: round-off)
+        if bool(below.any()):
+            bad = float(evals[below][0])
+            raise ValueError(f"{self.method.name!r} evaluates the model at t = {bad:g}, below the first training "
+                             f"timestep {sde.t_min:g} (a stage of its last step, which ends at the data); use "
+                             "final_sigmas_type='sigma_min' or a method without stages there (e.g. rhork-midpoint)")
         a, s = sde.alpha_sigma(evals)
         self._ab = list(zip(a.tolist(), s.tolist(), strict=True))
         self._grid, self._plan, self._subplans = grid, plan, {}
