@@ -394,3 +394,26 @@ def test_a_run_on_the_gpu_equals_the_cpu_run():
     for t in sched.timesteps:  # timesteps on the device: read once, at the first step
         y = sched.step(model(y.double().cpu(), t.double().cpu().expand(3)).float().cuda(), t, y).prev_sample
     torch.testing.assert_close(y.cpu(), cpu, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_snr_ddim_equals_diffusers_ddim():
+    """DDIM from infinite noise with trailing timesteps (Lin et al.'s recipe) is diffusers' DDIMScheduler step for
+    step: at alpha = 0 both use x0 = -v, eps = x."""
+    kw = {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
+    ours = EIScheduler(method="ddim", **kw)
+    theirs = diffusers.DDIMScheduler(set_alpha_to_one=True, clip_sample=False, **kw)
+    g = torch.Generator().manual_seed(0)
+    weights = torch.randn(3, 3, generator=g) * 0.3
+
+    def v_model(y, t):  # any smooth model will do: both must take the same steps
+        return torch.tanh(y @ weights) * (1 + t.float().view(-1, 1) / 1000)
+
+    outs = []
+    for sched in (ours, theirs):
+        sched.set_timesteps(8)
+        y = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+        for t in sched.timesteps:
+            y = sched.step(v_model(y, t.reshape(1).expand(4)), t, y).prev_sample
+        outs.append(y)
+    assert ours.timesteps.tolist() == theirs.timesteps.float().tolist()
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-4)
