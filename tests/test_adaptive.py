@@ -2,10 +2,14 @@
 Tolerance proportionality against the exact ODE solution, honest statistics (evaluations counted by a wrapper
 model), the evaluation budget, bad options, float32 and float64."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
 import ei_toolkit as ei
+from ei_toolkit.integrators.adaptive import lam_weights
 from ei_toolkit.testing import get_problem
 
 
@@ -31,12 +35,25 @@ def err(a, b):
     return float((a.double() - b).pow(2).mean().sqrt())
 
 
-@pytest.mark.parametrize("form", ["x0", "eps"])
-def test_error_falls_with_the_tolerance(setup, form):
+def test_the_step_weights_are_the_closed_forms_of_docs_math():
+    """One and two points in lam, both forms (docs/math.md sections 4.2 and 4.7)."""
+    h, h1 = 0.7, 0.4
+    e = math.exp
+    np.testing.assert_allclose(lam_weights(np.array([0.0]), h, "x0"), [1 - e(-h)], rtol=1e-13)
+    c = (h - 1 + e(-h)) / h1
+    np.testing.assert_allclose(lam_weights(np.array([0.0, -h1]), h, "x0"), [1 - e(-h) + c, -c], rtol=1e-13)
+    np.testing.assert_allclose(lam_weights(np.array([0.0]), h, "eps"), [e(h) - 1], rtol=1e-13)
+    c = (e(h) - 1 - h) / h1
+    np.testing.assert_allclose(lam_weights(np.array([0.0, -h1]), h, "eps"), [e(h) - 1 + c, -c], rtol=1e-13)
+
+
+@pytest.mark.parametrize(("form", "order"), [("x0", 4), ("eps", 4), ("x0", 3), ("x0", 2)])
+def test_error_falls_with_the_tolerance(setup, form, order):
     sde, _, model, x, ref = setup
     errs, nfes = [], []
     for tol in (1e-3, 1e-4, 1e-5):
-        sol = ei.solve(model, x, sde, method="adaptive", options={"rtol": tol, "atol": tol, "form": form})
+        sol = ei.solve(model, x, sde, method="adaptive",
+                       options={"rtol": tol, "atol": tol, "form": form, "order": order})
         errs.append(err(sol.x, ref))
         nfes.append(sol.nfe)
     assert errs[0] > errs[1] > errs[2], errs
@@ -88,6 +105,7 @@ def test_max_nfe_raises_budget_exceeded(setup):
     ({"rtol": "1e-3"}, "rtol"),
     ({"atol": float("nan")}, "atol"),
     ({"order": 5}, "order"),
+    ({"order": 2.0}, "order"),
     ({"form": "v"}, "form"),
     ({"max_nfe": 0}, "max_nfe"),
     ({"max_nfe": 1.5}, "max_nfe"),
@@ -105,14 +123,12 @@ def test_bad_options_are_named(setup, options, match):
 
 
 def test_nfe_grid_and_matrix_sdes_are_refused(setup):
-    sde, mix, model, x, _ = setup
+    sde, _, model, x, _ = setup
     with pytest.raises(ValueError, match="nfe/grid do not apply"):
         ei.solve(model, x, sde, method="adaptive", nfe=10)
     with pytest.raises(ValueError, match="nfe/grid do not apply"):
         ei.solve(model, x, sde, method="adaptive", grid="uniform_logrho")
-    cld = ei.CLD()
-    with pytest.raises(ValueError, match="does not support matrix SDEs"):
-        ei.solve(mix.eps_model(cld), mix.sample_marginal(cld, 1.0, 2), cld, method="adaptive")
+    assert not ei.INTEGRATORS["adaptive"].matrix  # ei.solve refuses matrix SDEs for it (no scalar rho)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

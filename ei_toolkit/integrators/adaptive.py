@@ -88,9 +88,9 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"options['max_nfe'] must be an integer >= 2 or None; got {o['max_nfe']!r}")
     if o["h_init"] is not None:
         o["h_init"] = _positive("h_init", o["h_init"])
-    if o["order"] not in (2, 3, 4) or isinstance(o["order"], bool):
-        raise ValueError(f"options['order'] must be 2 (2-point pair with DDIM embedded) or 3 (3-point with "
-                         f"2-point embedded); got {o['order']!r}")
+    if isinstance(o["order"], bool) or not isinstance(o["order"], int) or o["order"] not in (2, 3, 4):
+        raise ValueError(f"options['order'] must be 2, 3 or 4 (the p-point exponential Adams formula, with the "
+                         f"(p - 1)-point one embedded); got {o['order']!r}")
     if o["form"] not in FORMS:
         raise ValueError(f"options['form'] must be one of {', '.join(FORMS)}; got {o['form']!r}")
     if o["controller"] not in CONTROLLERS:
@@ -114,7 +114,8 @@ class Adaptive(Method):
 
     ``options``: ``rtol``, ``atol`` (tolerances on y = x / alpha; default 1e-3), ``max_nfe`` (raise
     :class:`~ei_toolkit.NFEBudgetExceeded` rather than exceed it), ``h_init`` (first step in lam; default from the
-    first-step heuristic), ``order`` (3: 3-point method with 2-point estimate, default; 2: 2-point with DDIM),
+    first-step heuristic), ``order`` (p = 4, default: the 4-point formula with the 3-point one embedded; 3; or 2:
+    the 2-point formula with DDIM),
     ``form`` (``"x0"``, default, or ``"eps"``), ``safety``, ``min_factor``, ``max_factor`` (bounds on h_new / h),
     ``controller`` (``"pi"`` or ``"i"``), ``max_rejections`` (consecutive rejections before giving up).
 
