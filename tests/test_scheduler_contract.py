@@ -151,7 +151,7 @@ def test_step_output_is_a_diffusers_output():
 @pytest.mark.parametrize("method", ["logrhoab2", "tab3", "x0-logrhoab2-pc", "ipndm", "rhork-midpoint"])
 def test_a_run_is_ei_sample_on_the_same_grid(method):
     model, x = mixture_model(), torch.randn(5, 4, dtype=torch.float64)
-    sched = EIScheduler(method=method)
+    sched = EIScheduler(method=method, final_sigmas_type="sigma_min" if method.startswith("rhork") else "zero")
     ours = run(sched, model, x)
     tol = 1e-12 if sched.order == 1 else 1e-7  # stage times reach the model as float32, coefficients use float64
     torch.testing.assert_close(ours, ei.sample(model, x, SDE, method=method, grid=sched._grid), rtol=0, atol=tol)
@@ -161,7 +161,7 @@ def test_a_run_is_ei_sample_on_the_same_grid(method):
 def test_position_comes_from_the_timestep_and_history_restarts_at_lower_order(method):
     """Starting at timesteps[k] (img2img) is the method on the grid from t_k, without set_begin_index too."""
     model, x = mixture_model(), torch.randn(5, 4, dtype=torch.float64)
-    sched = EIScheduler(method=method)
+    sched = EIScheduler(method=method, final_sigmas_type="sigma_min" if method.startswith("rhork") else "zero")
     sched.set_timesteps(10)
     grid, k = sched._grid, 4
     expected = ei.sample(model, x, SDE, method=method, grid=grid[k:])
@@ -178,11 +178,30 @@ def test_position_comes_from_the_timestep_and_history_restarts_at_lower_order(me
     torch.testing.assert_close(y, expected, rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("method", ["rhork-heun", "x0-logrhoss2", "rhork-midpoint"])
+def test_singlestep_methods_reach_the_data_with_a_last_ddim_step(method):
+    """Their stages would sit below timestep 0 in a last step that ends at the data; they run to timestep 0 and
+    the step from there is DDIM's, which returns the data prediction."""
+    model, x = mixture_model(), torch.randn(5, 4, dtype=torch.float64)
+    sched = EIScheduler(method=method)
+    sched.set_timesteps(6)
+    k = sched.order
+    assert len(sched.timesteps) == 5 * k + 1 and float(sched.timesteps[-1]) == 0.0
+    assert float(sched.timesteps.min()) >= 0.0
+    y = x
+    for t in sched.timesteps:
+        out = sched.step(model(y, t.double().expand(5)), t, y)
+        y = out.prev_sample
+    torch.testing.assert_close(y, out.pred_original_sample, rtol=0, atol=0)
+    to_zero = ei.sample(model, x, SDE, method=method, grid=sched._grid[:-1])  # the same run up to timestep 0
+    a, s = SDE.alpha(torch.tensor(0.0, dtype=torch.float64)), SDE.sigma(torch.tensor(0.0, dtype=torch.float64))
+    x0 = (to_zero - s * model(to_zero, torch.zeros(5, dtype=torch.float64))) / a
+    torch.testing.assert_close(y, x0, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"evaluates the model at t = -0.5, below the first training timestep 0"):
+        EIScheduler(method="rhork-midpoint").set_timesteps(timesteps=[500, 10, -0.5])
+
+
 def test_index_for_timestep_takes_the_later_of_repeated_times():
-    for method in ("rhork-heun", "x0-logrhoss2"):  # stages on the last step's way to the data: below t = 0
-        with pytest.raises(ValueError, match=rf"'{method}' evaluates the model at t = -[0-9.]+, below the first "
-                                             "training timestep 0"):
-            EIScheduler(method=method).set_timesteps(4)
     sched = EIScheduler(method="rhork-heun", final_sigmas_type="sigma_min")  # a step's last stage: the next's first
     sched.set_timesteps(4)
     t = sched.timesteps
@@ -371,7 +390,7 @@ def test_rescale_betas_zero_snr_starts_at_infinite_noise():
     for method in ("logrhoab2", "ddim", "x0-logrhoab2"):
         sched = EIScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction", method=method)
         out = run(sched, v_model, x, num_inference_steps=25)
-        ref = ei.sample(v_model, x, sde, prediction="v", method=method, nfe=25, t_end=-1.0)
+        ref = ei.sample(v_model, x, sde, prediction="v", method=method, grid=sched._grid)  # starts at t_terminal
         torch.testing.assert_close(out, ref, rtol=1e-7, atol=1e-7)  # float32 timesteps vs float64 grid
         assert float((out - (m + s * x)).abs().max()) < 0.1  # the exact flow: x0 = m + s x
     eps_sched = EIScheduler(rescale_betas_zero_snr=True)

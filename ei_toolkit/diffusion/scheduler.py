@@ -226,27 +226,36 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         term = sde.t_terminal
         self._offset = 1 if term is not None and float(grid[0]) == term else 0
         rest = grid[self._offset:]
-        plan = plan_for(self.method, sde, rest) if len(rest) > 1 else None
+        # Singlestep methods would place stages inside a last step that ends at the data (model timesteps below 0):
+        # they run to t_min and the step to the data is DDIM's, which at alpha = 1, sigma = 0 returns x0.
+        self._single = self.order > 1
+        self._final_x0 = self._single and float(rest[-1]) < sde.t_min
+        body = rest[:-1] if self._final_x0 else rest
+        plan = plan_for(self.method, sde, body) if len(body) > 1 else None
         if plan is not None and not isinstance(plan, (MultistepPlan, RungeKuttaPlan)):
             raise ValueError(f"{self.method.name!r} makes a {type(plan).__name__}, which EIScheduler cannot step")
-        if self._offset and isinstance(plan, RungeKuttaPlan):
+        if self._offset and self._single:
             raise ValueError(f"{self.method.name!r} is a singlestep method; EIScheduler starts those below zero "
                              "terminal SNR only (pass timesteps= starting at or below sde.t_max, or use a multistep "
                              "method)")
-        evals = grid[:-1] if not isinstance(plan, RungeKuttaPlan) else torch.cat([grid[:self._offset],
-                                                                                 plan.eval_times])
+        if not self._single:
+            evals = grid[:-1]
+        else:
+            stages = plan.eval_times if plan is not None else torch.empty(0, dtype=torch.float64)
+            evals = torch.cat([stages, body[-1:] if self._final_x0 else body[:0]])
         evals = _f32(evals)
         below = evals < sde.t_min - 1e-4  # a stage inside the last step, on the way to the data (slack: round-off)
         if bool(below.any()):
             bad = float(evals[below][0])
             raise ValueError(f"{self.method.name!r} evaluates the model at t = {bad:g}, below the first training "
-                             f"timestep {sde.t_min:g} (a stage of its last step, which ends at the data); use "
-                             "final_sigmas_type='sigma_min' or a method without stages there (e.g. rhork-midpoint)")
+                             f"timestep {sde.t_min:g}; start the timesteps' last step at or above {sde.t_min:g}")
         a, s = sde.alpha_sigma(evals)
         self._ab = list(zip(a.tolist(), s.tolist(), strict=True))
         self._grid, self._plan, self._subplans = grid, plan, {}
         if isinstance(plan, RungeKuttaPlan):
             self._stages = [(i, k) for i in range(plan.steps) for k in range(len(plan.stage_psi[i]))]
+        elif self._single:
+            self._stages = []
         with np.errstate(divide="ignore"):
             rho = np.where(a.numpy() > 0, s.numpy() / np.where(a.numpy() > 0, a.numpy(), 1.0), np.inf)
         end_rho = float(sde.rho(grid[-1:]))
@@ -279,7 +288,13 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         flag = next((f for f in SIGMA_FLAGS if cfg[f]), None)
         if cfg.grid is not None or (flag is None and cfg.timestep_spacing is None):
             name = cfg.grid or self.method.default_grid
-            grid = time_grid(sde, name, n, self._top(), end)
+            if cfg.final_sigmas_type == "zero":  # n - 1 steps to t_min, then the step to the data (uniform_logrho
+                # does this itself): the model is never asked below its first training timestep
+                head = (time_grid(sde, name, n - 1, self._top(), sde.t_min) if n > 1
+                        else torch.tensor([self._top()], dtype=torch.float64))
+                grid = torch.cat([head, torch.tensor([end], dtype=torch.float64)])
+            else:
+                grid = time_grid(sde, name, n, self._top(), end)
         elif flag is not None:
             count = n + 1 if cfg.final_sigmas_type == "sigma_min" else n
             grid = self._sigma_grid(flag, count)
@@ -434,7 +449,7 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
             e = terminal_mixing(self.method)
             z = self._noise(generator, variance_noise)(0, x) if e != 1.0 else None
             prev = infinite_noise_step(x, x0, a1, s1, e, z)
-        elif isinstance(self._plan, RungeKuttaPlan):
+        elif self._single:
             x0, prev = self._stage(i - self._offset, x, out, a, s)
         else:
             x0, prev = self._multistep(i - self._offset, x, out, a, s, self._noise(generator, variance_noise))
@@ -506,6 +521,10 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
     def _stage(self, i: int, x: torch.Tensor, out: torch.Tensor, a: float, s: float
                ) -> tuple[torch.Tensor, torch.Tensor]:
         plan = self._plan
+        if i == len(self._stages):  # the last step, to the data: DDIM's, x_next = x0
+            x0, _ = self._convert(out, x, a, s, "x0")
+            self._last = i
+            return x0, x0.clone()
         step, stage = self._stages[i]
         if stage == 0:
             self._rk_x, self._rk_ks = x, []
