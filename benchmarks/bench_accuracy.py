@@ -12,7 +12,8 @@ figure is the median over trajectories of the per-trajectory RMS error to the OD
 Ours: every deterministic, plan-based (not black-box), fixed-NFE method of ``ei.INTEGRATORS`` on every grid of
 ``ei.GRIDS`` (its default grid is one of them), so that newly registered methods appear without editing this file.
 
-Writes benchmarks/results/accuracy.md and accuracy.json, {problem: {nfe: {config: median_error}}} with only the
+Writes benchmarks/results/accuracy.md, accuracy.png (best peer, best of ours, our default per problem) and
+accuracy.json, {problem: {nfe: {config: median_error}}} with only the
 configurations that used exactly NFE evaluations; our configurations are named "method / grid", the peers'
 start with "diffusers " or "k-diffusion ".
 
@@ -183,6 +184,12 @@ def default_config() -> str:
     return f"{DEFAULT_METHOD} / {ei.INTEGRATORS[DEFAULT_METHOD].default_grid}"
 
 
+def _dagger(by_nfe: dict, config: str, nfe: int) -> str:
+    """"†" if ``config`` has a larger error at some larger NFE (an error cancellation at ``nfe``)."""
+    v = by_nfe[nfe][config]
+    return "†" if any(k > nfe and by_nfe[k].get(config, 0.0) > v for k in by_nfe) else ""
+
+
 def _fmt(v: float) -> str:
     return f"{v:.2e}" if math.isfinite(v) else "inf"
 
@@ -223,9 +230,10 @@ def report(results: dict, mismatched: dict, notes: list[str], args: argparse.Nam
             d = r.get(default, math.inf)
             ratios_best[k].append(r[bo] / r[bp])
             ratios_default[k].append(d / r[bp])
-            lines.append(f"| {p} | {k} | {bp} | {_fmt(r[bp])} | {bo} | {_fmt(r[bo])} | {r[bo] / r[bp]:.2f} | "
-                         f"{_fmt(d)} | {d / r[bp]:.2f} |")
-    lines += ["", "Ratios to the best peer over all problems (geometric mean / worst):", "",
+            lines.append(f"| {p} | {k} | {bp}{_dagger(by_nfe, bp, k)} | {_fmt(r[bp])} | {bo}{_dagger(by_nfe, bo, k)} | "
+                         f"{_fmt(r[bo])} | {r[bo] / r[bp]:.2f} | {_fmt(d)} | {d / r[bp]:.2f} |")
+    lines += ["", "† the configuration's error at a larger NFE is larger: a cancellation of errors at this NFE, not a "
+              "trend.", "", "Ratios to the best peer over all problems (geometric mean / worst):", "",
               "| NFE | best of ours: geo. mean | worst | default: geo. mean | worst |", "|---|---|---|---|---|"]
     for k in nfes:
         if ratios_best[k]:
@@ -287,6 +295,45 @@ def report(results: dict, mismatched: dict, notes: list[str], args: argparse.Nam
     return "\n".join(lines)
 
 
+def plot(results: dict, path: Path) -> Path:
+    """Median error against NFE, one panel per problem: the best peer configuration, the best of ours (each an
+    envelope over configurations) and our default."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    default = default_config()
+    probs = list(results)
+    cols = 4
+    rows = math.ceil(len(probs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.7 * rows + 0.6), squeeze=False)
+    for ax in axes.flat[len(probs):]:
+        ax.set_visible(False)
+    for ax, p in zip(axes.flat, probs, strict=False):
+        by = results[p]
+        nfes = sorted(by, key=int)
+        curves = {
+            "best peer": [min((v for c, v in by[k].items() if is_peer(c)), default=math.nan) for k in nfes],
+            "best of ours": [min((v for c, v in by[k].items() if not is_peer(c)), default=math.nan) for k in nfes],
+            f"default ({default})": [by[k].get(default, math.nan) for k in nfes],
+        }
+        for (label, ys), style in zip(curves.items(), ["k--", "C0-", "C1:"], strict=True):
+            ax.plot([int(k) for k in nfes], ys, style, marker="o", ms=3, label=label)
+        ax.set(xscale="log", yscale="log", title=p)
+        ax.title.set_fontsize(8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.supxlabel("NFE", fontsize=8)
+    fig.supylabel("median trajectory RMS error", fontsize=8)
+    fig.tight_layout(rect=(0.02, 0.5 / (2.7 * rows + 0.6), 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a small run (see the module docstring)")
@@ -294,7 +341,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nfe", nargs="+", type=int, default=None)
     ap.add_argument("--sdes", nargs="+", default=None, choices=list(SDES))
     ap.add_argument("--mixtures", nargs="+", default=None, choices=list(MIXTURES))
+    ap.add_argument("--plot-only", action="store_true", help="redraw accuracy.png from results/accuracy.json")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads((OUT / "accuracy.json").read_text()), OUT / "accuracy.png")
+        return
     if args.quick:
         args.n = args.n or 16
         args.nfe = args.nfe or [10]
@@ -315,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / f"{stem}.json").write_text(json.dumps(finite, indent=1) + "\n")
     text = report(results, mismatched, notes, args, took)
     (out / f"{stem}.md").write_text(text + "\n")
+    plot(finite, out / f"{stem}.png")
     print(text.split("## Each of our methods")[0])
 
 
