@@ -26,7 +26,8 @@ from .noise import check_generator
 from .sde import LinearSDE, MatrixLinearSDE
 from .solution import Solution
 
-# The most accurate method per evaluation in benchmarks/results/accuracy.md (with its grid, uniform_logrho).
+# Chosen by benchmarks/choose_default.py over the 24 problems of benchmarks/results/accuracy.md (with its grid,
+# uniform_logrho): see benchmarks/results/default.md.
 DEFAULT_METHOD = "logrhoab2"
 # For matrix SDEs (no scalar rho): the most accurate method at NFE 10-20 in benchmarks/results/cld.md.
 DEFAULT_MATRIX_METHOD = "tab2"
