@@ -77,6 +77,11 @@ def exact_unet(unet, alphas_cumprod, x0):
     return unet
 
 
+def table(scheduler):
+    """The alphas_cumprod a scheduler computes with: EIScheduler's float64 schedule, diffusers' float32 one."""
+    return scheduler.sde.alphas_cumprod if isinstance(scheduler, EIScheduler) else scheduler.alphas_cumprod.double()
+
+
 def target_latents(seed=1):
     return torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
 
@@ -105,13 +110,13 @@ def test_ddpm_pipeline_returns_the_exact_models_data(method):
                                  up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
     x0 = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 1.6 - 0.8  # inside [-1, 1]
     sched = EIScheduler(method=method)
-    exact_unet(unet, sched.alphas_cumprod.double(), x0)
+    exact_unet(unet, table(sched), x0)
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(batch_size=2, num_inference_steps=8, generator=torch.Generator().manual_seed(0),
                   output_type="np").images
     expected = (x0 / 2 + 0.5).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_allclose(images, np.broadcast_to(expected, images.shape), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(images, np.broadcast_to(expected, images.shape), rtol=0, atol=2e-6)
 
 
 def test_stochastic_method_takes_the_pipelines_generator():
@@ -139,12 +144,11 @@ def test_text_to_image_with_guidance_is_exact_like_dpm_solver(tokenizer):
     for name, scheduler in (("dpm", dpm()), ("ei", ei()), ("ei-tab3", ei(method="tab3")),
                             ("ei-karras", ei(use_karras_sigmas=True))):
         pipe = make(diffusers.StableDiffusionPipeline, tokenizer, scheduler)
-        exact_unet(pipe.unet, scheduler.alphas_cumprod.double(), x0)
+        exact_unet(pipe.unet, table(scheduler), x0)
         latents = pipe("a cat", num_inference_steps=10, guidance_scale=5.0, output_type="latent",
                        generator=torch.Generator().manual_seed(0)).images
         errors[name] = float((latents - x0).abs().max())
-    assert errors["dpm"] < 1e-4, errors
-    assert all(e < 1e-4 for e in errors.values()), errors
+    assert all(e < 2e-6 for e in errors.values()), errors  # float32 round-off
 
 
 @pytest.mark.parametrize("strength", [0.3, 0.6, 1.0])
@@ -152,11 +156,11 @@ def test_img2img_starts_mid_schedule_and_is_exact(tokenizer, strength):
     x0 = target_latents()
     for scheduler in (dpm(), ei(), ei(method="x0-logrhoab2-pc"), ei(method="rhork-midpoint")):
         pipe = make(diffusers.StableDiffusionImg2ImgPipeline, tokenizer, scheduler)
-        exact_unet(pipe.unet, scheduler.alphas_cumprod.double(), x0)
+        exact_unet(pipe.unet, table(scheduler), x0)
         latents = pipe("a dog", image=init_image(), strength=strength, num_inference_steps=10, guidance_scale=3.0,
                        output_type="latent", generator=torch.Generator().manual_seed(0)).images
         err = float((latents - x0).abs().max())
-        assert err < 1e-4, (type(scheduler).__name__, getattr(scheduler.config, "method", None), strength, err)
+        assert err < 2e-6, (type(scheduler).__name__, getattr(scheduler.config, "method", None), strength, err)
         if isinstance(scheduler, EIScheduler):  # the run began where the pipeline asked
             steps = min(int(10 * strength), 10)
             assert scheduler.begin_index == (10 - steps) * scheduler.order
@@ -170,12 +174,12 @@ def test_inpainting_keeps_the_image_outside_the_mask_and_is_exact_inside(tokeniz
     results = []
     for scheduler in (dpm(), ei(), ei(method="tab3")):
         pipe = make(diffusers.StableDiffusionInpaintPipeline, tokenizer, scheduler)
-        exact_unet(pipe.unet, scheduler.alphas_cumprod.double(), x0)
+        exact_unet(pipe.unet, table(scheduler), x0)
         latents = pipe("a cat", image=init_image(), mask_image=Image.fromarray(mask), num_inference_steps=8,
                        guidance_scale=2.0, strength=0.8, output_type="latent",
                        generator=torch.Generator().manual_seed(0)).images
         results.append(latents)
-        assert float((latents[..., :4] - x0[..., :4]).abs().max()) < 1e-4
+        assert float((latents[..., :4] - x0[..., :4]).abs().max()) < 2e-6
     # outside the mask: the encoded image, the same whatever the scheduler
     for latents in results[1:]:
         torch.testing.assert_close(latents[..., 4:], results[0][..., 4:], rtol=0, atol=1e-5)
