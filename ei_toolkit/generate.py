@@ -688,20 +688,24 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                                    "resumes; a different configuration into the same DIR is refused.")
     g.add_argument("-n", "--n", type=int, required=True, dest="n",
                    help="number of samples (under torchrun write -n N: torchrun reads --n as one of its options)")
-    g.add_argument("--out", required=True, help="output directory")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"samples per model call (default {DEFAULT_BATCH})")
-    g.add_argument("--method", default=None, help=f"integrator (default {DEFAULT_METHOD})")
-    g.add_argument("--nfe", type=int, default=10)
-    g.add_argument("--grid", default=None, help="time grid name (default: the method's)")
-    g.add_argument("--lam", type=float, default=None, help="noise level of a stochastic method (sddim)")
+    g.add_argument("--out", required=True, help="output directory (created if missing)")
+    g.add_argument("--seed", type=int, default=0, help="sample i depends on (seed, i) only (default: 0)")
+    g.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                   help=f"samples each process integrates at once, in whole blocks; changes no sample "
+                        f"(default: {DEFAULT_BATCH})")
+    g.add_argument("--method", default=None, help=f"integrator, e.g. tab3 or sddim (default: {DEFAULT_METHOD})")
+    g.add_argument("--nfe", type=int, default=10, help="number of model evaluations (default: 10)")
+    g.add_argument("--grid", default=None, help="time grid (default: the method's recommended grid)")
+    g.add_argument("--lam", type=float, default=None,
+                   help="noise level lambda >= 0 of --method sddim (default: sddim's, 1)")
     g.add_argument("--block", type=int, default=DEFAULT_BLOCK,
-                   help=f"samples per model call, part of the configuration (default {DEFAULT_BLOCK})")
+                   help=f"samples per model call, part of the configuration (default: {DEFAULT_BLOCK})")
     g.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                   help=f"samples per shard (default {DEFAULT_SHARD_SIZE})")
+                   help=f"samples per shard, part of the configuration (default: {DEFAULT_SHARD_SIZE})")
     g.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if CUDA is available, else cpu")
-    g.add_argument("--evaluate", action="store_true", help="then the digits Frechet distance over all shards")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--evaluate", action="store_true",
+                   help="afterwards, the digits Frechet distance over all shards (default: off)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar on rank 0 (default: shown)")
     g.set_defaults(func=generate_command)
     e = sub.add_parser("evaluate", help="verify the shards of a generate directory and compute the digits FD")
     e.add_argument("out", help="the directory generate wrote")
