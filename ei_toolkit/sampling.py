@@ -131,12 +131,12 @@ def solve(
     request = SolveRequest(evaluator=evaluator, x=x.to(work), sde=sde, t_start=t_start, t_end=t_end, nfe=nfe,
                            grid=grid, generator=generator, brownian=brownian, trajectory=trajectory,
                            progress=progress)
-    _check_roundoff(chosen, request, x.dtype)
     if t_start == getattr(sde, "t_terminal", None):  # hook: the first step from rho = inf (zero terminal SNR)
         from .diffusion.zero_snr import solve_from_infinite_noise
 
-        sol = solve_from_infinite_noise(chosen, request)
+        sol = solve_from_infinite_noise(chosen, request)  # (its grid starts at rho = inf: no round-off gain check)
     else:
+        _check_roundoff(chosen, request, x.dtype)
         sol = _named(chosen, request, x.dtype)
     if not all_finite(sol.x):  # one synchronisation, after the loop
         raise NumericalError(f"{_describe(chosen, request, x.dtype)}: the state is not finite at the end "

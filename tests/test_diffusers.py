@@ -120,3 +120,12 @@ def test_x0_clipping_and_dynamic_thresholding():
     assert dyn.abs().max() <= 1.0 + 1e-5
     with pytest.raises(ValueError, match=r"dynamic_threshold must be a percentile in \(0, 1\)"):
         ei.sample(wild, x, sde, dynamic_threshold=99.5)
+
+
+def test_from_diffusers_with_a_zero_snr_config_samples_from_infinite_noise():
+    config = diffusers.DDIMScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction").config
+    dm = from_diffusers(small_unet(), config)
+    assert dm.prediction == "v" and dm.sde.t_terminal == 999 and float(dm.sde.alphas_cumprod[-1]) == 0
+    with torch.no_grad():
+        sol = ei.solve(dm.model, torch.randn(2, 1, 8, 8), dm.sde, prediction=dm.prediction, nfe=4, t_end=-1.0)
+    assert float(sol.eval_times[0]) == 999 and sol.nfe == 4 and torch.isfinite(sol.x).all()

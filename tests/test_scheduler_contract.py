@@ -1,6 +1,7 @@
 """EIScheduler keeps diffusers' scheduler contract: what a pipeline, save/load and a scheduler swap rely on, and the
 config options of diffusers' own schedulers, each acting or refused. Each test states the rule it checks."""
 
+import copy
 import json
 import logging
 import tempfile
@@ -51,6 +52,9 @@ def test_config_is_json_and_round_trips_through_save_and_load():
     mine = {k: v for k, v in sched.config.items() if k != "_use_default_values"}
     assert dict(again.config) == {**mine, "trained_betas": list(np.linspace(1e-4, 0.02, 50))}
     assert again.betas.tolist() == sched.betas.tolist() and len(again.betas) == 50
+    twin = copy.deepcopy(sched)  # pipelines copy schedulers
+    twin.set_timesteps(3)
+    assert repr(twin) == repr(sched) and len(twin.timesteps) == 3 and sched.num_inference_steps is None
 
 
 def test_unknown_keys_are_reported_not_dropped(caplog):

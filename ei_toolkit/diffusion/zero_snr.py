@@ -125,6 +125,10 @@ def solve_from_infinite_noise(method: Method, request: SolveRequest) -> Solution
         sub = dataclasses.replace(request, x=x1, t_start=t1,
                                   grid=rest if rest is not None else request.grid,
                                   nfe=None if rest is not None else (None if nfe is None else nfe - 1))
+        if ev.model_dtype is not None:  # the runner's round-off check, on the finite part of the grid
+            from ..sampling import _check_roundoff
+
+            _check_roundoff(method, sub, ev.model_dtype)
         sol = method.solve(sub)
         out = sol.x
         times = torch.cat([torch.tensor([t_terminal], dtype=torch.float64), sol.times.to(torch.float64)])
