@@ -146,8 +146,8 @@ class DiscreteVP(LinearSDE):
         if a.ndim != 1 or len(a) < 2:
             raise ValueError(f"alphas_cumprod must be a 1-D sequence of length >= 2; got shape {a.shape}")
         if not (np.all(a[:-1] > 0) and np.all(a < 1) and a[-1] >= 0 and np.all(np.diff(a) < 0)):
-            raise ValueError("alphas_cumprod must lie in (0, 1) (the last may be 0: zero terminal SNR) and be "
-                             "strictly decreasing")
+            raise ValueError("alphas_cumprod must lie in (0, 1) and be strictly decreasing (the last may be 0: zero "
+                             "terminal SNR)")
         self = cls.__new__(cls)
         with np.errstate(divide="ignore"):
             self._init_from_log_alpha(np.concatenate([[0.0], 0.5 * np.log(a)]), t_min, t_max)
