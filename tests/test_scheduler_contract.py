@@ -134,6 +134,8 @@ def test_methods_come_from_the_registry():
         EIScheduler(method="ddim-test-contract")
     with pytest.raises(ValueError, match=r"'torchdiffeq:dopri5' chooses its own evaluations"):
         EIScheduler(method="torchdiffeq:dopri5")
+    with pytest.raises(TypeError, match=r"method must be the name of a method in ei.INTEGRATORS"):
+        EIScheduler(method=ei.INTEGRATORS["ddim"])
 
 
 # -- stepping ------------------------------------------------------------------------------------------------------

@@ -135,6 +135,9 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
     ) -> None:
         self.sde: DiscreteVP = sde_from_scheduler_config(self.config)
         self.prediction = prediction_from_config(self.config)
+        if not isinstance(method, str):  # the config is saved as JSON: a registered name, not an object
+            raise TypeError(f"method must be the name of a method in ei.INTEGRATORS (ei.register adds your own); got "
+                            f"{type(method).__name__}")
         chosen = get_integrator(method)
         if not isinstance(chosen, Integrator):
             plan_based = ", ".join(n for n, m in INTEGRATORS.items() if isinstance(m, Integrator))
