@@ -92,8 +92,9 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
       ``use_beta_sigmas`` / ``use_lu_lambdas`` (rho = sigma / alpha from rho(t_max) to rho(t_min) as a power law with
       exponent 7, uniform in log rho, at the quantiles of Beta(0.6, 0.6), uniform in log rho); ``timestep_spacing``
       linspace / leading (with ``steps_offset``) / trailing (integer timesteps as DPMSolverMultistepScheduler
-      spaces them); otherwise the method's default grid. ``final_sigmas_type``: "zero" ends at the data (t = -1),
-      "sigma_min" at t = 0;
+      spaces them); otherwise the method's default grid. ``final_sigmas_type``: "zero" ends at the data (t = -1)
+      with a last step from timestep 0 (the model is never called below timestep 0; singlestep methods take DDIM's
+      step there, which returns x0), "sigma_min" ends at timestep 0;
     * the data prediction: ``thresholding`` (dynamic thresholding, Saharia et al. 2022, with
       ``dynamic_thresholding_ratio`` and ``sample_max_value`` as in diffusers), ``clip_sample`` /
       ``clip_sample_range``.
