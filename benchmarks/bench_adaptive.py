@@ -27,9 +27,10 @@ OURS = [10.0 ** (-k / 2) for k in range(4, 15)]  # 1e-2 .. 1e-7
 DOPRI = [10.0 ** (-k / 2) for k in range(4, 17)]  # 1e-2 .. 1e-8
 TARGETS = (1e-3, 1e-4)
 CONFIGS = {  # label -> options besides rtol/atol
-    "adaptive (default: order 4, x0)": {},
-    "adaptive order 3, x0": {"order": 3},
-    "adaptive order 4, eps": {"form": "eps"},
+    "adaptive (default: order 4, x0, corrector)": {},
+    "adaptive order 3": {"order": 3},
+    "adaptive eps form": {"form": "eps"},
+    "adaptive without corrector": {"corrector": False},
 }
 
 
@@ -84,7 +85,7 @@ def main() -> None:
             need = {k: nfe_to_reach(v, target) for k, v in curves.items()}
             frames = {f: need[f"DOPRI5 {f}"] for f in ("t", "rho", "logrho")}
             best_frame = min(frames, key=frames.__getitem__)
-            ours = need["adaptive (default: order 4, x0)"]
+            ours = need["adaptive (default: order 4, x0, corrector)"]
             table.append((problem, target, need, best_frame, frames[best_frame], ours))
             print(f"{problem} {target:.0e}: adaptive {ours:.1f}, DOPRI5 {best_frame} {frames[best_frame]:.1f} "
                   f"({ours / frames[best_frame]:.2f}x)  [{time.perf_counter() - start:.0f} s]", flush=True)

@@ -47,13 +47,14 @@ def test_the_step_weights_are_the_closed_forms_of_docs_math():
     np.testing.assert_allclose(lam_weights(np.array([0.0, -h1]), h, "eps"), [e(h) - 1 + c, -c], rtol=1e-13)
 
 
-@pytest.mark.parametrize(("form", "order"), [("x0", 4), ("eps", 4), ("x0", 3), ("x0", 2)])
-def test_error_falls_with_the_tolerance(setup, form, order):
+@pytest.mark.parametrize(("form", "order", "corrector"), [("x0", 4, True), ("eps", 4, True), ("x0", 3, True),
+                                                         ("x0", 2, True), ("x0", 4, False)])
+def test_error_falls_with_the_tolerance(setup, form, order, corrector):
     sde, _, model, x, ref = setup
     errs, nfes = [], []
     for tol in (1e-3, 1e-4, 1e-5):
         sol = ei.solve(model, x, sde, method="adaptive",
-                       options={"rtol": tol, "atol": tol, "form": form, "order": order})
+                       options={"rtol": tol, "atol": tol, "form": form, "order": order, "corrector": corrector})
         errs.append(err(sol.x, ref))
         nfes.append(sol.nfe)
     assert errs[0] > errs[1] > errs[2], errs
@@ -114,6 +115,7 @@ def test_max_nfe_raises_budget_exceeded(setup):
     ({"min_factor": 1.2}, "min_factor"),
     ({"max_factor": 0.5}, "max_factor"),
     ({"controller": "pid"}, "controller"),
+    ({"corrector": 1}, "corrector"),
     ({"tolerance": 1e-3}, "unknown options"),
 ])
 def test_bad_options_are_named(setup, options, match):

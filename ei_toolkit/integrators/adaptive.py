@@ -12,12 +12,18 @@ polynomial P through the last m evaluations e_i, e_{i-1}, ... (in lam) against t
 
 The pair: the p-point formula (order p) advances the solution, the (p - 1)-point one is embedded; their difference
 estimates the local error of the lower one, O(h^p). Both are explicit and use the same past evaluations, so a
-rejected step costs no model evaluation; each accepted step costs one (at its end, which the next step needs).
-The first step has a single point: it is an exponential Euler (DDIM) step whose error is estimated, after the
-evaluation at its end, by the two-point (trapezoid-type) formula through both ends. The step sizes follow a PI
-controller (Söderlind; Hairer, Nørsett & Wanner, "Solving ODEs I", section II.4) with a safety factor and bounds on
-the change per step; the idea of an embedded pair of exponential integrators in lam is DPM-Solver's adaptive
-solver (Lu et al. 2022, "DPM-Solver", Algorithm 4), which uses single-step pairs instead (2-3 evaluations per step).
+rejected step costs no model evaluation; each accepted step costs one (at its end, which the next step needs). The
+first step has a single point: it is an exponential Euler (DDIM) step whose error is estimated, after the evaluation
+at its end, by the two-point (trapezoid-type) formula through both ends. Once a step is accepted and the model
+evaluated at its end (which the next step needs anyway), the step is redone with the polynomial through that new
+evaluation as well (``corrector``, default on: UniPC's idea, Zhao et al. 2023; an Adams-Moulton-type step, one order
+higher, no extra evaluation), and the solution continues from the corrected state; the history keeps the evaluation
+at the predicted state. The last step is not corrected (that would cost one more evaluation) unless the solve goes
+on to rho = 0, which needs that evaluation anyway. The step sizes follow
+a PI controller (Söderlind; Hairer, Nørsett & Wanner, "Solving ODEs I", section II.4) with a safety factor and
+bounds on the change per step; the idea of an embedded pair of exponential integrators in lam is DPM-Solver's
+adaptive solver (Lu et al. 2022, "DPM-Solver", Algorithm 4), which uses single-step pairs instead (2-3 evaluations
+per step).
 
 The error norm is the RMS over all elements of (y_hi - y_lo) / (atol + rtol max(|y_i|, |y_{i+1}|)): in y a
 perturbation made at noise level rho decays like rho_end / rho while rho exceeds the data's scale, and rtol |y| grows
@@ -45,7 +51,7 @@ CONTROLLERS = ("pi", "i")
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
 _DEFAULTS: dict[str, Any] = {"rtol": 1e-3, "atol": 1e-3, "max_nfe": None, "h_init": None, "order": 4, "form": "x0",
                              "safety": 0.9, "min_factor": 0.2, "max_factor": 3.0, "controller": "pi",
-                             "max_rejections": 50}
+                             "max_rejections": 50, "corrector": True}
 OPTIONS = tuple(_DEFAULTS)
 
 
@@ -104,6 +110,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     o["max_factor"] = _positive("max_factor", o["max_factor"])
     if not o["max_factor"] > 1:
         raise ValueError(f"options['max_factor'] must be > 1; got {o['max_factor']!r}")
+    if not isinstance(o["corrector"], bool):
+        raise ValueError(f"options['corrector'] must be True or False; got {o['corrector']!r}")
     if isinstance(o["max_rejections"], bool) or not isinstance(o["max_rejections"], int) or o["max_rejections"] < 1:
         raise ValueError(f"options['max_rejections'] must be a positive integer; got {o['max_rejections']!r}")
     return o
@@ -117,7 +125,8 @@ class Adaptive(Method):
     first-step heuristic), ``order`` (p = 4, default: the 4-point formula with the 3-point one embedded; 3; or 2:
     the 2-point formula with DDIM),
     ``form`` (``"x0"``, default, or ``"eps"``), ``safety``, ``min_factor``, ``max_factor`` (bounds on h_new / h),
-    ``controller`` (``"pi"`` or ``"i"``), ``max_rejections`` (consecutive rejections before giving up).
+    ``controller`` (``"pi"`` or ``"i"``), ``max_rejections`` (consecutive rejections before giving up),
+    ``corrector`` (default True: correct each accepted step with the evaluation at its end, no extra evaluation).
 
     ``Solution.times`` is the accepted grid (float64, decreasing; usable as ``grid=`` of a fixed-step method);
     ``stats`` holds ``nfe``, ``steps`` (= ``accepted``), ``rejected``, ``accepted_grid`` (the same times) and
@@ -241,14 +250,20 @@ class Adaptive(Method):
                 ev.check()
                 err = math.inf
             if err <= 1.0:
+                need_eval = not last or to_zero
+                if e_n is None and need_eval:
+                    e_n = evaluate(x_n, t_n, a_n, s_n)
+                if o["corrector"] and e_n is not None:  # UniPC's idea: refit through e_n, no extra evaluation
+                    wc = c * lam_weights(np.concatenate([[h], nodes]), h, form)
+                    x_c = torch.mul(x, psi).add_(e_n, alpha=float(wc[0]))
+                    for j in range(m):
+                        x_c.add_(evals[-1 - j], alpha=float(wc[j + 1]))
+                    x_n = x_c
                 x, lam_i, t_i, a_i, s_i = x_n, lam_n, t_n, a_n, s_n
                 times.append(t_n)
                 hs.append(h)
                 if request.trajectory:
                     states.append(x)
-                need_eval = not last or to_zero
-                if e_n is None and need_eval:
-                    e_n = evaluate(x, t_n, a_n, s_n)
                 if e_n is not None:
                     lams.append(lam_n)
                     evals.append(e_n)
