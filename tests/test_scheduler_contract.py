@@ -393,6 +393,10 @@ def test_rescale_betas_zero_snr_starts_at_infinite_noise():
         return a * (y - a * x0) / sg - sg * x0
 
     x = torch.randn(64, 2, dtype=torch.float64)
+    single = EIScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction", method="x0-logrhoss2")
+    out = run(single, v_model, x, num_inference_steps=13)  # infinite noise, 11 steps of 2 stages, DDIM's last step
+    assert len(single.timesteps) == 1 + 11 * 2 + 1 and single.timesteps[0] == 999 and single.timesteps[-1] == 0
+    assert float((out - (m + s * x)).abs().max()) < 0.05
     for method in ("logrhoab2", "ddim", "x0-logrhoab2"):
         sched = EIScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction", method=method)
         out = run(sched, v_model, x, num_inference_steps=25)

@@ -238,15 +238,11 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         plan = plan_for(self.method, sde, body) if len(body) > 1 else None
         if plan is not None and not isinstance(plan, (MultistepPlan, RungeKuttaPlan)):
             raise ValueError(f"{self.method.name!r} makes a {type(plan).__name__}, which EIScheduler cannot step")
-        if self._offset and self._single:
-            raise ValueError(f"{self.method.name!r} is a singlestep method; EIScheduler starts those below zero "
-                             "terminal SNR only (pass timesteps= starting at or below sde.t_max, or use a multistep "
-                             "method)")
         if not self._single:
             evals = grid[:-1]
-        else:
+        else:  # (from zero terminal SNR the first entry is the one evaluation at infinite noise)
             stages = plan.eval_times if plan is not None else torch.empty(0, dtype=torch.float64)
-            evals = torch.cat([stages, body[-1:] if self._final_x0 else body[:0]])
+            evals = torch.cat([grid[:self._offset], stages, body[-1:] if self._final_x0 else body[:0]])
         evals = _f32(evals)
         below = evals < sde.t_min - 1e-4  # a stage inside the last step, on the way to the data (slack: round-off)
         if bool(below.any()):
