@@ -70,23 +70,25 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    configs = [("1 process, torch default threads (2)", 1, None, []),
-               ("1 process, 1 thread", 1, 1, []),
-               ("2 processes (torchrun, gloo), 1 thread each", 2, 1, []),
-               ("1 process, 2 threads, sddim lam=1", 1, None, ["--method", "sddim", "--lam", "1"]),
-               ("2 processes, 1 thread each, sddim lam=1", 2, 1, ["--method", "sddim", "--lam", "1"])]
+    # (name, processes, OMP threads per process, extra options, samples): torch's default of 2 OpenMP threads in
+    # one process is measured on fewer samples: on this shared, oversubscribed machine it is ~20x slower
+    configs = [("1 process, 1 thread", 1, 1, [], args.n),
+               ("2 processes (torchrun, gloo), 1 thread each", 2, 1, [], args.n),
+               ("1 process, 1 thread, sddim lam=1", 1, 1, ["--method", "sddim", "--lam", "1"], args.n),
+               ("2 processes, 1 thread each, sddim lam=1", 2, 1, ["--method", "sddim", "--lam", "1"], args.n),
+               ("1 process, torch default threads (2)", 1, None, [], max(64, args.n // 16))]
     rates: dict[str, list[float]] = {c[0]: [] for c in configs}
     walls: dict[str, list[float]] = {c[0]: [] for c in configs}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            for name, procs, threads, extra in configs:
-                rate, wall = run_cli(procs, threads, args.n, Path(tmp) / f"{r}-{len(rates[name])}-{procs}-{threads}"
-                                     f"-{len(extra)}", extra)
+            for i, (name, procs, threads, extra, n) in enumerate(configs):
+                rate, wall = run_cli(procs, threads, n, Path(tmp) / f"{r}-{i}", extra)
                 rates[name].append(rate)
                 walls[name].append(wall)
                 print(f"{name}: {rate:.0f} samples/s, {wall:.1f} s wall", flush=True)
-        # the model's share of generation time, in this process (torch default threads)
+        # the model's share of generation time, in this process (one thread)
+        torch.set_num_threads(1)
         timed = Timed(load_digits_model())
         sde = ei.DiscreteVP.linear()
         shares = []
@@ -96,28 +98,32 @@ def main() -> None:
             shares.append((timed.seconds / res.seconds, res.samples_per_second))
     took = time.perf_counter() - start
     base = statistics.median(rates[configs[0][0]])
-    one_thread = statistics.median(rates[configs[1][0]])
     lines = ["# Sharded generation: samples/s for 1 and 2 processes (CPU)", "",
              f"Shipped digits model, `ei-toolkit generate -n {args.n}` (default method logrhoab2, NFE 10, batch 256, "
              f"block 64, shards of 1000) into an empty directory; 2 processes: `torchrun --standalone "
              f"--nproc_per_node=2 -m ei_toolkit generate ...` (gloo). Medians of {args.repeats} interleaved runs. "
              f"Command: `python benchmarks/bench_generate.py --n {args.n} --repeats {args.repeats}` ({took:.0f} s). "
-             f"Machine: {os.cpu_count()} CPU cores shared with other jobs (noisy: compare within this table only); "
-             f"torch {torch.__version__}. No GPU was lent to this session: GPU samples/s are not measured here.", "",
+             f"Machine: {os.cpu_count()} CPU cores shared with other jobs (load average "
+             f"{os.getloadavg()[0]:.1f} at the end: noisy, compare within this table only); torch "
+             f"{torch.__version__}. No GPU was lent to this session: GPU samples/s are not measured here.", "",
              "samples/s counts generation (ei.generate's own clock); wall time adds the start of the Python "
-             "process(es) and of torchrun.", "",
-             "| configuration | samples/s (median) | runs | vs 1 process (default threads) | vs 1 process, 1 thread "
-             "| wall s (median) |",
+             "process(es) and of torchrun. The last row ran on fewer samples (see the command's source): two "
+             "OpenMP threads in one process on this oversubscribed machine stall in every small torch op. "
+             "With 2 processes the gain exceeds 2x: on this machine, shared by several jobs, the scheduler gives "
+             "each process a share of the two cores, so two processes get more of the machine than one; on an idle "
+             "machine expect at most 2x. Per process, the figure to carry to docs/scale.md is the 1-process, "
+             "1-thread median.", "",
+             "| configuration | samples | samples/s (median) | runs | vs 1 process, 1 thread | wall s (median) |",
              "|---|---|---|---|---|---|"]
-    for name, *_ in configs:
+    for name, _, _, _, n in configs:
         med = statistics.median(rates[name])
         runs = ", ".join(f"{v:.0f}" for v in rates[name])
-        lines.append(f"| {name} | {med:.0f} | {runs} | {med / base:.2f} | {med / one_thread:.2f} | "
+        lines.append(f"| {name} | {n} | {med:.0f} | {runs} | {med / base:.2f} | "
                      f"{statistics.median(walls[name]):.1f} |")
     share = statistics.median(s for s, _ in shares)
-    lines += ["", f"Model share of generation time (in-process, default threads, logrhoab2 NFE 10): "
+    lines += ["", f"Model share of generation time (in-process, one thread, logrhoab2 NFE 10, {args.n} samples): "
               f"{share:.0%} in the model's calls; the rest is the sampler's arithmetic, the per-sample initial "
-              f"noise and writing shards ({statistics.median(r for _, r in shares):.0f} samples/s in that run)."]
+              f"noise and writing shards ({statistics.median(r for _, r in shares):.0f} samples/s in those runs)."]
     text = "\n".join(lines) + "\n"
     (OUT / "generate.md").write_text(text)
     print(text)
