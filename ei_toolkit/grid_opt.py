@@ -140,7 +140,10 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
             continue
         if free > 1:  # in the parameterisation (the identity up to round-off, unless the grid ends at rho = 0)
             g = grid_of(theta_of(g))
-        scored.append((loss(g), name, g))
+        try:
+            scored.append((loss(g), name, g))
+        except _Budget:  # max_solves smaller than the number of starting grids
+            break
     info["loss_default"] = scored[0][0]
     best_loss, best_name, best_grid = min(scored, key=lambda s: s[0])
     info["start"] = best_name

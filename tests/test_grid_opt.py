@@ -52,6 +52,11 @@ def test_other_methods_and_a_grid_to_rho_zero():
     g = ei.optimize_grid(mix.eps_model(sde), x, sde, method="tab1", nfe=4, t_end=-1.0, max_solves=12)
     assert len(g) == 5 and g[-1] == -1.0 and g[-2] == sde.t_min and bool((g[1:] < g[:-1]).all())
     assert torch.isfinite(ei.sample(mix.eps_model(sde), x, sde, method="tab1", grid=g)).all()
+    # a budget smaller than the starting grids: the default grid, one solve
+    g1, info = ei.optimize_grid(mix.eps_model(sde), x, sde, method="tab1", nfe=4, max_solves=1, return_info=True)
+    assert info["solves"] == 1 and info["start"] == ei.INTEGRATORS["tab1"].default_grid
+    default = ei.time_grid(sde, ei.INTEGRATORS["tab1"].default_grid, 4, sde.t_max, sde.t_min)
+    torch.testing.assert_close(g1, default, rtol=1e-9, atol=1e-9)
 
 
 def test_bad_arguments_are_named():
