@@ -131,11 +131,3 @@ def from_diffusers(unet: torch.nn.Module, scheduler: Any, *, encoder_hidden_stat
             return base(x, t)
     return DiffusersModel(sde=sde, model=model, prediction=prediction)
 
-
-def __getattr__(name: str) -> Any:
-    # EIScheduler lives in .scheduler (imported lazily: it imports this module)
-    if name in ("EIScheduler", "EISchedulerOutput"):
-        from . import scheduler
-
-        return getattr(scheduler, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
