@@ -271,3 +271,8 @@ def test_direct_quadrature_near_t0_matches_under_torch_compile(monkeypatch):
     eager = sde.rho(t)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the branch-free path torch.compile takes
     torch.testing.assert_close(sde.rho(t), eager, rtol=1e-14, atol=0)
+
+
+def test_describe_says_the_cancelling_closed_form_was_replaced_by_quadrature():
+    text = ei.LinearSDE(drift="-1", diffusion="t**2", t_max=1.0).describe()
+    assert "rho        numeric (Gauss-Legendre quadrature" in text and "rejected: it cancels near t0" in text
