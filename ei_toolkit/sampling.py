@@ -134,7 +134,7 @@ def solve(
     if t_start == getattr(sde, "t_terminal", None):  # hook: the first step from rho = inf (zero terminal SNR)
         from .diffusion.zero_snr import solve_from_infinite_noise
 
-        sol = solve_from_infinite_noise(chosen, request)  # checks round-off on the finite part of its grid
+        sol = solve_from_infinite_noise(chosen, request, check=lambda m, r: _check_roundoff(m, r, x.dtype))
     else:
         _check_roundoff(chosen, request, x.dtype)
         sol = _named(chosen, request, x.dtype)

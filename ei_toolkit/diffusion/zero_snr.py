@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -72,9 +73,12 @@ def terminal_grid(grid: torch.Tensor, t_terminal: float) -> torch.Tensor:
     return out
 
 
-def solve_from_infinite_noise(method: Method, request: SolveRequest) -> Solution:
+def solve_from_infinite_noise(method: Method, request: SolveRequest,
+                              check: Callable[[Method, SolveRequest], None] | None = None) -> Solution:
     """Solve ``request`` (whose ``t_start`` is ``request.sde.t_terminal``) with ``method``: one model evaluation at
-    infinite noise and the exact step above, then the method on the rest of its grid (``nfe`` counts both)."""
+    infinite noise and the exact step above, then the method on the rest of its grid (``nfe`` counts both).
+    ``check(method, rest)`` vets the request on the finite part of the grid before it runs (the runner's
+    round-off check)."""
     from ..integrators import Integrator
     from ..integrators.base import cached_grid
     from ..noise import gaussian_noise
@@ -125,10 +129,8 @@ def solve_from_infinite_noise(method: Method, request: SolveRequest) -> Solution
         sub = dataclasses.replace(request, x=x1, t_start=t1,
                                   grid=rest if rest is not None else request.grid,
                                   nfe=None if rest is not None else (None if nfe is None else nfe - 1))
-        if ev.model_dtype is not None:  # the runner's round-off check, on the finite part of the grid
-            from ..sampling import _check_roundoff
-
-            _check_roundoff(method, sub, ev.model_dtype)
+        if check is not None:
+            check(method, sub)
         sol = method.solve(sub)
         out = sol.x
         times = torch.cat([torch.tensor([t_terminal], dtype=torch.float64), sol.times.to(torch.float64)])
