@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,10 @@ class Counting(torch.nn.Module):
         self.calls += 1
         self.samples += x.shape[0]
         return self.inner(x, t)
+
+
+class Slow(Counting):
+    """Named as the model of the SLOW script (the manifest records the class): the same weights, counted."""
 
 
 def mtimes(d: Path) -> dict[str, int]:
@@ -134,6 +139,59 @@ def test_a_crash_mid_run_leaves_whole_shards_and_the_rerun_finishes(tmp_path):
     reference = ei.generate(load_digits_model(), SDE, (1, 8, 8), 40, tmp_path / "ref", batch=40, **SMALL)
     assert reference.generated == 40
     assert np.array_equal(ei.load_shards(tmp_path)[1], ei.load_shards(tmp_path / "ref")[1])
+
+
+SLOW = """
+import sys, time
+import torch
+import ei_toolkit as ei
+from ei_toolkit.models import load_digits_model
+
+
+class Slow(torch.nn.Module):
+    def __init__(self, pause):
+        super().__init__()
+        self.inner, self.pause = load_digits_model(), pause
+
+    def forward(self, x, t):
+        time.sleep(self.pause)
+        return self.inner(x, t)
+
+
+sde = ei.DiscreteVP.linear()
+ei.generate(Slow(float(sys.argv[2])), sde, (1, 8, 8), 200, sys.argv[1], batch=10, block=10, shard_size=10, nfe=4,
+            t_end=sde.t0, progress=False)
+"""
+
+
+def test_a_killed_process_leaves_whole_shards_and_the_rerun_regenerates_only_the_rest(tmp_path):
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(script), str(out), "0.05"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(out.glob("shard-*.npz"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.kill()  # SIGKILL: no clean-up runs
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    survivors = sorted(int(p.name[6:12]) for p in out.glob("shard-*.npz"))
+    assert 3 <= len(survivors) < 20, survivors  # killed mid-run
+    report = ei.verify_shards(out)
+    assert report.valid == survivors and not report.bad  # every shard on disk is whole
+    before = mtimes(out)
+    model = Slow()
+    result = ei.generate(model, SDE, (1, 8, 8), 200, out, batch=10, block=10, shard_size=10, nfe=4, t_end=SDE.t0,
+                         progress=False)
+    assert sorted(result.written) == sorted(set(range(20)) - set(survivors))
+    assert model.samples == 10 * (20 - len(survivors)) * 4
+    assert all(mtimes(out)[shard_name(k)] == before[shard_name(k)] for k in survivors)
+    assert not list(out.glob(".*.tmp-*"))  # a temporary file of the killed run is removed
+    assert ei.verify_shards(out).complete
 
 
 def test_a_rerun_with_another_configuration_is_refused_and_changes_nothing(tmp_path, capsys):
