@@ -2,7 +2,8 @@
 our small reproduction of the DEIS paper's FID-vs-NFE table, model fitting error included.
 
 Metric: the Frechet distance between 2000 generated digits and the 360 held-out digits in the 64-d
-penultimate features of a small classifier trained on the training split ("FD"); also the sliced
+penultimate features of the shipped digits classifier, trained on the training split ("FD";
+ei_toolkit.metrics, the same implementation as ei.evaluate_shards / ei-toolkit evaluate); also the sliced
 Wasserstein distance in pixel space. Floors: the same statistics for the training digits (real data,
 a different sample) and for a near-exact ODE solve (dopri5 at 1e-6), i.e. the model's own error.
 All samplers start from the same N(0, I) noise at t = 999 and end at t = 0.
@@ -20,46 +21,19 @@ import torch
 from peers import available_peers
 
 import ei_toolkit as ei
+from ei_toolkit.metrics import digits_features, digits_reference, frechet_distance
 from ei_toolkit.models import load_digits_model
+from ei_toolkit.models.classifier import load_digits_classifier
 from ei_toolkit.png import image_grid, write_png
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 from train_digits import digits_split
+from train_digits_classifier import digits_labels
 
 OUT = Path(__file__).parent / "results"
 NFES = [5, 10, 20, 50]
 OURS = ["ddim", "tab3", "rhoab3", "logrhoab2", "logrhoab3", "ipndm", "euler"]
 N = 2000
-
-
-def classifier(train: torch.Tensor, labels: torch.Tensor) -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64),
-                              torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    for _ in range(400):
-        loss = torch.nn.functional.cross_entropy(net(train + 0.05 * torch.randn_like(train)), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
-
-
-def features(net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        return net[:5](x.float()).double().numpy()
-
-
-def frechet(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy import linalg
-
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return float("nan")
-    ma, mb = a.mean(0), b.mean(0)
-    eye = 1e-6 * np.eye(a.shape[1])  # ReLU features can have dead units: keep the covariances regular
-    ca, cb = np.cov(a, rowvar=False) + eye, np.cov(b, rowvar=False) + eye
-    covmean = linalg.sqrtm(ca @ cb).real
-    return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * covmean))
 
 
 def sliced_w(a: torch.Tensor, b: torch.Tensor, n_proj: int = 256) -> float:
@@ -71,16 +45,16 @@ def sliced_w(a: torch.Tensor, b: torch.Tensor, n_proj: int = 256) -> float:
 
 
 def main() -> None:
-    from sklearn.datasets import load_digits
-
     start = time.perf_counter()
     train, held = digits_split()
-    all_labels = torch.from_numpy(load_digits().target)
-    idx = np.random.default_rng(0).permutation(len(all_labels))
-    train_labels = all_labels[idx[: len(train)]]
-    net = classifier(train, train_labels)
-    acc = (net(held).argmax(1) == all_labels[idx[len(train):]]).float().mean().item()
-    f_held = features(net, held)
+    net = load_digits_classifier()
+    with torch.no_grad():
+        acc = (net(held).argmax(1) == digits_labels()[1]).float().mean().item()
+    reference = digits_reference()  # shipped with the classifier: its features' statistics over the held-out digits
+
+    def fd(samples: torch.Tensor) -> float:
+        return frechet_distance(digits_features(samples, net), reference)
+
     model = load_digits_model()
     sde = ei.DiscreteVP.linear()
     x = torch.randn(N, 1, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -91,14 +65,14 @@ def main() -> None:
         if not torch.isfinite(samples).all():
             return float("nan"), float("nan"), float("nan")
         err = (samples - exact_x[0]).reshape(len(samples), -1).pow(2).mean(1).sqrt().median().item()
-        return frechet(features(net, samples), f_held), sliced_w(samples, held), err
+        return fd(samples), sliced_w(samples, held), err
 
     rows: dict[str, dict[int, tuple[float, float, float, int]]] = {}
     with torch.no_grad():
         exact = ei.odeint(model, x, sde, rtol=1e-6, atol=1e-6, frame="logrho")
         exact_x.append(exact.x)
         floor_model, floor_sw, _ = score(exact.x)
-        floor_data, floor_data_sw = frechet(features(net, train), f_held), sliced_w(train, held)
+        floor_data, floor_data_sw = fd(train), sliced_w(train, held)
         for m in OURS:
             rows[m] = {}
             for k in NFES:
@@ -115,8 +89,10 @@ def main() -> None:
     lines = ["# Digits: sample quality against NFE (our FID-vs-NFE table, in miniature)", "",
              f"Shipped model `ei_toolkit/models/digits_eps.pt` (trained by `python examples/train_digits.py`); "
              f"{N} samples from the same noise; FD = Frechet distance to the 360 held-out digits in the features "
-             f"of a classifier trained on the training split (held-out accuracy {acc:.3f}); SW = sliced Wasserstein "
-             f"in pixels. Command: `python benchmarks/bench_digits.py` ({took:.0f} s).", "",
+             f"of the shipped classifier `ei_toolkit/models/digits_classifier.pt` (trained on the training split by "
+             f"`python examples/train_digits_classifier.py`; held-out accuracy {acc:.3f}; `ei_toolkit.metrics`, the "
+             f"metric of `ei-toolkit evaluate`); SW = sliced Wasserstein in pixels. "
+             f"Command: `python benchmarks/bench_digits.py` ({took:.0f} s).", "",
              f"Floors: real training digits vs held-out: FD {floor_data:.2f}, SW {floor_data_sw:.4f}; the model "
              f"integrated near-exactly (dopri5, tol 1e-6, {exact.nfe} NFE): FD {floor_model:.2f}, "
              f"SW {floor_sw:.4f} (the model's own fitting error).", "",
