@@ -442,7 +442,8 @@ def generate(
     model is moved there (in place). The model is named in the manifest by the SHA-256 of its weights, or by
     ``model_id`` (needed for a model that is not an nn.Module). The configuration is recorded in
     ``out_dir/manifest.json``: a rerun with the same one regenerates only missing or corrupt shards; with another
-    one it raises :class:`ShardConfigError` and writes nothing. Returns a :class:`GenerateResult`.
+    one it raises :class:`ShardConfigError` and writes nothing. Before anything is written, sample 0 is computed
+    alone (NFE model calls on one row), so that bad arguments fail early. Returns a :class:`GenerateResult`.
     """
     start = time.perf_counter()
     if not isinstance(sde, LinearSDE | MatrixLinearSDE):
@@ -455,9 +456,9 @@ def generate(
     matrix = isinstance(sde, MatrixLinearSDE)
     chosen = get_integrator(method if method is not None else (DEFAULT_MATRIX_METHOD if matrix else DEFAULT_METHOD))
     chosen = chosen.configure(lam=lam)
-    if chosen.black_box and getattr(chosen, "evals_per_step", None) is None:
+    if not isinstance(chosen, Integrator) and getattr(chosen, "evals_per_step", None) is None:
         raise ValueError(f"method {chosen.name!r} is adaptive: it chooses its steps from the whole batch, so a "
-                         f"sample would depend on its batch; use a fixed-step method")
+                         f"sample would depend on its batch; use a fixed-grid method")
     if isinstance(chosen, Integrator):
         chosen.steps_for_nfe(nfe)
     if grid is not None and not isinstance(grid, str):
@@ -468,6 +469,7 @@ def generate(
         model.to(device)
     job = _Job(model=model, sde=sde, method=chosen, shape=shape, n=n, seed=seed, nfe=nfe, grid=grid, t_end=t_end,
                prediction=prediction, clip_x0=clip_x0, block=block, shard_size=shard_size, device=device)
+    job.sample([range(0, 1)])  # sample 0 alone (NFE calls of one row): bad arguments fail here, before any file
     return _run(_join(device), job, out_dir, batch, model_id, progress, start)
 
 

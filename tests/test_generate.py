@@ -22,6 +22,7 @@ from ei_toolkit.models import load_digits_model
 
 SDE = ei.DiscreteVP.linear()
 SMALL = {"shard_size": 10, "block": 4, "nfe": 4, "t_end": SDE.t0, "progress": False}
+PROBE = 4  # generate first samples sample 0 alone (NFE 4 evaluations of one row) to check its arguments
 
 TWO_PROCESSES = """
 import sys
@@ -105,7 +106,7 @@ def test_a_sample_depends_on_seed_and_index_only(tmp_path):
 def test_resume_regenerates_only_missing_and_corrupt_shards(tmp_path):
     model = Counting()
     first = ei.generate(model, SDE, (1, 8, 8), 30, tmp_path, batch=8, **SMALL)
-    assert first.written == [0, 1, 2] and model.samples == 30 * 4
+    assert first.written == [0, 1, 2] and model.samples == 30 * 4 + PROBE
     _, x_before = ei.load_shards(tmp_path)
     (tmp_path / shard_name(1)).unlink()
     data = (tmp_path / shard_name(2)).read_bytes()
@@ -117,17 +118,18 @@ def test_resume_regenerates_only_missing_and_corrupt_shards(tmp_path):
     with pytest.warns(RuntimeWarning, match="regenerating 1 bad shard"):
         again = ei.generate(model, SDE, (1, 8, 8), 30, tmp_path, batch=8, **SMALL)
     assert again.written == [1, 2] and again.reused_shards == 1 and list(again.bad_shards) == [2]
-    assert model.samples == 20 * 4  # only the 20 samples of shards 1 and 2
+    assert model.samples == 20 * 4 + PROBE  # only the 20 samples of shards 1 and 2
     after = mtimes(tmp_path)
     assert after[shard_name(0)] == before[shard_name(0)] and after["manifest.json"] == before["manifest.json"]
     assert np.array_equal(ei.load_shards(tmp_path)[1], x_before)
     model.samples = 0
-    assert ei.generate(model, SDE, (1, 8, 8), 30, tmp_path, batch=8, **SMALL).generated == 0 and model.samples == 0
+    assert ei.generate(model, SDE, (1, 8, 8), 30, tmp_path, batch=8, **SMALL).generated == 0
+    assert model.samples == PROBE
 
 
 def test_a_crash_mid_run_leaves_whole_shards_and_the_rerun_finishes(tmp_path):
     # batch 8 = two blocks of 4 (two model calls per step, 4 steps): the 4th batch crashes after samples 0..19
-    crashing = Counting(fail_after=3 * 4 * 2)
+    crashing = Counting(fail_after=PROBE + 3 * 4 * 2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         ei.generate(crashing, SDE, (1, 8, 8), 40, tmp_path, batch=8, **SMALL)
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -135,7 +137,7 @@ def test_a_crash_mid_run_leaves_whole_shards_and_the_rerun_finishes(tmp_path):
     assert ei.verify_shards(tmp_path).valid == [0, 1]
     model = Counting()
     result = ei.generate(model, SDE, (1, 8, 8), 40, tmp_path, batch=8, **SMALL)
-    assert result.written == [2, 3] and model.samples == 20 * 4
+    assert result.written == [2, 3] and model.samples == 20 * 4 + PROBE
     reference = ei.generate(load_digits_model(), SDE, (1, 8, 8), 40, tmp_path / "ref", batch=40, **SMALL)
     assert reference.generated == 40
     assert np.array_equal(ei.load_shards(tmp_path)[1], ei.load_shards(tmp_path / "ref")[1])
@@ -188,7 +190,7 @@ def test_a_killed_process_leaves_whole_shards_and_the_rerun_regenerates_only_the
     result = ei.generate(model, SDE, (1, 8, 8), 200, out, batch=10, block=10, shard_size=10, nfe=4, t_end=SDE.t0,
                          progress=False)
     assert sorted(result.written) == sorted(set(range(20)) - set(survivors))
-    assert model.samples == 10 * (20 - len(survivors)) * 4
+    assert model.samples == 10 * (20 - len(survivors)) * 4 + PROBE
     assert all(mtimes(out)[shard_name(k)] == before[shard_name(k)] for k in survivors)
     assert not list(out.glob(".*.tmp-*"))  # a temporary file of the killed run is removed
     assert ei.verify_shards(out).complete
@@ -281,7 +283,8 @@ def test_bad_arguments_are_named(tmp_path):
     cases = [({"n": 0}, "n must be a positive integer"), ({"batch": 0}, "batch must be"),
              ({"shape": (1, 0, 8)}, "shape must be"), ({"seed": -1}, "seed must be"),
              ({"shard_size": 2.5}, "shard_size must be"),
-             ({"method": "torchdiffeq:dopri5"}, "adaptive"), ({"lam": 1.0}, "lam/eta apply to stochastic"),
+             ({"method": "torchdiffeq:dopri5"}, "adaptive"), ({"method": "torchdiffeq:rk4", "nfe": 6}, "nfe=6"),
+             ({"lam": 1.0}, "lam/eta apply to stochastic"), ({"grid": "nope"}, "grid"),
              ({"nfe": 5, "method": "rhork-heun"}, "nfe=5 is not possible")]
     for change, message in cases:
         kw = {"shape": (1, 8, 8), "n": 4, "batch": 2, "shard_size": 10, "progress": False, **change}
