@@ -170,7 +170,7 @@ def test_a_killed_process_leaves_whole_shards_and_the_rerun_regenerates_only_the
     script = tmp_path / "slow.py"
     script.write_text(SLOW)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, str(script), str(out), "0.05"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+    proc = subprocess.Popen([sys.executable, str(script), str(out), "0.1"], env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
