@@ -427,6 +427,8 @@ def generate(
     clip_x0: float | None = None,
     device: str | torch.device | None = None,
     model_id: str | None = None,
+    condition: Callable[[torch.Tensor], Any] | None = None,
+    condition_id: str | None = None,
     progress: bool = True,
 ) -> GenerateResult:
     """Generate samples 0..n-1 of ``shape`` into shards of ``out_dir``, on every rank of the process group.
@@ -444,6 +446,10 @@ def generate(
     ``out_dir/manifest.json``: a rerun with the same one regenerates only missing or corrupt shards; with another
     one it raises :class:`ShardConfigError` and writes nothing. Before anything is written, sample 0 is computed
     alone (NFE model calls on one row), so that bad arguments fail early. Returns a :class:`GenerateResult`.
+
+    Conditional models: ``condition`` maps the int64 global indices of a block's samples to their condition
+    (e.g. class labels), and the model is called ``model(x, t, c)``; ``condition_id`` (required with it) names the
+    rule in the manifest, e.g. ``"label = i mod 10"``.
     """
     start = time.perf_counter()
     if not isinstance(sde, LinearSDE | MatrixLinearSDE):
@@ -467,8 +473,14 @@ def generate(
     device = _resolve_device(device)
     if isinstance(model, torch.nn.Module):
         model.to(device)
+    if (condition is None) != (condition_id is None) or (condition is not None and not callable(condition)):
+        raise ValueError("condition and condition_id go together: a callable from sample indices to conditions and "
+                         "a string naming it (or neither)")
+    if condition_id is not None and (not isinstance(condition_id, str) or not condition_id):
+        raise ValueError(f"condition_id must be a non-empty string; got {condition_id!r}")
     job = _Job(model=model, sde=sde, method=chosen, shape=shape, n=n, seed=seed, nfe=nfe, grid=grid, t_end=t_end,
-               prediction=prediction, clip_x0=clip_x0, block=block, shard_size=shard_size, device=device)
+               prediction=prediction, clip_x0=clip_x0, block=block, shard_size=shard_size, device=device,
+               condition=condition, condition_id=condition_id)
     job.sample([range(0, 1)])  # sample 0 alone (NFE calls of one row): bad arguments fail here, before any file
     return _run(_join(device), job, out_dir, batch, model_id, progress, start)
 
@@ -491,6 +503,8 @@ class _Job:
     block: int
     shard_size: int
     device: torch.device
+    condition: Callable[[torch.Tensor], Any] | None = None
+    condition_id: str | None = None
 
     def config(self, model_id: str | None) -> dict[str, Any]:
         m = self.method
@@ -503,7 +517,7 @@ class _Job:
             "grid": grid or f"default ({m.default_grid})", "t_end": self.t_end, "prediction": self.prediction,
             "clip_x0": self.clip_x0, "sde": repr(self.sde),
             "sde_key": hashlib.sha256(repr(self.sde.key).encode()).hexdigest(),
-            "model": _model_identity(self.model, model_id),
+            "model": _model_identity(self.model, model_id), "condition": self.condition_id,
             "noise": "sample i: CPU generator seeded by blake2b(seed, i, 0); step noise: blake2b(seed, i, 1)",
             "step_noise_device": self.device.type if m.stochastic else None,
             "ei_toolkit": _version(),
@@ -539,14 +553,22 @@ class _Job:
         if self.method.stochastic:
             generators = [torch.Generator(device=self.device).manual_seed(sample_seed(self.seed, i, 1))
                           for i in indices]
-        spans = np.cumsum([0] + [len(b) for b in blocks]).tolist()
+        spans = list(itertools.pairwise(np.cumsum([0] + [len(b) for b in blocks]).tolist()))
         model = self.model
+        conds: list[Any] = [None] * len(blocks)
+        if self.condition is not None:
+            conds = [self.condition(torch.tensor(list(b), dtype=torch.int64)) for b in blocks]
+            conds = [c.to(self.device) if isinstance(c, torch.Tensor) else c for c in conds]
+
+        def call(x: torch.Tensor, t: torch.Tensor, c: Any) -> torch.Tensor:
+            return model(x, t) if c is None else model(x, t, c)
 
         def blockwise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if len(spans) == 2:
-                return model(x, t)
+            if len(spans) == 1:
+                return call(x, t, conds[0])
             per_row = t.ndim == 1 and t.shape[0] == x.shape[0]
-            return torch.cat([model(x[a:b], t[a:b] if per_row else t) for a, b in itertools.pairwise(spans)])
+            return torch.cat([call(x[a:b], t[a:b] if per_row else t, c)
+                              for (a, b), c in zip(spans, conds, strict=True)])
 
         with torch.no_grad():
             out = solve(blockwise, x, self.sde, method=self.method, nfe=self.nfe, grid=self.grid, t_end=self.t_end,
@@ -704,6 +726,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help=f"samples per model call, part of the configuration (default: {DEFAULT_BLOCK})")
     g.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                    help=f"samples per shard, part of the configuration (default: {DEFAULT_SHARD_SIZE})")
+    g.add_argument("--guidance", type=float, default=None,
+                   help="use the class-conditional digits model, sample i of class i mod 10, with classifier-free "
+                        "guidance at this scale (1: purely conditional) (default: the unconditional model)")
     g.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if CUDA is available, else cpu")
     g.add_argument("--evaluate", action="store_true",
                    help="afterwards, the digits Frechet distance over all shards (default: off)")
@@ -720,11 +745,14 @@ def generate_command(args: argparse.Namespace) -> int:
 
     sde = DiscreteVP.linear()
     device = _resolve_device(args.device)
+    model, extra = load_digits_model(device), {}
+    if args.guidance is not None:
+        model, extra = _guided_digits(device, args.guidance)
     try:
-        result = generate(load_digits_model(device), sde, (1, 8, 8), args.n, args.out, seed=args.seed,
+        result = generate(model, sde, (1, 8, 8), args.n, args.out, seed=args.seed,
                           batch=args.batch, method=args.method, nfe=args.nfe, grid=args.grid, lam=args.lam,
                           block=args.block, shard_size=args.shard_size, t_end=sde.t0, device=device,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, **extra)
     except (ShardConfigError, ValueError, TypeError) as err:
         raise SystemExit(f"ei-toolkit generate: {err}") from None
     if result.rank != 0:
@@ -736,6 +764,24 @@ def generate_command(args: argparse.Namespace) -> int:
     if args.evaluate:
         return evaluate_command(argparse.Namespace(out=args.out))
     return 0
+
+
+def _guided_digits(device: torch.device, scale: float) -> tuple[Model, dict[str, Any]]:
+    """The shipped class-conditional digits model with classifier-free guidance (Ho & Salimans 2022) at ``scale``
+    as ``model(x, t, labels)``, and the generate() arguments that name it and give sample i the label i mod 10."""
+    from .diffusion.guidance import classifier_free_guidance
+    from .models.digits_cond import NULL_LABEL, NUM_CLASSES, digits_cond_model
+
+    if not math.isfinite(scale):
+        raise SystemExit(f"ei-toolkit generate: --guidance must be a finite number; got {scale}")
+    cond = digits_cond_model(device)
+
+    def guided(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return classifier_free_guidance(cond, labels, torch.full_like(labels, NULL_LABEL), scale)(x, t)
+
+    weights = _model_identity(cond, None)["sha256"]
+    return guided, {"model_id": f"DigitsCondEps sha256 {weights}, classifier-free guidance scale {scale:g}",
+                    "condition": lambda i: i % NUM_CLASSES, "condition_id": f"label = i mod {NUM_CLASSES}"}
 
 
 def evaluate_command(args: argparse.Namespace) -> int:

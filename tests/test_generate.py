@@ -299,3 +299,22 @@ def test_bad_arguments_are_named(tmp_path):
         main(["generate", "-n", "4", "--out", str(tmp_path / "cli"), "--shard-size", "0"])
     ei.generate(lambda x, t: 0 * x, SDE, (3,), 4, tmp_path / "fn", model_id="zero", progress=False)
     assert json.loads((tmp_path / "fn" / "manifest.json").read_text())["config"]["model"] == {"id": "zero"}
+
+
+def test_class_conditional_generation_with_guidance(tmp_path):
+    from ei_toolkit.models.classifier import load_digits_classifier
+
+    common = ["-n", "40", "--guidance", "3", "--nfe", "5", "--block", "8", "--shard-size", "20", "--no-progress"]
+    assert main(["generate", "--out", str(tmp_path / "a"), "--batch", "8", *common]) == 0
+    assert main(["generate", "--out", str(tmp_path / "b"), "--batch", "40", *common]) == 0
+    index, x = ei.load_shards(tmp_path / "a")
+    assert np.array_equal(x, ei.load_shards(tmp_path / "b")[1])
+    with torch.no_grad():
+        predicted = load_digits_classifier()(torch.from_numpy(x)).argmax(1).numpy()
+    assert (predicted == index % 10).mean() >= 0.9  # sample i is a digit of class i mod 10
+    config = json.loads((tmp_path / "a" / "manifest.json").read_text())["config"]
+    assert config["condition"] == "label = i mod 10" and "guidance scale 3" in config["model"]["id"]
+    with pytest.raises(SystemExit, match=r"guidance scale 3.} there, .*guidance scale 2.} now"):
+        main(["generate", "--out", str(tmp_path / "a"), *[a if a != "3" else "2" for a in common]])
+    with pytest.raises(ValueError, match="condition and condition_id go together"):
+        ei.generate(load_digits_model(), SDE, (1, 8, 8), 4, tmp_path / "c", condition=lambda i: i, **SMALL)
