@@ -321,6 +321,8 @@ def plot(results: dict, path: Path) -> Path:
         for (label, ys), style in zip(curves.items(), ["k--", "C0-", "C1:"], strict=True):
             ax.plot([int(k) for k in nfes], ys, style, marker="o", ms=3, label=label)
         ax.set(xscale="log", yscale="log", title=p)
+        ax.set_xticks([int(k) for k in nfes], [str(k) for k in nfes])
+        ax.minorticks_off()
         ax.title.set_fontsize(8)
         ax.tick_params(labelsize=7)
         ax.grid(True, which="both", alpha=0.3)
