@@ -4,6 +4,9 @@ import os
 # algebra of the matrix-SDE tests then stalls each tiny torch op by milliseconds (18 ms instead of 0.3 ms per
 # model call, measured). One BLAS thread removes the contention; it must be set before numpy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Likewise torch's OpenMP pool: with two threads on two shared cores every parallel region waits for a descheduled
+# thread when anything else runs (the torchrun tests start more processes), and the suite slows several-fold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
