@@ -276,3 +276,17 @@ def test_direct_quadrature_near_t0_matches_under_torch_compile(monkeypatch):
 def test_describe_says_the_cancelling_closed_form_was_replaced_by_quadrature():
     text = ei.LinearSDE(drift="-1", diffusion="t**2", t_max=1.0).describe()
     assert "rho        numeric (Gauss-Legendre quadrature" in text and "rejected: it cancels near t0" in text
+
+
+def test_the_expm1_rewrite_is_time_limited_and_falls_back(monkeypatch):
+    """sympy's factoring inside the expm1/log1p rewrite ran for minutes on a drift with a large rational constant
+    (it hung this suite once); past its limit the expression is compiled as it is, still correct."""
+    from ei_toolkit.sde import compile as sde_compile
+
+    t = sp.Symbol("t")
+    expr = sp.exp(t / 3) - 1
+    assert sde_compile.prepare(expr).has(sp.Function("expm1")) or "expm1" in str(sde_compile.prepare(expr))
+    monkeypatch.setattr(sde_compile, "PREPARE_SECONDS", 0.0)
+    plain = sde_compile.prepare(expr)
+    assert "expm1" not in str(plain)
+    assert float(plain.subs(t, 0.3)) == pytest.approx(float(sp.exp(sp.Rational(1, 10)) - 1), rel=1e-15)

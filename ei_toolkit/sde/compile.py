@@ -8,6 +8,7 @@ calls, as one would write by hand.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 
@@ -16,6 +17,7 @@ import sympy as sp
 import torch
 from sympy.codegen.rewriting import expm1_opt, log1p_opt, optimize
 
+from .derive import _Timeout, call_with_time_limit
 from .tables import TableFunction, table_namespace
 
 _FUNCS = ("exp", "log", "sqrt", "expm1", "log1p", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh",
@@ -28,9 +30,16 @@ _NUMPY_NS.update(asin=np.arcsin, acos=np.arccos, atan=np.arctan, asinh=np.arcsin
                  atanh=np.arctanh, atan2=np.arctan2, Abs=np.abs, Min=np.minimum, Max=np.maximum)
 
 
+PREPARE_SECONDS = 2.0
+"""Time limit of the expm1/log1p rewrite: sympy's factoring behind it can run for minutes on expressions with
+large rational constants (seen with -a*t - 4217/1000); past the limit the expression is compiled unrewritten."""
+
+
 def prepare(expr: sp.Expr) -> sp.Expr:
-    """Rewrite for accurate evaluation and fold constants to floats."""
-    expr = optimize(expr, (expm1_opt, log1p_opt))
+    """Rewrite for accurate evaluation (exp(x) - 1 -> expm1(x), log(1 + x) -> log1p(x), within
+    :data:`PREPARE_SECONDS`) and fold constants to floats."""
+    with contextlib.suppress(_Timeout):
+        expr = call_with_time_limit(PREPARE_SECONDS, optimize, expr, (expm1_opt, log1p_opt))
     return sp.nfloat(expr, n=17, exponent=False)
 
 
