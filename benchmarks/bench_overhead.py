@@ -23,7 +23,7 @@ import ei_toolkit as ei
 from ei_toolkit.integrators import plan_for
 
 STEPS = 20
-REPEATS = 15
+REPEATS = 41
 
 
 def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

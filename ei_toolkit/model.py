@@ -8,6 +8,7 @@ the SDE's own time units; it returns a tensor shaped like ``x`` holding eps, x0,
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -157,7 +158,7 @@ class ModelEvaluator:
         # in at least float32, so a large finite half-precision output does not overflow).
         total = out.sum(dtype=torch.float64 if out.dtype == torch.float64 else torch.float32)
         if x.device.type == "cpu":
-            if not bool(torch.isfinite(total)) and not bool(torch.isfinite(out).all()):  # not an overflow of the sum
+            if not math.isfinite(total.item()) and not bool(torch.isfinite(out).all()):  # not an overflow of the sum
                 self._raise(self.nfe - 1, where)
         else:
             self._pending.append((total, where))
@@ -202,8 +203,10 @@ class ModelEvaluator:
         plain = alpha is None or (self.prediction == target and self.clip_x0 is None
                                   and self.dynamic_threshold is None)
 
+        t_batch = [t_dev[k].expand(batch) for k in range(len(t_dev))]  # views, made once per run
+
         def eps_fn(y: torch.Tensor, k: int) -> torch.Tensor:
-            out = self._call(y, t_dev[k].expand(batch), k)
+            out = self._call(y, t_batch[k], k)
             if plain:
                 return out
             return self._convert(out, y, alpha[k], sigma[k], target)
