@@ -16,7 +16,6 @@ in s = -rho.
 from __future__ import annotations
 
 import math
-import operator
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 import torchdiffeq
 from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
-from .errors import NumericalError, all_finite
+from .errors import NumericalError, all_finite, positive_int
 from .grids import time_grid
 from .model import Model, ModelEvaluator
 from .sde import LinearSDE
@@ -344,16 +343,6 @@ DEFAULT_SDE_STEPS = 100
 DEFAULT_SDE_MAX_NFE = 10_000
 
 
-def _positive_int(name: str, v: object) -> int:
-    try:
-        n = operator.index(v)
-    except TypeError:
-        n = 0
-    if isinstance(v, bool) or n < 1:
-        raise ValueError(f"{name} must be a positive integer; got {v!r}")
-    return n
-
-
 def sdeint(
     model: Model,
     x: torch.Tensor,
@@ -395,7 +384,7 @@ def sdeint(
     if sum(v is not None for v in (steps, nfe, dt)) > 1:
         raise ValueError("give one of steps (in log rho), nfe or dt (a step in rho), not several")
     if max_nfe is not None:
-        max_nfe = _positive_int("max_nfe", max_nfe)
+        max_nfe = positive_int("max_nfe", max_nfe)
     if bm is not None and generator is not None:
         raise ValueError("give bm (a Brownian path) or generator (to seed one), not both")
     t_start = sde.t_max if t_start is None else float(t_start)
@@ -411,13 +400,13 @@ def sdeint(
         n_steps = math.ceil(float(r[0] - r[1]) / dt - 1e-9)
     else:
         if nfe is not None:
-            n_nfe = _positive_int("nfe", nfe)
+            n_nfe = positive_int("nfe", nfe)
             if n_nfe < k or n_nfe % k:
                 raise ValueError(f"nfe={n_nfe} is not possible for torchsde's {method!r}: it uses {k} model "
                                  f"evaluations per step, so nfe must be a multiple of {k}")
             n_steps = n_nfe // k
         else:
-            n_steps = DEFAULT_SDE_STEPS if steps is None else _positive_int("steps", steps)
+            n_steps = DEFAULT_SDE_STEPS if steps is None else positive_int("steps", steps)
         times = time_grid(sde, "uniform_logrho", n_steps, t_start, t_end)
         r = sde.rho(times)
     if max_nfe is not None and n_steps * k > max_nfe:

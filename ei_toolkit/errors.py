@@ -5,11 +5,24 @@ argument and what was expected. Numerical trouble found while deriving or integr
 is not monotone, a quadrature that does not converge) raises :class:`NumericalError`.
 """
 
+import operator
+
 import torch
 
 
 class NumericalError(ArithmeticError):
     """A computation produced a non-finite or inconsistent value instead of silently propagating it."""
+
+
+def positive_int(name: str, v: object) -> int:
+    """``v`` as a Python int (numpy integers accepted; bools refused), or a ValueError naming ``name``."""
+    try:
+        n = operator.index(v)
+    except TypeError:
+        n = 0
+    if isinstance(v, bool) or n < 1:
+        raise ValueError(f"{name} must be a positive integer; got {v!r}")
+    return n
 
 
 def all_finite(x: torch.Tensor) -> bool:

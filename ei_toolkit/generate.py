@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import NumericalError
+from .errors import NumericalError, positive_int
 from .integrators import Integrator, Method, get_integrator
 from .model import Model
 from .sampling import DEFAULT_MATRIX_METHOD, DEFAULT_METHOD, solve
@@ -148,20 +148,10 @@ def _ids(ks: Sequence[int]) -> str:
 
 # ---------------------------------------------------------------------------------------------------- checking
 
-def _positive_int(name: str, v: object) -> int:
-    try:
-        i = operator.index(v)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive integer; got {v!r}") from None
-    if isinstance(v, bool) or i < 1:
-        raise ValueError(f"{name} must be a positive integer; got {v!r}")
-    return i
-
-
 def _check_shape(shape: object) -> tuple[int, ...]:
     if isinstance(shape, torch.Size | tuple | list) and len(shape) >= 1:
         try:
-            return tuple(_positive_int("shape", s) for s in shape)
+            return tuple(positive_int("shape", s) for s in shape)
         except ValueError:
             pass
     raise ValueError(f"shape must be a non-empty sequence of positive integers (one sample's shape); got {shape!r}")
@@ -455,8 +445,8 @@ def generate(
     if not isinstance(sde, LinearSDE | MatrixLinearSDE):
         raise TypeError(f"sde must be an ei_toolkit.LinearSDE or MatrixLinearSDE; got {type(sde).__name__}")
     shape = _check_shape(shape)
-    n, batch = _positive_int("n", n), _positive_int("batch", batch)
-    block, shard_size = _positive_int("block", block), _positive_int("shard_size", shard_size)
+    n, batch = positive_int("n", n), positive_int("batch", batch)
+    block, shard_size = positive_int("block", block), positive_int("shard_size", shard_size)
     seed = _check_seed(seed)
     out_dir = Path(out_dir)
     matrix = isinstance(sde, MatrixLinearSDE)

@@ -37,6 +37,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("EIScheduler needs diffusers: pip install ei_toolkit[diffusers]") from exc
 
+from ..errors import positive_int
 from ..grids import GRIDS, time_grid
 from ..integrators import INTEGRATORS, Integrator, MultistepPlan, RungeKuttaPlan, get_integrator, plan_for
 from ..integrators.base import PredictorCorrectorPlan, combine
@@ -217,13 +218,7 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         elif sigmas is not None:
             grid = self._custom_grid(self._times_of_sigmas(self._as_times("sigmas", sigmas)))
         else:
-            try:
-                n = operator.index(num_inference_steps)
-            except TypeError:
-                n = 0
-            if isinstance(num_inference_steps, bool) or n < 1:
-                raise ValueError(f"num_inference_steps must be a positive integer; got {num_inference_steps!r}")
-            grid = self._named_grid(n)
+            grid = self._named_grid(positive_int("num_inference_steps", num_inference_steps))
         grid = _f32(grid)
         if not bool((grid[1:] < grid[:-1]).all()):
             raise ValueError(f"the timesteps must be strictly decreasing in float32; got {grid.tolist()}")

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import positive_int
+
 if TYPE_CHECKING:
     from ..integrators import Method, SolveRequest
     from ..solution import Solution
@@ -101,9 +103,7 @@ def solve_from_infinite_noise(method: Method, request: SolveRequest,
             raise ValueError("an explicit grid from zero terminal SNR must start at sde.t_terminal")
         rest, grid_name = times[1:], "explicit"
     elif isinstance(method, Integrator):
-        if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
-            raise ValueError(f"nfe must be a positive integer; got {nfe!r}")
-        total = 10 if nfe is None else nfe
+        total = 10 if nfe is None else positive_int("nfe", nfe)
         try:
             steps = 1 if total == 1 else 1 + method.steps_for_nfe(total - 1)
         except ValueError as exc:

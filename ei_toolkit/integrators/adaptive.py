@@ -145,8 +145,7 @@ class Adaptive(Method):
 
     def configure(self, *, lam: float | None = None, eta: float | None = None,
                   options: dict[str, Any] | None = None) -> Method:
-        if lam is not None or eta is not None:
-            raise ValueError(f"lam/eta apply to stochastic methods only; {self.name!r} is deterministic")
+        self.refuse_noise(lam, eta)
         if not options:
             return self
         if not isinstance(options, dict):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 import torch
 
-from ..errors import NumericalError
+from ..errors import NumericalError, positive_int
 from ..grids import GRIDS, time_grid
 from ..sde.matrix import apply_block
 
@@ -329,12 +328,16 @@ class Method(abc.ABC):
     def configure(self, *, lam: float | None = None, eta: float | None = None,
                   options: dict[str, Any] | None = None) -> Method:
         """This method with the given noise level or solver options (a new object); by default it takes none."""
-        if lam is not None or eta is not None:
-            raise ValueError(f"lam/eta apply to stochastic methods only; {self.name!r} is deterministic")
+        self.refuse_noise(lam, eta)
         if options:
             raise ValueError(f"options= applies to black-box methods (e.g. 'torchdiffeq:dopri5'); {self.name!r} "
                              f"takes none; got {sorted(options)}")
         return self
+
+    def refuse_noise(self, lam: float | None, eta: float | None) -> None:
+        """The error for a noise level given to a deterministic method."""
+        if lam is not None or eta is not None:
+            raise ValueError(f"lam/eta apply to stochastic methods only; {self.name!r} is deterministic")
 
     @abc.abstractmethod
     def solve(self, request: SolveRequest) -> Solution:
@@ -460,13 +463,7 @@ class Integrator(Method):
 
 def check_nfe(nfe: Any) -> int:
     """nfe as a Python int (numpy integers accepted), or a clear error."""
-    try:
-        n = operator.index(nfe)
-    except TypeError:
-        raise ValueError(f"nfe must be a positive integer; got {nfe!r}") from None
-    if isinstance(nfe, bool) or n < 1:
-        raise ValueError(f"nfe must be a positive integer; got {nfe!r}")
-    return n
+    return positive_int("nfe", nfe)
 
 
 def _progress(total: int, name: str) -> Any:

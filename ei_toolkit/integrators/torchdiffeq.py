@@ -39,8 +39,7 @@ class TorchDiffEq(Method):
 
     def configure(self, *, lam: float | None = None, eta: float | None = None,
                   options: dict[str, Any] | None = None) -> Method:
-        if lam is not None or eta is not None:
-            raise ValueError(f"lam/eta apply to stochastic methods only; {self.name!r} is deterministic")
+        self.refuse_noise(lam, eta)
         if not options:
             return self
         unknown = sorted(set(options) - set(OPTIONS))
