@@ -73,9 +73,14 @@ def _compile(args: tuple[sp.Symbol, ...], expr: sp.Expr, backend: str) -> Callab
     return sp.lambdify(args, prepare(expr), modules=[ns], docstring_limit=0)
 
 
+def _expression(expr: sp.Expr | float) -> sp.Expr:
+    """A sympy expression or a number, never text: strict sympify refuses strings (which it would evaluate)."""
+    return sp.sympify(expr, strict=True)
+
+
 def to_numpy(expr: sp.Expr, args: Sequence[sp.Symbol]) -> Callable[..., np.ndarray]:
     """A float64 NumPy function of ``args``; constant expressions broadcast to the first argument."""
-    f = _lambdify(tuple(args), sp.sympify(expr), "numpy")
+    f = _lambdify(tuple(args), _expression(expr), "numpy")
 
     def call(*xs: object) -> np.ndarray:
         xs = tuple(np.asarray(x, dtype=np.float64) for x in xs)
@@ -90,8 +95,9 @@ def to_numpy(expr: sp.Expr, args: Sequence[sp.Symbol]) -> Callable[..., np.ndarr
 
 def to_torch(expr: sp.Expr, args: Sequence[sp.Symbol]) -> Callable[..., torch.Tensor]:
     """A torch function of tensor ``args``; dtype and device follow the (broadcast) inputs."""
-    f = _lambdify(tuple(args), sp.sympify(expr), "torch")
-    const = not sp.sympify(expr).free_symbols & set(args)
+    expr = _expression(expr)
+    f = _lambdify(tuple(args), expr, "torch")
+    const = not expr.free_symbols & set(args)
     if not const:
         return f
 
