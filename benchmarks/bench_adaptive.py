@@ -13,12 +13,12 @@ Run: python benchmarks/bench_adaptive.py [--mixtures ...] (writes benchmarks/res
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import time
 from pathlib import Path
 
 from bench_accuracy import MIXTURES, SDES, median_error, start_and_reference
+from bench_blackbox import nfe_to_reach
 
 import ei_toolkit as ei
 
@@ -32,21 +32,6 @@ CONFIGS = {  # label -> options besides rtol/atol
     "adaptive eps form": {"form": "eps"},
     "adaptive without corrector": {"corrector": False},
 }
-
-
-def nfe_to_reach(points: list[tuple[int, float]], target: float) -> float:
-    """Fewest NFE reaching the target, interpolated in log-log between neighbouring runs of the sweep."""
-    pts = sorted(points)
-    best = math.inf
-    for (n0, e0), (n1, e1) in itertools.pairwise(pts):
-        if e0 <= target:
-            best = min(best, n0)
-        elif e1 <= target < e0:
-            f = (math.log(e0) - math.log(target)) / (math.log(e0) - math.log(e1))
-            best = min(best, math.exp(math.log(n0) + f * (math.log(n1) - math.log(n0))))
-    if pts and pts[-1][1] <= target:
-        best = min(best, pts[-1][0])
-    return best
 
 
 def main() -> None:
