@@ -12,6 +12,14 @@ from torch import nn
 WEIGHTS = Path(__file__).with_name("digits_eps.pt")
 
 
+def time_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """The sinusoidal embedding (sin and cos of t times dim / 2 geometric frequencies) of the 1-D times t."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    a = t.to(dtype)[:, None] * freqs[None]
+    return torch.cat([a.sin(), a.cos()], 1)
+
+
 class DigitsEps(nn.Module):
     """eps(x, t) for x of shape (B, 1, 8, 8) in [-1, 1] and t the DDPM timestep (float): an MLP on the 64
     pixels with a sinusoidal time embedding added to every hidden layer (about 0.3 M parameters)."""
@@ -26,10 +34,7 @@ class DigitsEps(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, 64))
 
     def embed(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.emb // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        a = t.float()[:, None] * freqs[None]
-        return torch.cat([a.sin(), a.cos()], 1)
+        return time_embedding(t, self.emb, torch.float32)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         h = self.inp(x.reshape(x.shape[0], 64).float())

@@ -9,13 +9,13 @@ with the package (``digits_cond_eps.pt``), so nothing is downloaded.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..diffusion.guidance import classifier_free_guidance
+from .digits import time_embedding
 
 WEIGHTS = Path(__file__).with_name("digits_cond_eps.pt")
 NUM_CLASSES = 10
@@ -40,11 +40,7 @@ class DigitsCondEps(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, 64))
 
     def embed(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.emb // 2
-        dtype = self.inp.weight.dtype
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=dtype) / half)
-        a = t.to(dtype)[:, None] * freqs[None]
-        return torch.cat([a.sin(), a.cos()], 1)
+        return time_embedding(t, self.emb, self.inp.weight.dtype)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
