@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,15 +21,55 @@ import ei_toolkit as ei
 from ei_toolkit.models.digits import WEIGHTS, DigitsEps
 
 
-def digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, held-out) digits as (N, 1, 8, 8) tensors in [-1, 1]."""
+def labelled_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images, train labels, held-out images, held-out labels); images (N, 1, 8, 8) in [-1, 1], a fixed
+    80 % / 20 % split (seed 0)."""
     from sklearn.datasets import load_digits
 
-    x = load_digits().images.astype(np.float32) / 16.0 * 2 - 1
-    idx = np.random.default_rng(seed).permutation(len(x))
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0 * 2 - 1).unsqueeze(1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    idx = torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))
     cut = int(0.8 * len(x))
-    data = torch.from_numpy(x).unsqueeze(1)
-    return data[idx[:cut]], data[idx[cut:]]
+    return x[idx[:cut]], y[idx[:cut]], x[idx[cut:]], y[idx[cut:]]
+
+
+def digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) digits as (N, 1, 8, 8) tensors in [-1, 1]."""
+    train, _, held, _ = labelled_split(seed)
+    return train, held
+
+
+def fit(model: torch.nn.Module, draw: Callable[[int], tuple[torch.Tensor, tuple]], steps: int, batch: int,
+        lr: float, out: Path) -> None:
+    """Train ``model`` (eps_hat(x_t, t, *extra)) with the DDPM objective on the linear schedule and save the EMA of
+    its weights to ``out``; ``draw(batch)`` gives a batch of data and the model's extra inputs (drawn before t and
+    eps, so a seed fixes the whole run)."""
+    sde = ei.DiscreteVP.linear()
+    alpha = sde.alpha(torch.arange(1000, dtype=torch.float64)).float()
+    sigma = sde.sigma(torch.arange(1000, dtype=torch.float64)).float()
+    ema = copy.deepcopy(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    start = time.perf_counter()
+    for step in range(steps):
+        x0, extra = draw(batch)
+        t = torch.randint(0, 1000, (batch,))
+        eps = torch.randn_like(x0)
+        xt = alpha[t].view(-1, 1, 1, 1) * x0 + sigma[t].view(-1, 1, 1, 1) * eps
+        loss = (model(xt, t.float(), *extra) - eps).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            decay = min(0.999, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.mul_(decay).add_(pm, alpha=1 - decay)
+        if step % 2000 == 0 or step == steps - 1:
+            print(f"step {step:6d}  loss {loss.item():.4f}  {time.perf_counter() - start:.0f} s", flush=True)
+    torch.save(ema.state_dict(), out)
+    print(f"saved {out} ({Path(out).stat().st_size / 1e6:.2f} MB)")
 
 
 def main() -> None:
@@ -38,32 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     train, _ = digits_split()
-    sde = ei.DiscreteVP.linear()
-    alpha = sde.alpha(torch.arange(1000, dtype=torch.float64)).float()
-    sigma = sde.sigma(torch.arange(1000, dtype=torch.float64)).float()
-    model = DigitsEps()
-    ema = copy.deepcopy(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
-    start = time.perf_counter()
-    for step in range(args.steps):
-        x0 = train[torch.randint(len(train), (args.batch,))]
-        t = torch.randint(0, 1000, (args.batch,))
-        eps = torch.randn_like(x0)
-        xt = alpha[t].view(-1, 1, 1, 1) * x0 + sigma[t].view(-1, 1, 1, 1) * eps
-        loss = (model(xt, t.float()) - eps).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            decay = min(0.999, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.mul_(decay).add_(pm, alpha=1 - decay)
-        if step % 2000 == 0 or step == args.steps - 1:
-            print(f"step {step:6d}  loss {loss.item():.4f}  {time.perf_counter() - start:.0f} s", flush=True)
-    torch.save(ema.state_dict(), WEIGHTS)
-    print(f"saved {WEIGHTS} ({WEIGHTS.stat().st_size / 1e6:.2f} MB)")
+    fit(DigitsEps(), lambda b: (train[torch.randint(len(train), (b,))], ()), args.steps, args.batch, args.lr, WEIGHTS)
 
 
 if __name__ == "__main__":

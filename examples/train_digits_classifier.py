@@ -9,22 +9,11 @@ Run: python examples/train_digits_classifier.py  (about 2 s)
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from train_digits import digits_split
+from train_digits import labelled_split
 
 from ei_toolkit.metrics import digits_features, feature_statistics
 from ei_toolkit.models.classifier import CLASSIFIER_WEIGHTS, DigitsClassifier
-
-
-def digits_labels(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, held-out) labels in the order of digits_split(seed)."""
-    from sklearn.datasets import load_digits
-
-    labels = torch.from_numpy(load_digits().target)
-    idx = np.random.default_rng(seed).permutation(len(labels))
-    cut = int(0.8 * len(labels))
-    return labels[idx[:cut]], labels[idx[cut:]]
 
 
 def train(train_x: torch.Tensor, train_y: torch.Tensor, steps: int = 400) -> DigitsClassifier:
@@ -41,8 +30,7 @@ def train(train_x: torch.Tensor, train_y: torch.Tensor, steps: int = 400) -> Dig
 
 def main() -> None:
     torch.set_num_threads(1)
-    train_x, held_x = digits_split()
-    train_y, held_y = digits_labels()
+    train_x, train_y, held_x, held_y = labelled_split()
     net = train(train_x, train_y)
     with torch.no_grad():
         acc = (net(held_x).argmax(1) == held_y).float().mean().item()
