@@ -45,6 +45,7 @@ import torch
 
 from ..errors import NumericalError
 from .base import Method, SolveRequest
+from .kernels import lagrange_integrals
 
 FORMS = ("x0", "eps")
 CONTROLLERS = ("pi", "i")
@@ -61,14 +62,7 @@ def lam_weights(nodes: np.ndarray, h: float, form: str) -> np.ndarray:
     is a polynomial times an exponential over one step). Float64."""
     u = 0.5 * h * (_GL_X + 1.0)
     kern = np.exp((-1.0 if form == "x0" else 1.0) * (h - u)) * (0.5 * h * _GL_W)
-    out = np.empty(len(nodes))
-    for j in range(len(nodes)):
-        ell = np.ones_like(u)
-        for m in range(len(nodes)):
-            if m != j:
-                ell *= (u - nodes[m]) / (nodes[j] - nodes[m])
-        out[j] = float(kern @ ell)
-    return out
+    return np.array([float(w) for w in lagrange_integrals(np.asarray(nodes, dtype=np.float64), u, kern)])
 
 
 def _positive(name: str, v: Any, *, zero: bool = False) -> float:
