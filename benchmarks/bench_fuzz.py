@@ -8,9 +8,13 @@ Each run is classified as
 * ``clear error``: a ValueError, TypeError or NumericalError whose message names the method, the grid or the
   argument at fault (``nfe``, ``grid``, ``dtype``, ``x``);
 * ``unclear error``: any other exception, or one whose message names none of those;
-* ``silent-bad``: a non-finite result returned, or a finite one whose relative error exceeds
-  ``FAR * err64 + FLOOR * u`` (err64 the float64 run's error, u the dtype's unit round-off: what its rounding of
-  the model's input and output alone can cost);
+* ``warned``: a finite result returned with a :class:`ei_toolkit.RoundoffWarning` (the plan amplifies the dtype's
+  round-off more than ``FLOOR``-fold); the report counts how many of these were in fact bad;
+* ``silent-bad``: a non-finite result returned, or, without a warning, a finite one whose relative error exceeds
+  ``FAR * err64 + FLOOR * u + nfe * u_work`` (err64 the float64 run's error, u the dtype's unit round-off: what
+  rounding the model's input and output costs through a plan that amplifies it at most ``FLOOR``-fold; u_work the
+  working precision's, float32 for every dtype but float64: the state is rounded once per step, which the
+  issue's float32 working precision accepts);
 * ``crash``: anything that is not an Exception (the process itself dying would end the sweep).
 
 Adaptive torchdiffeq methods choose their own steps: they run once per SDE and dtype with their defaults.
@@ -23,12 +27,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import math
 import os
 import platform
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,10 +49,10 @@ QUICK_NFES = (1, 3, 4, 10, 100)
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 FAR = 10.0  # "far above" the float64 error
-FLOOR = 64.0  # in units of the dtype's round-off, relative to the data scale
+FLOOR = 64.0  # in units of the dtype's round-off, relative to the data scale (= the library's WARN_GAIN)
 BATCH = 8
 ADAPTIVE_MAX_NFE = 5000  # adaptive torchdiffeq methods: their budget (exceeding it is a clear error naming max_nfe)
-CLASSES = ("ok", "clear error", "unclear error", "silent-bad", "crash")
+CLASSES = ("ok", "warned", "clear error", "unclear error", "silent-bad", "crash")
 
 
 def sdes() -> dict[str, ei.LinearSDE]:
@@ -83,7 +89,7 @@ def sweep(nfes: tuple[int, ...], log=print, only_sdes: list[str] | None = None,
     rows: list[dict] = []
 
     def report(row: dict) -> None:
-        if row["class"] not in ("ok", "clear error"):
+        if row["class"] not in ("ok", "clear error", "warned") or row.get("bad"):
             log(f"  {row['class']}: {row['sde']} / {row['method']} / {row['grid']} / nfe {row['nfe']} / "
                 f"{row['dtype']}: {row['detail'].splitlines()[0][:300]}")
 
@@ -103,7 +109,8 @@ def sweep(nfes: tuple[int, ...], log=print, only_sdes: list[str] | None = None,
                     names = tuple(n for n in (method, grid, "nfe", "grid", "dtype", "x", "max_nfe") if n)
                     row = {"sde": sde_name, "method": method, "grid": grid, "nfe": nfe, "dtype": str(dtype)[6:]}
                     try:
-                        with torch.no_grad():
+                        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+                            warnings.simplefilter("always")
                             y = ei.sample(model, x.to(dtype), sde, method=method, grid=grid, nfe=nfe,
                                           options=None if fixed_grid(method) else {"max_nfe": ADAPTIVE_MAX_NFE})
                     except BaseException as exc:
@@ -125,10 +132,14 @@ def sweep(nfes: tuple[int, ...], log=print, only_sdes: list[str] | None = None,
                     row["error"] = err
                     if dtype == torch.float64:
                         err64 = err
-                    bound = FAR * err64 + FLOOR * UNIT_ROUNDOFF[dtype]
-                    if err > bound:
-                        row.update({"class": "silent-bad",
-                                    "detail": f"relative error {err:.3g} vs float64 {err64:.3g} (bound {bound:.3g})"})
+                    work = torch.float64 if dtype == torch.float64 else torch.float32
+                    bound = FAR * err64 + FLOOR * UNIT_ROUNDOFF[dtype] + (nfe or 1) * UNIT_ROUNDOFF[work]
+                    detail = f"relative error {err:.3g} vs float64 {err64:.3g} (bound {bound:.3g})"
+                    warned = [w for w in caught if issubclass(w.category, ei.RoundoffWarning)]
+                    if warned:
+                        row.update({"class": "warned", "bad": err > bound, "detail": detail})
+                    elif err > bound:
+                        row.update({"class": "silent-bad", "detail": detail})
                     else:
                         row["class"] = "ok"
                     rows.append(row)
@@ -159,10 +170,14 @@ def write_report(rows: list[dict], seconds: float, nfes: tuple[int, ...], out: P
         f"per SDE and dtype), on the 2-D Gaussian mixture `gmm2d` ({BATCH} samples from t_max to t_min) with its exact "
         "eps; errors are relative to a DOP853 reference.",
         "",
-        f"Classes: silent-bad = a non-finite result returned, or a relative error above {FAR:g} x the float64 "
-        f"run's + {FLOOR:g} x the dtype's unit round-off; clear error = ValueError / TypeError / NumericalError "
-        "naming the method, grid or argument; unclear error = any other exception or message; crash = not an "
-        "Exception.",
+        f"Classes: silent-bad = a non-finite result returned, or without a warning a relative error above {FAR:g} x "
+        f"the float64 run's + {FLOOR:g} x the dtype's unit round-off + nfe x the working precision's (float32 "
+        "below float64); warned = a result returned with a RoundoffWarning (the plan amplifies the dtype's round-off "
+        f"more than {FLOOR:g}-fold); clear error = ValueError / TypeError / NumericalError naming the method, grid or "
+        "argument; unclear error = any other exception or message; crash = not an Exception.",
+        "",
+        f"Warned runs whose error was above that bound: {sum(1 for r in rows if r.get('bad'))} of "
+        f"{counts.get('warned', 0)} (the rest were false alarms).",
         "",
         "| class | runs |",
         "|---|---|",
@@ -185,12 +200,15 @@ def write_report(rows: list[dict], seconds: float, nfes: tuple[int, ...], out: P
             errors[msg[:110]] += 1
     lines += ["Most frequent clear errors (message up to its first ';'):", "", "| runs | message |", "|---|---|"]
     lines += [f"| {n} | {m.replace('|', '/')} |" for m, n in errors.most_common(12)]
-    bad = [r for r in rows if r["class"] in ("unclear error", "silent-bad", "crash")]
-    lines += ["", f"Runs that are not ok or a clear error: {len(bad)}", ""]
+    bad = [r for r in rows if r["class"] in ("unclear error", "silent-bad", "crash") or r.get("bad")]
+    lines += ["", f"Runs that are unclear errors, silent-bad, crashes, or warned and bad: {len(bad)}", ""]
     for r in bad[:200]:
         lines.append(f"- {r['class']}: {r['sde']} / {r['method']} / {r['grid']} / nfe {r['nfe']} / {r['dtype']}: "
                      f"{r['detail'].splitlines()[0][:200]}")
     out.write_text("\n".join(lines) + "\n")
+    rows_file = ROOT / ".cache" / f"{out.stem}.json"  # every row, for --merge (large: not in results/)
+    rows_file.parent.mkdir(exist_ok=True)
+    rows_file.write_text(json.dumps({"seconds": seconds, "nfes": list(nfes), "rows": rows}) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sde", action="append", default=None, help="only this SDE (repeatable; default: all)")
     parser.add_argument("--method", action="append", default=None, help="only this method (repeatable; default: all)")
     parser.add_argument("--nfe", type=int, nargs="+", default=None, help="these NFEs (default: the sweep's)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="write one report from the rows of runs on disjoint SDEs (run in parallel; each run "
+                             "keeps them in benchmarks/.cache/<its report's name>.json)")
     args = parser.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        rows = [r for part in parts for r in part["rows"]]
+        nfes = tuple(sorted({n for part in parts for n in part["nfes"]}))
+        out = Path(args.out) if args.out else ROOT / "results" / "fuzz.md"
+        command = "python benchmarks/bench_fuzz.py --sde ... (parts run in parallel; seconds = the longest part)"
+        write_report(rows, max(part["seconds"] for part in parts), nfes, out, command)
+        counts = collections.Counter(r["class"] for r in rows)
+        print(dict(counts), f"-> {out}")
+        return 0 if all(counts.get(c, 0) == 0 for c in ("unclear error", "silent-bad", "crash")) else 1
     torch.set_num_threads(1)
     nfes = tuple(args.nfe) if args.nfe else (QUICK_NFES if args.quick else NFES)
     out = Path(args.out) if args.out else ROOT / "results" / ("fuzz_quick.md" if args.quick else "fuzz.md")

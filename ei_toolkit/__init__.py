@@ -4,7 +4,7 @@ ICLR 2023)."""
 
 from . import adapters, diffusion, grids, integrators
 from .adapters import FlowODE, NFEBudgetExceeded, ReverseSDE, brownian_motion, odeint, sdeint
-from .errors import NumericalError
+from .errors import NumericalError, RoundoffWarning
 from .generate import evaluate_shards, generate, load_shards, verify_shards
 from .grid_opt import load_grid, optimize_grid, save_grid
 from .grids import GRIDS, time_grid
@@ -34,6 +34,7 @@ __all__ = [
     "NFEBudgetExceeded",
     "NumericalError",
     "ReverseSDE",
+    "RoundoffWarning",
     "Solution",
     "SubVPSDE",
     "SymbolicForms",

@@ -14,6 +14,11 @@ class NumericalError(ArithmeticError):
     """A computation produced a non-finite or inconsistent value instead of silently propagating it."""
 
 
+class RoundoffWarning(UserWarning):
+    """The plan amplifies a low-precision model's round-off so much that rounding, not the integrator, limits the
+    accuracy (:mod:`ei_toolkit.integrators.conditioning`)."""
+
+
 def positive_int(name: str, v: object) -> int:
     """``v`` as a Python int (numpy integers accepted; bools refused), or a ValueError naming ``name``."""
     try:

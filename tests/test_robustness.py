@@ -1,6 +1,8 @@
 """Low precision, non-finite values and hostile input (issue 10): clear errors naming the method, grid and argument,
 never a torch overflow, a silent inf or silent garbage."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -31,26 +33,52 @@ def test_huge_coefficients_in_low_precision_raise_naming_method_and_grid(dtype):
     assert torch.isfinite(y).all()
 
 
-def test_roundoff_gain_separates_stable_plans_from_extrapolating_ones():
-    def gain(method, grid, nfe, sde=VP):
-        m = ei.INTEGRATORS[method]
-        return roundoff_gain(plan_for(m, sde, cached_grid(sde, grid, m.steps_for_nfe(nfe), sde.t_max, sde.t_min)),
-                             sde)
+def _gain(method, grid, nfe, sde=VP, prediction="eps"):
+    m = ei.INTEGRATORS[method]
+    plan = plan_for(m, sde, cached_grid(sde, grid, m.steps_for_nfe(nfe), sde.t_max, sde.t_min))
+    return roundoff_gain(plan, sde, prediction)
 
-    for method in ("ddim", "logrhoab2", "tab3", "rhork-kutta3"):  # recommended grids, 30 evaluations: contracting
-        assert gain(method, ei.INTEGRATORS[method].default_grid, 30) < 2
-    assert gain("tab3", "uniform_rho", 10) > 1e4  # the same method on a grid that extrapolates over long steps
-    # the gain is the sensitivity of the result to the model's outputs: check it against a finite difference
-    m = ei.INTEGRATORS["tab2"]
+
+def test_roundoff_gain_separates_stable_plans_from_extrapolating_ones():
+    for method in ("ddim", "logrhoab2", "tab3", "rhork-kutta3", "x0-logrhoab2"):  # recommended grids, 30 evaluations
+        assert _gain(method, ei.INTEGRATORS[method].default_grid, 30) < 20
+    assert _gain("tab3", "uniform_rho", 10) > 1e4  # the same method on a grid that extrapolates over long steps
+
+
+@pytest.mark.parametrize("method", ["tab2", "x0-logrhoab2"])
+def test_roundoff_gain_is_the_sensitivity_to_the_model_output_on_gaussian_data(method):
+    # finite differences, independently of the implementation: data N(0, s^2) has eps = sigma x / (alpha^2 s^2 +
+    # sigma^2); an eps model's output error d becomes an x0 error -sigma / alpha d in a data-prediction plan
+    m = ei.INTEGRATORS[method]
     plan = plan_for(m, VP, cached_grid(VP, "uniform_t", 6, VP.t_max, VP.t_min))
-    sigma = VP.sigma(plan.eval_times).tolist()
-    x0 = torch.full((1,), float(VP.sigma(plan.grid[:1])), dtype=torch.float64)
-    total = 0.0
-    for k in range(len(sigma)):
-        def run(delta, k=k):
-            return plan.run(x0, lambda y, j: y / sigma[j] + (delta if j == k else 0.0)).item()
-        total += abs(run(1e-6) - run(-1e-6)) / 2e-6
-    assert roundoff_gain(plan, VP) == pytest.approx(total, rel=1e-5)
+    a, s_ = VP.alpha(plan.eval_times).tolist(), VP.sigma(plan.eval_times).tolist()
+    x0_form = plan.target == "x0"
+    worst = 0.0
+    for scale in (0.0, 0.1, 0.5, 1.0):
+        def run(k, delta, scale=scale):
+            def fn(y, j):
+                e = y * s_[j] / (a[j] ** 2 * scale**2 + s_[j] ** 2) + (delta if j == k else 0.0)
+                return (y - s_[j] * e) / a[j] if x0_form else e
+            return plan.run(torch.ones(1, dtype=torch.float64), fn).item()
+        worst = max(worst, sum(abs(run(k, 1e-6) - run(k, -1e-6)) / 2e-6 for k in range(len(a))))
+    assert roundoff_gain(plan, VP) == pytest.approx(worst, rel=1e-5)
+
+
+def test_a_plan_that_amplifies_round_off_warns_and_the_gain_predicts_the_error():
+    # rhork-rk4-38 at nfe=100 on the cosine schedule's steep end: four stages per step in t where rho changes fast
+    model = PROBLEM.eps_model(COSINE)
+    x = PROBLEM.sample_marginal(COSINE, COSINE.t_max, 8, torch.Generator().manual_seed(0))
+    ref = PROBLEM.reference(COSINE, x, COSINE.t_max, COSINE.t_min)
+    kw = dict(method="rhork-rk4-38", grid="quadratic_t", nfe=100)
+    with pytest.warns(ei.RoundoffWarning, match=r"^rhork-rk4-38 on the quadratic_t grid with nfe=100 amplifies the "
+                                                r"float16 round-off .* about 1\.7e\+02-fold"):
+        sol = ei.solve(model, x.half(), COSINE, **kw)
+    gain = sol.stats["roundoff_gain"]
+    excess = rel_err(sol.x, ref) - rel_err(ei.sample(model, x, COSINE, **kw), ref)
+    assert 0.25 < excess / (gain * 2.0**-11) < 4, (excess, gain)
+    with warnings.catch_warnings():  # the default plan amplifies little: no warning, a small gain
+        warnings.simplefilter("error")
+        assert ei.solve(model, x.half(), COSINE, nfe=10).stats["roundoff_gain"] < 20
 
 
 def test_half_precision_keeps_its_accuracy_as_nfe_grows():
