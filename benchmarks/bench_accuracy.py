@@ -178,10 +178,11 @@ def is_peer(config: str) -> bool:
     return config.startswith(("diffusers ", "k-diffusion "))
 
 
-def default_config() -> str:
-    from ei_toolkit.sampling import DEFAULT_METHOD
+def default_config(nfe: int | str) -> str:
+    """``ei.sample``'s default configuration at ``nfe``, named as in the results ("method / grid")."""
+    from ei_toolkit.sampling import default_method
 
-    return f"{DEFAULT_METHOD} / {ei.INTEGRATORS[DEFAULT_METHOD].default_grid}"
+    return " / ".join(default_method(int(nfe)))
 
 
 def _dagger(by_nfe: dict, config: str, nfe: int) -> str:
@@ -196,7 +197,6 @@ def _fmt(v: float) -> str:
 
 def report(results: dict, mismatched: dict, notes: list[str], args: argparse.Namespace, took: float) -> str:
     methods = our_methods()
-    default = default_config()
     nfes = sorted({k for p in results.values() for k in p})
     peers = sorted({c for p in results.values() for r in p.values() for c in r if is_peer(c)})
     cmd = "python benchmarks/bench_accuracy.py" + (" --quick" if args.quick else "")
@@ -207,7 +207,8 @@ def report(results: dict, mismatched: dict, notes: list[str], args: argparse.Nam
         f"rtol = atol = {RTOL:g}, log-rho frame), from exact draws at t_max to t_min. Problems: SDE / mixture "
         "(see the docstring of `benchmarks/bench_accuracy.py`). Ours: every deterministic plan-based method of "
         f"the registry ({len(methods)}: {', '.join(methods)}) on every grid ({', '.join(ei.GRIDS)}); the "
-        f"default `ei.sample` configuration is `{default}`. Peers ({len(peers)}): {', '.join(peers)}. Only "
+        "default `ei.sample` configuration depends on NFE: "
+        f"{', '.join(f'`{default_config(k)}` at {k}' for k in nfes)}. Peers ({len(peers)}): {', '.join(peers)}. Only "
         "configurations that used exactly NFE model evaluations are ranked. "
         f"Command: `{cmd}` ({took:.0f} s on this machine). Machine-readable: "
         f"`{'accuracy_quick' if args.quick else 'accuracy'}.json` = {{problem: {{nfe: {{config: median error}}}}}}.",
@@ -227,7 +228,7 @@ def report(results: dict, mismatched: dict, notes: list[str], args: argparse.Nam
             if not ours or not theirs:
                 continue
             bo, bp = min(ours, key=r.__getitem__), min(theirs, key=r.__getitem__)
-            d = r.get(default, math.inf)
+            d = r.get(default_config(k), math.inf)
             ratios_best[k].append(r[bo] / r[bp])
             ratios_default[k].append(d / r[bp])
             lines.append(f"| {p} | {k} | {bp}{_dagger(by_nfe, bp, k)} | {_fmt(r[bp])} | {bo}{_dagger(by_nfe, bo, k)} | "
@@ -303,7 +304,6 @@ def plot(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    default = default_config()
     probs = list(results)
     cols = 4
     rows = math.ceil(len(probs) / cols)
@@ -316,7 +316,7 @@ def plot(results: dict, path: Path) -> Path:
         curves = {
             "best peer": [min((v for c, v in by[k].items() if is_peer(c)), default=math.nan) for k in nfes],
             "best of ours": [min((v for c, v in by[k].items() if not is_peer(c)), default=math.nan) for k in nfes],
-            f"default ({default})": [by[k].get(default, math.nan) for k in nfes],
+            "default (by NFE)": [by[k].get(default_config(k), math.nan) for k in nfes],
         }
         for (label, ys), style in zip(curves.items(), ["k--", "C0-", "C1:"], strict=True):
             ax.plot([int(k) for k in nfes], ys, style, marker="o", ms=3, label=label)

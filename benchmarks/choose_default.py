@@ -15,11 +15,28 @@ import json
 import math
 from pathlib import Path
 
-from ei_toolkit import INTEGRATORS
-from ei_toolkit.sampling import DEFAULT_METHOD
+from ei_toolkit.sampling import default_method
 
 OUT = Path(__file__).parent / "results"
-DEFAULT = f"{DEFAULT_METHOD} / {INTEGRATORS[DEFAULT_METHOD].default_grid}"
+
+
+def default_config(nfe: str) -> str:
+    """sample()'s default at ``nfe`` as "method / grid"."""
+    return " / ".join(default_method(int(nfe)))
+
+
+DECISION = """Decision: the default depends on the budget (`ei.sampling.default_method`): `logrhoab1` up to NFE 5,
+`logrhoab2` up to 20, `x0-logrhoab3` up to 40, `logrhoab3` beyond, all on the uniform log-rho grid. Against the
+peers (tables below, NFE 5 / 10 / 20) `logrhoab1` has the lowest worst ratio at NFE 5 and is <= 1.0 on more problems
+than `logrhoab2`; `logrhoab2` is <= 1.0 on the most problems at NFE 10 and 20. Between and beyond those NFE only our
+candidates were run (`python benchmarks/default_by_nfe.py`, results/default_by_nfe.md, errors relative to
+`logrhoab2` on the same 24 problems): `logrhoab1` is better in geometric mean up to NFE 6 (at 6 barely, 0.95x with a
+worst of 4.4x, so the default switches after 5) and worse from 7; `x0-logrhoab3` is better from 25 (0.57x at 25,
+0.43x at 30) and `logrhoab3` from 50 (0.24x against 0.32x at 50, 0.10x against 0.27x at 100); at 40 the two are
+equal (0.33x and 0.34x), where the default switches. No single configuration is <= 1.0 on every problem: the best
+peer is the minimum over ~30 peer configurations per problem, and at NFE 5-10 several minima are cancellations (e.g.
+edm/256d at NFE 10: UniPC bh2-3 on the logSNR grid reaches 9.9e-05, below its own NFE 20 figure 1.1e-04); calibrated
+grids (grid_opt.md) are the tool for a given model."""
 
 
 def is_peer(name: str) -> bool:
@@ -57,7 +74,7 @@ def default_and_best(data: dict, nfe: str) -> tuple[list[float], list[float]]:
         ours = [v for k, v in configs.items() if not is_peer(k) and math.isfinite(v)]
         if peers and ours:
             best = min(peers)
-            d.append(configs.get(DEFAULT, math.inf) / best)
+            d.append(configs.get(default_config(nfe), math.inf) / best)
             b.append(min(ours) / best)
     return d, b
 
@@ -71,7 +88,8 @@ def main() -> None:
     data = json.loads(args.json.read_text())
     table = scores(data)
     nfes = sorted(table, key=int)
-    lines = ["# Choosing the default", "", f"From `{args.json.name}` (`python benchmarks/bench_accuracy.py`); command: "
+    lines = ["# Choosing the default", "", DECISION, "",
+             f"From `{args.json.name}` (`python benchmarks/bench_accuracy.py`); command: "
              "`python benchmarks/choose_default.py`. Ratio = our median error / the best peer configuration's on the "
              "same problem; worst = max over problems, gm = geometric mean.", ""]
     common: dict[str, float] = {}
@@ -88,11 +106,12 @@ def main() -> None:
               "| configuration | worst ratio |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for v, k in best_all]
     lines += ["", "## Against the targets (per NFE: problems where the ratio is <= 1.0 / <= 0.5)", "",
-              "| NFE | default (" + DEFAULT + ") <= 1.0 | default <= 0.5 | best of ours <= 1.0 | best of ours <= 0.5 |",
-              "|---|---|---|---|---|"]
+              "| NFE | default | default <= 1.0 | default <= 0.5 | worst default ratio | best of ours <= 1.0 | "
+              "best of ours <= 0.5 |", "|---|---|---|---|---|---|---|"]
     for nfe in nfes:
         d, b = default_and_best(data, nfe)
-        lines.append(f"| {nfe} | {sum(v <= 1.0 for v in d)}/{len(d)} | {sum(v <= 0.5 for v in d)}/{len(d)} | "
+        lines.append(f"| {nfe} | {default_config(nfe)} | {sum(v <= 1.0 for v in d)}/{len(d)} | "
+                     f"{sum(v <= 0.5 for v in d)}/{len(d)} | {max(d):.2f} | "
                      f"{sum(v <= 1.0 for v in b)}/{len(b)} | {sum(v <= 0.5 for v in b)}/{len(b)} |")
     text = "\n".join(lines) + "\n"
     (OUT / "default.md").write_text(text)

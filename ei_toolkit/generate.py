@@ -50,7 +50,7 @@ import torch.distributed as dist
 from .errors import NumericalError, positive_int
 from .integrators import Integrator, Method, get_integrator
 from .model import Model
-from .sampling import DEFAULT_MATRIX_METHOD, DEFAULT_METHOD, solve
+from .sampling import DEFAULT_MATRIX_METHOD, default_method, solve
 from .sde import LinearSDE, MatrixLinearSDE
 
 FORMAT = "ei_toolkit.generate/1"
@@ -450,7 +450,10 @@ def generate(
     seed = _check_seed(seed)
     out_dir = Path(out_dir)
     matrix = isinstance(sde, MatrixLinearSDE)
-    chosen = get_integrator(method if method is not None else (DEFAULT_MATRIX_METHOD if matrix else DEFAULT_METHOD))
+    if method is None and not matrix:  # sample()'s default for this budget, with its grid
+        method, default_grid = default_method(nfe)
+        grid = default_grid if grid is None else grid
+    chosen = get_integrator(method if method is not None else DEFAULT_MATRIX_METHOD)
     chosen = chosen.configure(lam=lam)
     if not isinstance(chosen, Integrator) and getattr(chosen, "evals_per_step", None) is None:
         raise ValueError(f"method {chosen.name!r} is adaptive: it chooses its steps from the whole batch, so a "
@@ -707,7 +710,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch", type=int, default=DEFAULT_BATCH,
                    help=f"samples each process integrates at once, in whole blocks; changes no sample "
                         f"(default: {DEFAULT_BATCH})")
-    g.add_argument("--method", default=None, help=f"integrator, e.g. tab3 or sddim (default: {DEFAULT_METHOD})")
+    g.add_argument("--method", default=None, help="integrator, e.g. tab3 or sddim (default: sample()'s for --nfe: "
+                   "logrhoab1 up to 5, logrhoab2 up to 20, x0-logrhoab3 up to 40, logrhoab3 beyond)")
     g.add_argument("--nfe", type=int, default=10, help="number of model evaluations (default: 10)")
     g.add_argument("--grid", default=None, help="time grid (default: the method's recommended grid)")
     g.add_argument("--lam", type=float, default=None,

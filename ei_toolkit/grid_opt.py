@@ -34,7 +34,7 @@ import torch
 from .grids import time_grid
 from .integrators import Integrator, Method, get_integrator
 from .model import Model
-from .sampling import DEFAULT_METHOD, solve
+from .sampling import DEFAULT_METHOD, default_method, solve
 from .sde import LinearSDE
 
 GRID_FORMAT = "ei_toolkit.grid"
@@ -46,8 +46,8 @@ class _Budget(Exception):
     pass
 
 
-def _check_method(method: str | Method | None) -> Integrator:
-    m = get_integrator(DEFAULT_METHOD if method is None else method)
+def _check_method(method: str | Method | None, nfe: int) -> Integrator:
+    m = get_integrator(default_method(nfe)[0] if method is None else method)
     if not isinstance(m, Integrator) or m.stochastic:
         raise ValueError(f"optimize_grid tunes the grid of a deterministic plan-based method (an Integrator such as "
                          f"{DEFAULT_METHOD!r}); {m.name!r} chooses its own steps or is stochastic")
@@ -68,9 +68,10 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
     the calibration batch ``x`` (states at t_start) against the exact ODE solution; pass it as ``grid=`` to
     :func:`ei_toolkit.solve` / ``sample`` with the same method and model (see the module docstring).
 
-    ``method`` defaults to the sampler's default (``ei_toolkit.sampling.DEFAULT_METHOD``). ``reference``: the exact
-    solution at t_end for ``x`` if you have it; otherwise it is computed once by method ``"adaptive"`` at
-    ``reference_rtol``. ``max_solves`` bounds the optimiser's solves (each ``nfe`` model evaluations on the batch).
+    ``method`` defaults to the sampler's default for ``nfe`` (:func:`ei_toolkit.sampling.default_method`).
+    ``reference``: the exact solution at t_end for ``x`` if you have it; otherwise it is computed once by method
+    ``"adaptive"`` at ``reference_rtol``. ``max_solves`` bounds the optimiser's solves (each ``nfe`` model
+    evaluations on the batch).
     With ``return_info=True`` returns ``(grid, info)``: the objective at the default grid and at the result
     (``loss_default``, ``loss``: mean log RMS error per trajectory), the grid it started from, and the model
     evaluations spent (``nfe_reference``, ``nfe_optimiser``, ``solves``).
@@ -82,7 +83,7 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
                         f"{type(sde).__name__}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1 or x.shape[0] < 1:
         raise ValueError("x must be a floating-point tensor with a batch dimension first (the calibration batch)")
-    m = _check_method(method)
+    m = _check_method(method, nfe)
     steps = m.steps_for_nfe(nfe)
     if isinstance(max_solves, bool) or not isinstance(max_solves, int) or max_solves < 1:
         raise ValueError(f"max_solves must be a positive integer; got {max_solves!r}")
@@ -201,7 +202,7 @@ def model_id(model: Any) -> str:
 def grid_key(model: Any, sde: LinearSDE, method: str | Method | None, nfe: int) -> dict[str, Any]:
     """The key a saved grid is valid for: model id, SDE (its class and a digest of its derivation and window),
     method (name and a digest of its configuration) and NFE."""
-    m = _check_method(method)
+    m = _check_method(method, nfe)
     m.steps_for_nfe(nfe)
     return {"model": model_id(model), "sde": f"{type(sde).__name__}:{_digest(sde.key)}", "method": m.name,
             "method_config": _digest(m.key), "nfe": int(nfe)}
@@ -212,7 +213,7 @@ def save_grid(path: str | Path, grid: torch.Tensor, *, model: Any, sde: LinearSD
     """Write ``grid`` (decreasing times) with its key (:func:`grid_key`) as a small JSON file; returns the path."""
     key = grid_key(model, sde, method, nfe)
     t = torch.as_tensor(grid, dtype=torch.float64).flatten()
-    _check_times(t, key, _check_method(method), str(path))
+    _check_times(t, key, _check_method(method, nfe), str(path))
     doc = {"format": GRID_FORMAT, "version": GRID_VERSION, "key": key, "times": [float(v) for v in t]}
     path = Path(path)
     path.write_text(json.dumps(doc, indent=1) + "\n")
@@ -243,7 +244,7 @@ def load_grid(path: str | Path, *, model: Any, sde: LinearSDE, method: str | Met
                                               for v in times):
         raise ValueError(f"{path}: 'times' must be a list of numbers")
     t = torch.tensor(times, dtype=torch.float64)
-    _check_times(t, want, _check_method(method), str(path))
+    _check_times(t, want, _check_method(method, nfe), str(path))
     return t
 
 

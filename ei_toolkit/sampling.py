@@ -10,6 +10,7 @@ SDEs), so nothing in it waits on the device.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import NumericalError, all_finite
+from .errors import NumericalError, all_finite, positive_int
 from .integrators import INTEGRATORS, Integrator, Method, SolveRequest, get_integrator
 from .integrators.base import plan_for
 from .integrators.conditioning import check_roundoff
@@ -26,12 +27,24 @@ from .noise import check_generator
 from .sde import LinearSDE, MatrixLinearSDE
 from .solution import Solution
 
-# Chosen by benchmarks/choose_default.py over the 24 problems of benchmarks/results/accuracy.md (with its grid,
-# uniform_logrho): see benchmarks/results/default.md.
+# Chosen by benchmarks/choose_default.py over the 24 problems of benchmarks/results/accuracy.md, all on the
+# uniform_logrho grid: see benchmarks/results/default.md. DEFAULT_METHOD is the choice at nfe=10 (and wherever a
+# single name is needed: EIScheduler's config); DEFAULTS_BY_NFE holds (largest nfe, method) in increasing order.
 DEFAULT_METHOD = "logrhoab2"
+DEFAULTS_BY_NFE: tuple[tuple[int | None, str], ...] = (
+    (5, "logrhoab1"), (20, DEFAULT_METHOD), (40, "x0-logrhoab3"), (None, "logrhoab3"))
+DEFAULT_GRID = "uniform_logrho"
 # For matrix SDEs (no scalar rho): the most accurate method at NFE 10-20 in benchmarks/results/cld.md.
 DEFAULT_MATRIX_METHOD = "tab2"
 WORKING_DTYPES = (torch.float32, torch.float64)
+
+
+def default_method(nfe: int | None = None) -> tuple[str, str]:
+    """sample()'s default (method, grid) for ``nfe`` model evaluations (None: 10), scalar SDEs:
+    ``logrhoab1`` up to nfe=5, ``logrhoab2`` up to 20, ``x0-logrhoab3`` up to 40, ``logrhoab3`` beyond, all on
+    ``uniform_logrho`` (measured at nfe 4-10, 12, 15, 20, 25, 30, 50 and 100: benchmarks/results/default.md)."""
+    n = 10 if nfe is None else positive_int("nfe", nfe)
+    return next(name for top, name in DEFAULTS_BY_NFE if top is None or n <= top), DEFAULT_GRID
 
 
 def _check_time(name: str, v: object) -> float | None:
@@ -72,8 +85,9 @@ def solve(
     (default ``sde.t_max``) down to ``t_end`` (default ``sde.t_min``) with exactly ``nfe`` model evaluations
     (default 10).
 
-    ``method`` names a registered method (``ei_toolkit.INTEGRATORS``; default ``logrhoab2``, ``tab2`` for matrix
-    SDEs) or is a method object; ``grid`` names a time grid (``ei_toolkit.GRIDS``; default: the method's) or gives
+    ``method`` names a registered method (``ei_toolkit.INTEGRATORS``; default: :func:`default_method` of nfe,
+    ``logrhoab2`` on ``uniform_logrho`` at nfe 6-20, ``tab2`` for matrix SDEs) or is a method object; ``grid``
+    names a time grid (``ei_toolkit.GRIDS``; default: the method's) or gives
     the times explicitly (then ``t_start``/``t_end`` must not be given: the grid's ends are used).
     Stochastic methods (``"sddim"``: stochastic DDIM) take ``lam`` (lambda >= 0) or DDIM's ``eta``; their noise comes
     from ``generator`` (one, or a list with one per sample: sample n then depends on generator n only) or from a
@@ -98,7 +112,14 @@ def solve(
         raise ValueError(f"x must have shape (batch, {sde.k}, ...) for this {sde.k}x{sde.k} matrix SDE; got "
                          f"{tuple(x.shape)}")
     work = _working_dtype(x, dtype)
-    chosen = get_integrator(method if method is not None else (DEFAULT_MATRIX_METHOD if matrix else DEFAULT_METHOD))
+    if method is None and not matrix:  # the default depends on the budget: nfe, or the explicit grid's steps
+        steps = None
+        if nfe is None and grid is not None and not isinstance(grid, str):
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):  # not a grid: reported below
+                steps = max(torch.as_tensor(grid).numel() - 1, 1)
+        method, default_grid = default_method(steps if nfe is None else nfe)
+        grid = default_grid if grid is None else grid
+    chosen = get_integrator(method if method is not None else DEFAULT_MATRIX_METHOD)
     chosen = chosen.configure(lam=lam, eta=eta, options=options)
     if matrix and not chosen.matrix:
         raise ValueError(f"method {chosen.name!r} does not support matrix SDEs; valid: "
@@ -134,10 +155,15 @@ def solve(
     if t_start == getattr(sde, "t_terminal", None):  # hook: the first step from rho = inf (zero terminal SNR)
         from .diffusion.zero_snr import solve_from_infinite_noise
 
-        sol = solve_from_infinite_noise(chosen, request, check=lambda m, r: _check_roundoff(m, r, x.dtype))
+        gains: list[float | None] = []
+        sol = solve_from_infinite_noise(chosen, request,
+                                        check=lambda m, r: gains.append(_check_roundoff(m, r, x.dtype)))
+        gain = max((g for g in gains if g is not None), default=None)
     else:
-        _check_roundoff(chosen, request, x.dtype)
+        gain = _check_roundoff(chosen, request, x.dtype)
         sol = _named(chosen, request, x.dtype)
+    if gain is not None:  # the plan's round-off gain for x's dtype (integrators/conditioning.py)
+        sol.stats["roundoff_gain"] = gain
     if not all_finite(sol.x):  # one synchronisation, after the loop
         raise NumericalError(f"{_describe(chosen, request, x.dtype)}: the state is not finite at the end "
                              f"(t = {t_end:g}) although every model output was: "
@@ -148,6 +174,7 @@ def solve(
                              "when cast back to x's dtype; the run diverged or the data scale needs float32")
     if sol.trajectory is not None:
         sol.trajectory = sol.trajectory.to(x.dtype)
+    sol.stats["method"] = chosen.name
     sol.stats["seconds"] = time.perf_counter() - start
     return sol
 
@@ -158,14 +185,15 @@ def _describe(method: Method, request: SolveRequest, model_dtype: torch.dtype) -
     return f"{method.name} on the {grid} grid (nfe={request.nfe}, {dtype} model input)"
 
 
-def _check_roundoff(method: Method, request: SolveRequest, model_dtype: torch.dtype) -> None:
+def _check_roundoff(method: Method, request: SolveRequest, model_dtype: torch.dtype) -> float | None:
     """A clear error, before the run, when the plan would amplify the model dtype's round-off into noise
     (:mod:`ei_toolkit.integrators.conditioning`)."""
     if not isinstance(method, Integrator) or model_dtype == torch.float64:
-        return
+        return None
     times, grid_name = method.times(request)
     nfe = request.nfe if request.nfe is not None else (len(times) - 1) * method.evals_per_step
-    check_roundoff(plan_for(method, request.sde, times), request.sde, model_dtype, method.name, grid_name, nfe)
+    return check_roundoff(plan_for(method, request.sde, times), request.sde, model_dtype, method.name, grid_name,
+                          nfe, request.evaluator.prediction)
 
 
 def _named(method: Method, request: SolveRequest, model_dtype: torch.dtype) -> Solution:

@@ -81,7 +81,7 @@ def test_save_and_load_round_trip_and_refusal(calibrated, tmp_path):
     path = ei.save_grid(tmp_path / "grid.json", grid, model="gmm2d-exact", sde=sde, nfe=5)
     back = ei.load_grid(path, model="gmm2d-exact", sde=sde, nfe=5)
     torch.testing.assert_close(back, grid, rtol=0, atol=0)
-    assert json.loads(path.read_text())["key"]["method"] == ei.sampling.DEFAULT_METHOD
+    assert json.loads(path.read_text())["key"]["method"] == ei.sampling.default_method(5)[0]
     with pytest.raises(ValueError, match="nfe: saved 5, requested 10"):
         ei.load_grid(path, model="gmm2d-exact", sde=sde, nfe=10)
     with pytest.raises(ValueError, match="method: saved"):

@@ -1,0 +1,45 @@
+"""sample()'s default depends on the budget (issue 11: chosen by benchmarks/choose_default.py, see
+benchmarks/results/default.md): logrhoab1 up to nfe=5, logrhoab2 up to 20, x0-logrhoab3 up to 40, logrhoab3 beyond,
+on uniform_logrho."""
+
+import pytest
+import torch
+
+import ei_toolkit as ei
+from ei_toolkit.sampling import default_method
+from ei_toolkit.testing import get_problem
+
+SDE = ei.VPSDE()
+PROBLEM = get_problem("gmm2d")
+
+
+@pytest.mark.parametrize(("nfe", "method"), [(1, "logrhoab1"), (5, "logrhoab1"), (6, "logrhoab2"), (None, "logrhoab2"),
+                                             (20, "logrhoab2"), (21, "x0-logrhoab3"), (40, "x0-logrhoab3"),
+                                             (41, "logrhoab3"), (1000, "logrhoab3")])
+def test_default_method_by_nfe(nfe, method):
+    assert default_method(nfe) == (method, "uniform_logrho")
+
+
+@pytest.mark.parametrize("nfe", [5, 10, 30, 60])
+def test_sample_without_a_method_runs_the_default_for_its_nfe(nfe):
+    model = PROBLEM.eps_model(SDE)
+    x = PROBLEM.sample_marginal(SDE, SDE.t_max, 4, torch.Generator().manual_seed(0))
+    sol = ei.solve(model, x, SDE, nfe=nfe)
+    name, grid = default_method(nfe)
+    assert sol.stats["method"] == name and sol.stats["grid"] == grid
+    torch.testing.assert_close(sol.x, ei.sample(model, x, SDE, method=name, grid=grid, nfe=nfe), rtol=0, atol=0)
+
+
+def test_an_explicit_grid_without_a_method_chooses_by_its_steps():
+    model = PROBLEM.eps_model(SDE)
+    x = PROBLEM.sample_marginal(SDE, SDE.t_max, 4, torch.Generator().manual_seed(0))
+    grid = ei.time_grid(SDE, "karras", 30, SDE.t_max, SDE.t_min)
+    sol = ei.solve(model, x, SDE, grid=grid)
+    assert sol.stats["method"] == "x0-logrhoab3"
+    torch.testing.assert_close(sol.x, ei.sample(model, x, SDE, method="x0-logrhoab3", grid=grid), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "10", True])
+def test_a_bad_nfe_is_reported_by_name(bad):
+    with pytest.raises((TypeError, ValueError), match="nfe"):
+        default_method(bad)
