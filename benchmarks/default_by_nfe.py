@@ -20,7 +20,8 @@ import ei_toolkit as ei
 from ei_toolkit.sampling import default_method
 
 OUT = Path(__file__).parent / "results"
-CANDIDATES = ("logrhoab1", "logrhoab2", "logrhoab3", "x0-logrhoab2", "x0-logrhoab3")
+CANDIDATES = ("logrhoab1", "logrhoab1-mid", "logrhoab2", "logrhoab3", "x0-logrhoab1-mid", "x0-logrhoab2",
+              "x0-logrhoab3")
 GRID = "uniform_logrho"
 NFES = (4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30, 40, 50, 100)
 BASE = "logrhoab2"

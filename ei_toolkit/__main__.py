@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     sp_.add_argument("--n", type=positive_int, default=64, help="number of digits (default: 64)")
     sp_.add_argument("--nfe", type=positive_int, default=10, help="number of model evaluations (default: 10)")
     sp_.add_argument("--method", default=None,
-                     help="integrator, e.g. tab3 or sddim (default: ei.sample's for --nfe: logrhoab1 up to 5, "
+                     help="integrator, e.g. tab3 or sddim (default: ei.sample's for --nfe: logrhoab1-mid up to 6, "
                           "logrhoab2 up to 20, x0-logrhoab3 up to 40, logrhoab3 beyond)")
     sp_.add_argument("--grid", default=None, help="time grid (default: the method's recommended grid)")
     sp_.add_argument("--lam", type=finite_float, default=None,

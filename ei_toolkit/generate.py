@@ -711,7 +711,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help=f"samples each process integrates at once, in whole blocks; changes no sample "
                         f"(default: {DEFAULT_BATCH})")
     g.add_argument("--method", default=None, help="integrator, e.g. tab3 or sddim (default: sample()'s for --nfe: "
-                   "logrhoab1 up to 5, logrhoab2 up to 20, x0-logrhoab3 up to 40, logrhoab3 beyond)")
+                   "logrhoab1-mid up to 6, logrhoab2 up to 20, x0-logrhoab3 up to 40, logrhoab3 beyond)")
     g.add_argument("--nfe", type=int, default=10, help="number of model evaluations (default: 10)")
     g.add_argument("--grid", default=None, help="time grid (default: the method's recommended grid)")
     g.add_argument("--lam", type=float, default=None,

@@ -32,7 +32,7 @@ from .solution import Solution
 # single name is needed: EIScheduler's config); DEFAULTS_BY_NFE holds (largest nfe, method) in increasing order.
 DEFAULT_METHOD = "logrhoab2"
 DEFAULTS_BY_NFE: tuple[tuple[int | None, str], ...] = (
-    (5, "logrhoab1"), (20, DEFAULT_METHOD), (40, "x0-logrhoab3"), (None, "logrhoab3"))
+    (6, "logrhoab1-mid"), (20, DEFAULT_METHOD), (40, "x0-logrhoab3"), (None, "logrhoab3"))
 DEFAULT_GRID = "uniform_logrho"
 # For matrix SDEs (no scalar rho): the most accurate method at NFE 10-20 in benchmarks/results/cld.md.
 DEFAULT_MATRIX_METHOD = "tab2"
@@ -41,7 +41,7 @@ WORKING_DTYPES = (torch.float32, torch.float64)
 
 def default_method(nfe: int | None = None) -> tuple[str, str]:
     """sample()'s default (method, grid) for ``nfe`` model evaluations (None: 10), scalar SDEs:
-    ``logrhoab1`` up to nfe=5, ``logrhoab2`` up to 20, ``x0-logrhoab3`` up to 40, ``logrhoab3`` beyond, all on
+    ``logrhoab1-mid`` up to nfe=6, ``logrhoab2`` up to 20, ``x0-logrhoab3`` up to 40, ``logrhoab3`` beyond, all on
     ``uniform_logrho`` (measured at nfe 4-10, 12, 15, 20, 25, 30, 50 and 100: benchmarks/results/default.md)."""
     n = 10 if nfe is None else positive_int("nfe", nfe)
     return next(name for top, name in DEFAULTS_BY_NFE if top is None or n <= top), DEFAULT_GRID
@@ -86,7 +86,7 @@ def solve(
     (default 10).
 
     ``method`` names a registered method (``ei_toolkit.INTEGRATORS``; default: :func:`default_method` of nfe,
-    ``logrhoab2`` on ``uniform_logrho`` at nfe 6-20, ``tab2`` for matrix SDEs) or is a method object; ``grid``
+    ``logrhoab2`` on ``uniform_logrho`` at nfe 7-20, ``tab2`` for matrix SDEs) or is a method object; ``grid``
     names a time grid (``ei_toolkit.GRIDS``; default: the method's) or gives
     the times explicitly (then ``t_start``/``t_end`` must not be given: the grid's ends are used).
     Stochastic methods (``"sddim"``: stochastic DDIM) take ``lam`` (lambda >= 0) or DDIM's ``eta``; their noise comes

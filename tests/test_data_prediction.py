@@ -156,3 +156,36 @@ def test_bad_configurations_are_refused():
     with pytest.raises(ValueError, match="method 'x' does not support matrix SDEs"):
         ei.sample(lambda u, t: u, torch.zeros(1, 2, 3), ei.CLD(), method=ExponentialAdams("x", 2, "t", "uniform_t",
                                                                                           target="x0"))
+
+
+@pytest.mark.parametrize("target", ["eps", "x0"])
+@pytest.mark.parametrize("sde_name", ["vp", "ddpm", "edm"])
+def test_the_midpoint_rule_has_dpm_solver_2m_coefficients(target, sde_name):
+    # by hand (docs/math.md 4.10): with lam = -log rho and h_i = lam_{i+1} - lam_i, the one-point weight w_i is
+    # -sigma_{i+1} (e^{h_i} - 1) (eps) or alpha_{i+1} (1 - e^{-h_i}) (x0), and the two-point row is
+    # (w_i (1 + h_i / (2 h_{i-1})), -w_i h_i / (2 h_{i-1})): DPM-Solver-2M / DPM-Solver++(2M)
+    sde = SDES[sde_name]
+    name = "logrhoab1-mid" if target == "eps" else "x0-logrhoab1-mid"
+    grid = ei.time_grid(sde, "quadratic_t", 7, sde.t_max, sde.t_min)
+    plan = plan_for(ei.INTEGRATORS[name], sde, grid)
+    lam = (-torch.log(sde.rho(grid))).tolist()
+    alpha, sigma = sde.alpha(grid).tolist(), sde.sigma(grid).tolist()
+    for i, row in enumerate(plan.weights):
+        h = lam[i + 1] - lam[i]
+        w = -sigma[i + 1] * math.expm1(h) if target == "eps" else -alpha[i + 1] * math.expm1(-h)
+        want = [w] if i == 0 else [w * (1 + h / (2 * (lam[i] - lam[i - 1]))), -w * h / (2 * (lam[i] - lam[i - 1]))]
+        assert [float(c) for c in row] == pytest.approx(want, rel=1e-10), i
+    assert plan.psi[-1] == pytest.approx(sigma[-1] / sigma[-2] if target == "x0" else alpha[-1] / alpha[-2], rel=1e-12)
+
+
+def test_the_midpoint_rule_differs_from_the_exact_rule_and_unknown_rules_are_refused():
+    # x0 linear in lam: the exact 2-point rule reproduces it (tested above), the midpoint rule does not
+    sde = SDES["vp"]
+    model = _linear_x0(sde, 0.3, 0.05)
+    x = torch.ones(2, 3, dtype=torch.float64)
+    kw = dict(grid="uniform_logrho", nfe=6, prediction="x0")
+    exact = ei.sample(model, x, sde, method="x0-logrhoab1", **kw)
+    mid = ei.sample(model, x, sde, method="x0-logrhoab1-mid", **kw)
+    assert not torch.allclose(exact, mid, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown rule 'simpson'; valid: exact, midpoint"):
+        ExponentialAdams("bad", 2, "logrho", "uniform_logrho", rule="simpson")

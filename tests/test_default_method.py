@@ -1,5 +1,5 @@
 """sample()'s default depends on the budget (issue 11: chosen by benchmarks/choose_default.py, see
-benchmarks/results/default.md): logrhoab1 up to nfe=5, logrhoab2 up to 20, x0-logrhoab3 up to 40, logrhoab3 beyond,
+benchmarks/results/default.md): logrhoab1-mid up to nfe=6, logrhoab2 up to 20, x0-logrhoab3 up to 40, logrhoab3 beyond,
 on uniform_logrho."""
 
 import pytest
@@ -13,7 +13,8 @@ SDE = ei.VPSDE()
 PROBLEM = get_problem("gmm2d")
 
 
-@pytest.mark.parametrize(("nfe", "method"), [(1, "logrhoab1"), (5, "logrhoab1"), (6, "logrhoab2"), (None, "logrhoab2"),
+@pytest.mark.parametrize(("nfe", "method"), [(1, "logrhoab1-mid"), (6, "logrhoab1-mid"), (7, "logrhoab2"),
+                                             (None, "logrhoab2"),
                                              (20, "logrhoab2"), (21, "x0-logrhoab3"), (40, "x0-logrhoab3"),
                                              (41, "logrhoab3"), (1000, "logrhoab3")])
 def test_default_method_by_nfe(nfe, method):

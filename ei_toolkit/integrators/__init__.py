@@ -84,6 +84,11 @@ for _k in range(1, 4):
     for _target, _prefix in (("eps", ""), ("x0", "x0-")):
         register(ExponentialAdams(f"{_prefix}logrhoab{_k - 1}-pc", _k, "logrho", default_grid="uniform_logrho",
                                   target=_target, corrector=True))
+# Two points in log rho with the polynomial frozen at the step's middle: DPM-Solver-2M / DPM-Solver++(2M)'s
+# coefficients (exponential_adams.py, rule="midpoint").
+for _target, _prefix in (("eps", ""), ("x0", "x0-")):
+    register(ExponentialAdams(f"{_prefix}logrhoab1-mid", 2, "logrho", default_grid="uniform_logrho", target=_target,
+                              rule="midpoint"))
 for _order in (2, 3):
     for _target, _prefix in (("eps", ""), ("x0", "x0-")):
         register(SinglestepExponential(f"{_prefix}logrhoss{_order}", _order, target=_target))
