@@ -35,7 +35,7 @@ from ei_toolkit.metrics import digits_frechet_distance
 from ei_toolkit.models import digits_cond_model, guided_digits_model
 from ei_toolkit.models.classifier import load_digits_classifier
 from ei_toolkit.models.digits_cond import WEIGHTS
-from ei_toolkit.sampling import DEFAULT_METHOD
+from ei_toolkit.sampling import default_method
 from ei_toolkit.testing import reference_solution
 
 OUT = Path(__file__).parent / "results"
@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     clf = load_digits_classifier()
     labels = torch.arange(args.n) % 10
     x = torch.randn(args.n, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ours = [DEFAULT_METHOD] + [m for m in ei.INTEGRATORS if m.startswith("x0-") and not m.endswith("pc")
-                               and "logrho" in m] + [m for m in ei.INTEGRATORS if m.startswith("x0-") and
-                                                     m.endswith("pc")]
+    ours = [default_method(k)[0] for k in NFES] + ["logrhoab1", "logrhoab1-mid"] + [
+        m for m in ei.INTEGRATORS if m.startswith("x0-") and not m.endswith("pc") and "logrho" in m] + [
+        m for m in ei.INTEGRATORS if m.startswith("x0-") and m.endswith("pc")]
     ours = list(dict.fromkeys(m for m in ours if m in ei.INTEGRATORS))
     peers = available_peers(lambda name: any(f in name for f in PEER_FILTER))
     rows: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
             for m in ours:
                 default_grid = ei.INTEGRATORS[m].default_grid
                 for grid in dict.fromkeys([default_grid, *OUR_GRIDS]):
-                    name = f"ours {m} / {grid}" + (" (default)" if (m, grid) == (DEFAULT_METHOD, default_grid) else "")
+                    name = f"ours {m} / {grid}"
                     rows[key][name] = {}
                     for k in NFES:
                         sol = ei.solve(model, x, sde, method=m, nfe=k, grid=grid)
@@ -115,7 +115,6 @@ def main(argv: list[str] | None = None) -> None:
     took = time.perf_counter() - start
     OUT.mkdir(exist_ok=True)
     (OUT / "guided.json").write_text(json.dumps({"samplers": rows, "reference": floors}, indent=1) + "\n")
-    default = next(n for n in rows[f"{SCALES[0]:g}"] if n.endswith("(default)"))
     lines = [
         "# Guided sampling: classifier-free guidance on the class-conditional digits model",
         "",
@@ -138,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
             our_names = [n for n in by if n.startswith("ours ")]
             bp = min(peer_names, key=lambda n: by[n][k]["error"])
             bo = min(our_names, key=lambda n: by[n][k]["error"])
+            default = "ours " + " / ".join(default_method(int(k)))
             d = by[default][k]["error"]
             lines.append(f"| {key} | {k} | {default.removeprefix('ours ')} | {d:.2e} | {bp} | "
                          f"{by[bp][k]['error']:.2e} | {d / by[bp][k]['error']:.2f} | {bo.removeprefix('ours ')} | "
