@@ -220,16 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", action="append", default=None, help="only this method (repeatable; default: all)")
     parser.add_argument("--nfe", type=int, nargs="+", default=None, help="these NFEs (default: the sweep's)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                        help="write one report from the rows of runs on disjoint SDEs (run in parallel; each run "
-                             "keeps them in benchmarks/.cache/<its report's name>.json)")
+                        help="write one report from the rows of several runs (each keeps them in "
+                             "benchmarks/.cache/<its report's name>.json); a later file's run of a configuration "
+                             "replaces an earlier one's (a rerun after a change)")
     args = parser.parse_args(argv)
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
-        rows = [r for part in parts for r in part["rows"]]
+        merged: dict[tuple, dict] = {}  # a later part's run of the same configuration replaces an earlier one
+        for part in parts:
+            for r in part["rows"]:
+                merged[(r["sde"], r["method"], r["grid"], r["nfe"], r["dtype"])] = r
+        rows = list(merged.values())
         nfes = tuple(sorted({n for part in parts for n in part["nfes"]}))
         out = Path(args.out) if args.out else ROOT / "results" / "fuzz.md"
-        command = "python benchmarks/bench_fuzz.py --sde ... (parts run in parallel; seconds = the longest part)"
-        write_report(rows, max(part["seconds"] for part in parts), nfes, out, command)
+        command = (f"python benchmarks/bench_fuzz.py --merge {' '.join(Path(p).name for p in args.merge)}` of "
+                   f"{len(parts)} runs; the time is their sum`")
+        write_report(rows, sum(part["seconds"] for part in parts), nfes, out, command)
         counts = collections.Counter(r["class"] for r in rows)
         print(dict(counts), f"-> {out}")
         return 0 if all(counts.get(c, 0) == 0 for c in ("unclear error", "silent-bad", "crash")) else 1

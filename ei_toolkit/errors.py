@@ -36,3 +36,10 @@ def all_finite(x: torch.Tensor) -> bool:
     a 3 MB batch); a non-finite sum of finite values (overflow) is settled by the exact element-wise test."""
     total = x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
+
+
+def abs_max(x: torch.Tensor) -> float:
+    """max |x| as a Python float (one host-device synchronisation): inf or NaN when an element is not finite."""
+    if x.numel() == 0:
+        return 0.0
+    return float(x.detach().abs().amax())

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import NumericalError, all_finite, positive_int
+from .errors import NumericalError, abs_max, all_finite, positive_int
 from .integrators import INTEGRATORS, Integrator, Method, SolveRequest, get_integrator
 from .integrators.base import plan_for
 from .integrators.conditioning import check_roundoff
@@ -147,7 +147,8 @@ def solve(
                 raise ValueError(f"{name} must lie in the SDE's domain [{lo:g}, {sde.t_max:g}]; got {v}")
     evaluator = ModelEvaluator(model, sde, prediction, clip_x0=clip_x0, dynamic_threshold=dynamic_threshold,
                                model_dtype=x.dtype)
-    if not all_finite(x):
+    x_max = abs_max(x)  # one synchronisation: finiteness, and the scale the divergence check starts from
+    if not math.isfinite(x_max):
         raise NumericalError(f"x is not finite at t_start = {t_start:g} (it holds NaN or inf)")
     request = SolveRequest(evaluator=evaluator, x=x.to(work), sde=sde, t_start=t_start, t_end=t_end, nfe=nfe,
                            grid=grid, generator=generator, brownian=brownian, trajectory=trajectory,
@@ -164,10 +165,13 @@ def solve(
         sol = _named(chosen, request, x.dtype)
     if gain is not None:  # the plan's round-off gain for x's dtype (integrators/conditioning.py)
         sol.stats["roundoff_gain"] = gain
-    if not all_finite(sol.x):  # one synchronisation, after the loop
+    end_max = abs_max(sol.x)  # one synchronisation, after the loop
+    if not math.isfinite(end_max):
         raise NumericalError(f"{_describe(chosen, request, x.dtype)}: the state is not finite at the end "
                              f"(t = {t_end:g}) although every model output was: "
                              f"the {work} working precision overflowed; pass dtype=torch.float64")
+    if not matrix:
+        _check_divergence(chosen, request, x.dtype, x_max, end_max)
     sol.x = sol.x.to(x.dtype)
     if x.dtype == torch.float16 and not all_finite(sol.x):
         raise NumericalError(f"{_describe(chosen, request, x.dtype)}: the result overflows float16 (|x| > 65504) "
@@ -177,6 +181,29 @@ def solve(
     sol.stats["method"] = chosen.name
     sol.stats["seconds"] = time.perf_counter() - start
     return sol
+
+
+EPS_BOUND = 1e3
+"""Elementwise bound on |eps| used by the divergence check (a Gaussian noise prediction stays far below it, also
+under strong guidance)."""
+
+
+def _check_divergence(method: Method, request: SolveRequest, model_dtype: torch.dtype, start_max: float,
+                      end_max: float) -> None:
+    """Report a run whose result the ODE cannot reach. In y = x / alpha the flow is dy/drho = eps (docs/math.md
+    section 3), so |y_end| <= |y_start| + (rho_start - rho_end) max|eps| elementwise; with |eps| <= EPS_BOUND a
+    larger result means the integrator diverged (a finite but astronomically wrong state is not returned)."""
+    if request.t_start == getattr(request.sde, "t_terminal", None):
+        return  # a start at infinite noise (zero terminal SNR): no finite bound
+    ends = torch.tensor([request.t_start, request.t_end], dtype=torch.float64)
+    alpha, rho = request.sde.alpha(ends).tolist(), request.sde.rho(ends).tolist()
+    if not (alpha[0] > 0 and alpha[1] > 0 and math.isfinite(rho[0])):
+        return
+    bound = start_max / alpha[0] + EPS_BOUND * max(rho[0] - rho[1], 0.0)
+    if end_max / alpha[1] > bound:
+        raise NumericalError(f"{_describe(method, request, model_dtype)}: the result diverged: max |x / alpha| = "
+                             f"{end_max / alpha[1]:.3g} at t = {request.t_end:g}, beyond the {bound:.3g} the ODE can "
+                             f"reach from x (|eps| <= {EPS_BOUND:g}); use more steps or another method or grid")
 
 
 def _describe(method: Method, request: SolveRequest, model_dtype: torch.dtype) -> str:
