@@ -152,7 +152,7 @@ def sweep(nfes: tuple[int, ...], log=print, only_sdes: list[str] | None = None,
 
 
 def write_report(rows: list[dict], seconds: float, nfes: tuple[int, ...], out: Path, command: str,
-                 partial: str | None = None) -> None:
+                 partial: str | None = None, provenance: str | None = None) -> None:
     counts = collections.Counter(r["class"] for r in rows)
     by_dtype: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     by_sde: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -170,6 +170,7 @@ def write_report(rows: list[dict], seconds: float, nfes: tuple[int, ...], out: P
         f"per SDE and dtype), on the 2-D Gaussian mixture `gmm2d` ({BATCH} samples from t_max to t_min) with its exact "
         "eps; errors are relative to a DOP853 reference.",
         "",
+        *([provenance, ""] if provenance else []),
         f"Classes: silent-bad = a non-finite result returned, or without a warning a relative error above {FAR:g} x "
         f"the float64 run's + {FLOOR:g} x the dtype's unit round-off + nfe x the working precision's (float32 "
         "below float64); warned = a result returned with a RoundoffWarning (the plan amplifies the dtype's round-off "
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sde", action="append", default=None, help="only this SDE (repeatable; default: all)")
     parser.add_argument("--method", action="append", default=None, help="only this method (repeatable; default: all)")
     parser.add_argument("--nfe", type=int, nargs="+", default=None, help="these NFEs (default: the sweep's)")
+    parser.add_argument("--note", default=None, help="with --merge: a line saying how the runs were made")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="write one report from the rows of several runs (each keeps them in "
                              "benchmarks/.cache/<its report's name>.json); a later file's run of a configuration "
@@ -233,9 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = list(merged.values())
         nfes = tuple(sorted({n for part in parts for n in part["nfes"]}))
         out = Path(args.out) if args.out else ROOT / "results" / "fuzz.md"
-        command = (f"python benchmarks/bench_fuzz.py --merge {' '.join(Path(p).name for p in args.merge)}` of "
-                   f"{len(parts)} runs; the time is their sum`")
-        write_report(rows, sum(part["seconds"] for part in parts), nfes, out, command)
+        names = [Path(p).name for p in args.merge]
+        shown = " ".join(names if len(names) <= 4 else [*names[:3], "..."])
+        command = f"python benchmarks/bench_fuzz.py --merge {shown}` ({len(parts)} runs; the time is their sum`"
+        write_report(rows, sum(part["seconds"] for part in parts), nfes, out, command, provenance=args.note)
         counts = collections.Counter(r["class"] for r in rows)
         print(dict(counts), f"-> {out}")
         return 0 if all(counts.get(c, 0) == 0 for c in ("unclear error", "silent-bad", "crash")) else 1
