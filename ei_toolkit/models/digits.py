@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -44,10 +45,18 @@ class DigitsEps(nn.Module):
         return self.out(h).to(x.dtype).reshape(x.shape)
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
+def load_shipped(model: M, weights: Path, script: str, device: str | torch.device = "cpu") -> M:
+    """``model`` with the shipped state dict ``weights`` loaded, on ``device``, in eval mode; a missing file names
+    the training script that writes it."""
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights} is missing: run python examples/{script}")
+    model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    return model.to(device).eval()
+
+
 def load_digits_model(device: str | torch.device = "cpu") -> DigitsEps:
     """The shipped, trained digits eps-model (eval mode)."""
-    if not WEIGHTS.exists():
-        raise FileNotFoundError(f"{WEIGHTS} is missing: run python examples/train_digits.py")
-    model = DigitsEps()
-    model.load_state_dict(torch.load(WEIGHTS, map_location=device, weights_only=True))
-    return model.to(device).eval()
+    return load_shipped(DigitsEps(), WEIGHTS, "train_digits.py", device)

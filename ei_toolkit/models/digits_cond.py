@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..diffusion.guidance import classifier_free_guidance
-from .digits import time_embedding
+from .digits import load_shipped, time_embedding
 
 WEIGHTS = Path(__file__).with_name("digits_cond_eps.pt")
 NUM_CLASSES = 10
@@ -71,11 +71,7 @@ def check_labels(y: torch.Tensor, batch: int) -> torch.Tensor:
 
 def digits_cond_model(device: str | torch.device = "cpu") -> DigitsCondEps:
     """The shipped, trained class-conditional digits eps-model (eval mode)."""
-    if not WEIGHTS.exists():
-        raise FileNotFoundError(f"{WEIGHTS} is missing: run python examples/train_digits_cond.py")
-    model = DigitsCondEps()
-    model.load_state_dict(torch.load(WEIGHTS, map_location=device, weights_only=True))
-    return model.to(device).eval()
+    return load_shipped(DigitsCondEps(), WEIGHTS, "train_digits_cond.py", device)
 
 
 def guided_digits_model(model: DigitsCondEps, labels: torch.Tensor | int, scale: float):
