@@ -10,7 +10,6 @@ SDEs), so nothing in it waits on the device.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -112,19 +111,6 @@ def solve(
         raise ValueError(f"x must have shape (batch, {sde.k}, ...) for this {sde.k}x{sde.k} matrix SDE; got "
                          f"{tuple(x.shape)}")
     work = _working_dtype(x, dtype)
-    if method is None and not matrix:  # the default depends on the budget: nfe, or the explicit grid's steps
-        steps = None
-        if nfe is None and grid is not None and not isinstance(grid, str):
-            with contextlib.suppress(TypeError, ValueError, RuntimeError):  # not a grid: reported below
-                steps = max(torch.as_tensor(grid).numel() - 1, 1)
-        method, default_grid = default_method(steps if nfe is None else nfe)
-        grid = default_grid if grid is None else grid
-    chosen = get_integrator(method if method is not None else DEFAULT_MATRIX_METHOD)
-    chosen = chosen.configure(lam=lam, eta=eta, options=options)
-    if matrix and not chosen.matrix:
-        raise ValueError(f"method {chosen.name!r} does not support matrix SDEs; valid: "
-                         f"{', '.join(n for n, m in INTEGRATORS.items() if m.matrix)}")
-    check_generator(generator, x.shape[0])
     t_start, t_end = _check_time("t_start", t_start), _check_time("t_end", t_end)
     explicit = grid is not None and not isinstance(grid, str)
     if explicit:
@@ -134,7 +120,16 @@ def solve(
         if times.numel() < 2:
             raise ValueError(f"an explicit grid needs at least 2 times; got {times.numel()}")
         t_start, t_end = float(times[0]), float(times[-1])
-    else:
+    if method is None and not matrix:  # the default depends on the budget: nfe, or the explicit grid's steps
+        method, default_grid = default_method(len(times) - 1 if explicit and nfe is None else nfe)
+        grid = default_grid if grid is None else grid
+    chosen = get_integrator(method if method is not None else DEFAULT_MATRIX_METHOD)
+    chosen = chosen.configure(lam=lam, eta=eta, options=options)
+    if matrix and not chosen.matrix:
+        raise ValueError(f"method {chosen.name!r} does not support matrix SDEs; valid: "
+                         f"{', '.join(n for n, m in INTEGRATORS.items() if m.matrix)}")
+    check_generator(generator, x.shape[0])
+    if not explicit:
         t_terminal = getattr(sde, "t_terminal", None)  # zero terminal SNR: sampling starts at infinite noise
         t_start = (sde.t_max if t_terminal is None else t_terminal) if t_start is None else t_start
         t_end = (sde.t_min if t_end is None else t_end)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import NumericalError, RoundoffWarning
+from ..model import to_eps, to_x0
 from .base import Plan
 
 UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24, torch.float64: 2.0**-53}
@@ -37,14 +38,12 @@ _GAINS: weakref.WeakKeyDictionary[Plan, dict[str, float]] = weakref.WeakKeyDicti
 
 
 def _output_to_target(prediction: str, target: str, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """d(target) / d(model output) for a perturbation of the model output at fixed x (docs/math.md section 7)."""
-    if prediction in ("eps", "score"):  # a score is rounded relative to its size |eps| / sigma: as eps
-        return torch.ones_like(alpha) if target == "eps" else -sigma / alpha
-    if prediction == "x0":
-        return -alpha / sigma if target == "eps" else torch.ones_like(alpha)
-    if prediction == "v":  # eps = sigma x + alpha v, x0 = alpha x - sigma v
-        return alpha if target == "eps" else -sigma
-    raise ValueError(f"unknown prediction {prediction!r}")
+    """d(target) / d(model output) at fixed x: the slope of model.py's conversion, which is affine in the output
+    (docs/math.md section 7). A score is O(|eps| / sigma) and rounded relative to that size, so its perturbation is
+    counted in eps units (the slope times 1 / sigma)."""
+    slope = (to_eps if target == "eps" else to_x0)(prediction, torch.ones_like(alpha), torch.zeros_like(alpha),
+                                                   alpha, sigma)
+    return slope / sigma if prediction == "score" else slope
 
 
 def roundoff_gain(plan: Plan, sde: Any, prediction: str = "eps") -> float:
