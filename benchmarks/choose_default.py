@@ -15,14 +15,9 @@ import json
 import math
 from pathlib import Path
 
-from ei_toolkit.sampling import default_method
+from bench_accuracy import default_config, is_peer
 
 OUT = Path(__file__).parent / "results"
-
-
-def default_config(nfe: str) -> str:
-    """sample()'s default at ``nfe`` as "method / grid"."""
-    return " / ".join(default_method(int(nfe)))
 
 
 DECISION = """Decision: the default depends on the budget (`ei.sampling.default_method`): `logrhoab1-mid` up to NFE
@@ -38,10 +33,6 @@ benchmarks/default_by_nfe.py`, results/default_by_nfe.md, errors relative to `lo
 configuration is <= 1.0 on every problem: the best peer is the minimum over ~30 peer configurations per problem, and
 at NFE 5-10 several minima are cancellations (e.g. edm/256d at NFE 10: UniPC bh2-3 on the logSNR grid reaches
 9.9e-05, below its own NFE 20 figure 1.1e-04); calibrated grids (grid_opt.md) are the tool for a given model."""
-
-
-def is_peer(name: str) -> bool:
-    return name.startswith(("diffusers ", "k-diffusion "))
 
 
 def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
