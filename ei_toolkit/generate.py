@@ -50,7 +50,7 @@ import torch.distributed as dist
 from .errors import NumericalError, positive_int
 from .integrators import Integrator, Method, get_integrator
 from .model import Model
-from .sampling import DEFAULT_MATRIX_METHOD, default_method, solve
+from .sampling import DEFAULT_MATRIX_METHOD, default_method, guidance_scale_of, solve
 from .sde import LinearSDE, MatrixLinearSDE
 
 FORMAT = "ei_toolkit.generate/1"
@@ -451,7 +451,7 @@ def generate(
     out_dir = Path(out_dir)
     matrix = isinstance(sde, MatrixLinearSDE)
     if method is None and not matrix:  # sample()'s default for this budget, with its grid
-        method, default_grid = default_method(nfe)
+        method, default_grid = default_method(nfe, guidance_scale=guidance_scale_of(model), sde=sde)
         grid = default_grid if grid is None else grid
     chosen = get_integrator(method if method is not None else DEFAULT_MATRIX_METHOD)
     chosen = chosen.configure(lam=lam)
@@ -773,6 +773,7 @@ def _guided_digits(device: torch.device, scale: float) -> tuple[Model, dict[str,
     def guided(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return classifier_free_guidance(cond, labels, torch.full_like(labels, NULL_LABEL), scale)(x, t)
 
+    guided.guidance_scale = scale  # type: ignore[attr-defined]  # sample()'s default under guidance reads it
     weights = _model_identity(cond, None)["sha256"]
     return guided, {"model_id": f"DigitsCondEps sha256 {weights}, classifier-free guidance scale {scale:g}",
                     "condition": lambda i: i % NUM_CLASSES, "condition_id": f"label = i mod {NUM_CLASSES}"}

@@ -33,17 +33,44 @@ DEFAULT_METHOD = "logrhoab2"
 DEFAULTS_BY_NFE: tuple[tuple[int | None, str], ...] = (
     (6, "logrhoab1-mid"), (20, DEFAULT_METHOD), (40, "x0-logrhoab3"), (None, "logrhoab3"))
 DEFAULT_GRID = "uniform_logrho"
+# Under classifier-free guidance above GUIDED_ABOVE (a model that carries ``guidance_scale``, as
+# ei.diffusion.classifier_free_guidance's do), the eps extrapolation of the defaults above overshoots at NFE <= 20;
+# the data-prediction UniPC-type method with lower-order final steps on the time-quadratic grid (the DPM-Solver
+# authors' recommendation for guided sampling) holds (benchmarks/results/guided.md). The time-quadratic grid is for
+# variance-preserving schedules; on the others (VE, EDM: t is a noise level) the log-rho grid stays.
+GUIDED_ABOVE = 2.0
+GUIDED_METHOD, GUIDED_GRID = "x0-logrhoab1-mid-pc-lof", "quadratic_t"
+GUIDED_UP_TO_NFE = 20
 # For matrix SDEs (no scalar rho): the most accurate method at NFE 10-20 in benchmarks/results/cld.md.
 DEFAULT_MATRIX_METHOD = "tab2"
 WORKING_DTYPES = (torch.float32, torch.float64)
 
 
-def default_method(nfe: int | None = None) -> tuple[str, str]:
+def default_method(nfe: int | None = None, *, guidance_scale: float | None = None,
+                   sde: LinearSDE | None = None) -> tuple[str, str]:
     """sample()'s default (method, grid) for ``nfe`` model evaluations (None: 10), scalar SDEs:
     ``logrhoab1-mid`` up to nfe=6, ``logrhoab2`` up to 20, ``x0-logrhoab3`` up to 40, ``logrhoab3`` beyond, all on
-    ``uniform_logrho`` (measured at nfe 4-10, 12, 15, 20, 25, 30, 50 and 100: benchmarks/results/default.md)."""
+    ``uniform_logrho`` (measured at nfe 4-10, 12, 15, 20, 25, 30, 50 and 100: benchmarks/results/default.md).
+
+    With classifier-free guidance above scale 2 (``guidance_scale``) and nfe <= 20: ``x0-logrhoab1-mid-pc-lof``, on
+    ``quadratic_t`` when ``sde`` is variance preserving (alpha(t_max) < 1/2, or no sde given), else on
+    ``uniform_logrho`` (benchmarks/results/guided.md)."""
     n = 10 if nfe is None else positive_int("nfe", nfe)
+    if guidance_scale is not None:
+        g = float(guidance_scale)
+        if not math.isfinite(g):
+            raise ValueError(f"guidance_scale must be a finite number; got {guidance_scale!r}")
+        if g > GUIDED_ABOVE and n <= GUIDED_UP_TO_NFE:
+            vp = sde is None or float(sde.alpha(torch.tensor(sde.t_max, dtype=torch.float64))) < 0.5
+            return GUIDED_METHOD, GUIDED_GRID if vp else DEFAULT_GRID
     return next(name for top, name in DEFAULTS_BY_NFE if top is None or n <= top), DEFAULT_GRID
+
+
+def guidance_scale_of(model: object) -> float | None:
+    """The classifier-free guidance scale a model declares (attribute ``guidance_scale``; None if it declares
+    none): :func:`ei_toolkit.diffusion.classifier_free_guidance` sets it."""
+    g = getattr(model, "guidance_scale", None)
+    return None if g is None or isinstance(g, bool) or not isinstance(g, int | float) else float(g)
 
 
 def _check_time(name: str, v: object) -> float | None:
@@ -121,7 +148,8 @@ def solve(
             raise ValueError(f"an explicit grid needs at least 2 times; got {times.numel()}")
         t_start, t_end = float(times[0]), float(times[-1])
     if method is None and not matrix:  # the default depends on the budget: nfe, or the explicit grid's steps
-        method, default_grid = default_method(len(times) - 1 if explicit and nfe is None else nfe)
+        method, default_grid = default_method(len(times) - 1 if explicit and nfe is None else nfe,
+                                              guidance_scale=guidance_scale_of(model), sde=sde)
         grid = default_grid if grid is None else grid
     chosen = get_integrator(method if method is not None else DEFAULT_MATRIX_METHOD)
     chosen = chosen.configure(lam=lam, eta=eta, options=options)

@@ -189,3 +189,21 @@ def test_the_midpoint_rule_differs_from_the_exact_rule_and_unknown_rules_are_ref
     assert not torch.allclose(exact, mid, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="unknown rule 'simpson'; valid: exact, midpoint"):
         ExponentialAdams("bad", 2, "logrho", "uniform_logrho", rule="simpson")
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ddpm", "edm"])
+def test_unipc_type_plan_is_the_midpoint_predictor_with_the_exact_corrector(sde_name):
+    """x0-logrhoab1-mid-pc (UniPC bh2, order 2) predicts with DPM-Solver++(2M)'s rows (x0-logrhoab1-mid) and corrects
+    with the exact three-point integral (x0-logrhoab1-pc's corrector); its -lof form lowers the points on the last
+    steps (one point on the last, at most two in the corrector of the one before)."""
+    sde = SDES[sde_name]
+    grid = ei.time_grid(sde, "quadratic_t", 8, sde.t_max, sde.t_min)
+    plan = plan_for(ei.INTEGRATORS["x0-logrhoab1-mid-pc"], sde, grid)
+    mid, pc = plan_for(ei.INTEGRATORS["x0-logrhoab1-mid"], sde, grid), plan_for(ei.INTEGRATORS["x0-logrhoab1-pc"],
+                                                                                 sde, grid)
+    assert isinstance(plan, PredictorCorrectorPlan)
+    assert plan.weights == mid.weights and plan.corrector == pc.corrector and plan.psi == mid.psi
+    lof = plan_for(ei.INTEGRATORS["x0-logrhoab1-mid-pc-lof"], sde, grid)
+    assert [len(r) for r in lof.weights] == [1, 2, 2, 2, 2, 2, 2, 1]
+    assert [len(r) for r in lof.corrector] == [2, 3, 3, 3, 3, 3, 2]
+    assert lof.weights[:7] == plan.weights[:7] and lof.corrector[:6] == plan.corrector[:6]

@@ -44,3 +44,37 @@ def test_an_explicit_grid_without_a_method_chooses_by_its_steps():
 def test_a_bad_nfe_is_reported_by_name(bad):
     with pytest.raises((TypeError, ValueError), match="nfe"):
         default_method(bad)
+
+
+@pytest.mark.parametrize(("scale", "nfe", "sde", "want"), [
+    (4.0, 10, ei.DiscreteVP.linear(), ("x0-logrhoab1-mid-pc-lof", "quadratic_t")),
+    (8.0, 20, SDE, ("x0-logrhoab1-mid-pc-lof", "quadratic_t")),
+    (4.0, 10, ei.EDM(), ("x0-logrhoab1-mid-pc-lof", "uniform_logrho")),  # t is a noise level: no time-quadratic grid
+    (2.0, 10, SDE, ("logrhoab2", "uniform_logrho")),  # mild guidance: the unguided default holds
+    (8.0, 30, SDE, ("x0-logrhoab3", "uniform_logrho")),  # enough steps: the unguided default holds
+])
+def test_default_method_under_guidance(scale, nfe, sde, want):
+    assert default_method(nfe, guidance_scale=scale, sde=sde) == want
+
+
+def test_a_guided_model_gets_the_guided_default():
+    """classifier_free_guidance's model declares its scale; solve() without a method reads it."""
+    sde = ei.DiscreteVP.linear()
+
+    def conditional(x, t, c):  # a toy conditional eps model: its guided form is still an eps model
+        return 0.1 * x + 0.01 * c[:, None].to(x.dtype)
+
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    labels = torch.arange(4)
+    for scale, want in ((5.0, ("x0-logrhoab1-mid-pc-lof", "quadratic_t")), (1.0, default_method(10))):
+        model = ei.diffusion.classifier_free_guidance(conditional, labels, torch.zeros(4, dtype=torch.long), scale)
+        assert model.guidance_scale == scale
+        sol = ei.solve(model, x, sde, nfe=10)
+        assert (sol.stats["method"], sol.stats["grid"]) == want
+        torch.testing.assert_close(sol.x, ei.sample(model, x, sde, method=want[0], grid=want[1], nfe=10), rtol=0,
+                                   atol=0)
+
+
+def test_a_bad_guidance_scale_is_reported_by_name():
+    with pytest.raises(ValueError, match="guidance_scale"):
+        default_method(10, guidance_scale=float("nan"))

@@ -35,7 +35,8 @@ def classifier_free_guidance(model: ConditionalModel, cond: Any, uncond: Any, sc
     ``model(x, t, **{cond_arg: c})``), evaluating both branches in ONE batched forward of twice the batch.
 
     ``cond`` / ``uncond`` are tensors (or dicts of tensors) with the batch first, or a batch of 1 that is
-    broadcast. ``scale = 1`` is the conditional model; ``scale = 0`` the unconditional one.
+    broadcast. ``scale = 1`` is the conditional model; ``scale = 0`` the unconditional one. The returned model
+    carries ``guidance_scale``, from which ``ei.sample`` picks its default under strong guidance.
     """
     if uncond is None:
         raise ValueError("classifier-free guidance needs an unconditional input (uncond), e.g. the empty-prompt "
@@ -57,4 +58,5 @@ def classifier_free_guidance(model: ConditionalModel, cond: Any, uncond: Any, sc
         u, co = out.chunk(2)
         return u + scale * (co - u)
 
+    guided.guidance_scale = float(scale)  # read by ei.sample's default (sampling.default_method)
     return guided

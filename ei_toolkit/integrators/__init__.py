@@ -89,6 +89,12 @@ for _k in range(1, 4):
 for _target, _prefix in (("eps", ""), ("x0", "x0-")):
     register(ExponentialAdams(f"{_prefix}logrhoab1-mid", 2, "logrho", default_grid="uniform_logrho", target=_target,
                               rule="midpoint"))
+# Midpoint predictor + exact corrector, data prediction: UniPC's bh2 variant (order 3); the "-lof" form lowers the
+# order on the last steps, as UniPC does for short runs, and is the default under strong guidance (sampling.py).
+register(ExponentialAdams("x0-logrhoab1-mid-pc", 2, "logrho", default_grid="uniform_logrho", target="x0",
+                          corrector=True, rule="midpoint"))
+register(ExponentialAdams("x0-logrhoab1-mid-pc-lof", 2, "logrho", default_grid="quadratic_t", target="x0",
+                          corrector=True, rule="midpoint", lower_order_final=True))
 for _order in (2, 3):
     for _target, _prefix in (("eps", ""), ("x0", "x0-")):
         register(SinglestepExponential(f"{_prefix}logrhoss{_order}", _order, target=_target))

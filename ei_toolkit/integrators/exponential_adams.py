@@ -25,7 +25,13 @@ noise vanishes, and under classifier-free guidance, it had 0.6-0.75x the exact r
 ``corrector=True`` adds UniPC's idea (Zhao et al. 2023, "UniPC"): once the model has been evaluated at the predicted
 x_{i+1} (the next step needs that evaluation anyway), redo the step from x_i with the polynomial through
 e_{i+1}, e_i, ..., e_{i-k+1} (k + 1 points, an Adams-Moulton-type step) and continue from the corrected state. No
-extra evaluation; order k + 1. The last step is not corrected (that would cost one more evaluation).
+extra evaluation; order k + 1. The last step is not corrected (that would cost one more evaluation). The corrector
+integrates its polynomial exactly whatever the predictor's ``rule``: with ``rule="midpoint"``, two points and
+``target="x0"`` this is UniPC's bh2 variant of order 2 (its predictor is DPM-Solver++(2M), its corrector the exact
+three-point integral); order 3.
+
+``lower_order_final`` lowers the number of points on the last steps (one on the last, two on the one before, ...),
+as DPM-Solver and UniPC do for short runs: steadier at a handful of steps, order at most 2.
 """
 
 from __future__ import annotations
@@ -88,7 +94,7 @@ def adams_plan(sde: Any, grid: torch.Tensor, points: int, variable: str, lower_o
     psi = transitions(sde, t_a, t_b, target)
     exact = one_point_weights(sde, t_a, t_b, target)
     v_grid = variable_at(sde, variable, t)
-    many = (points > 1 or corrector) and rule == "exact"
+    many = (points > 1 and rule == "exact") or corrector
     with np.errstate(over="ignore", invalid="ignore"):
         v_q, k_q = kernel_quadrature(sde, t_a, t_b, variable, target) if many else (None, None)
     scalar = not getattr(sde, "is_matrix", False)
@@ -104,8 +110,9 @@ def adams_plan(sde: Any, grid: torch.Tensor, points: int, variable: str, lower_o
                   target=target)
     if not corrector:
         return MultistepPlan(**common)
-    fixes = [_row(i, lowered(min(points + 1, i + 2), i), i + 1, v_grid, lam, exact, v_q, k_q, alpha_b[i], target,
-                  rule) for i in range(n - 1)]
+    # the corrector integrates its polynomial exactly whatever the predictor's rule: that is what raises the order
+    fixes = [_row(i, lowered(min(points + 1, i + 2), i), i + 1, v_grid, lam, exact, v_q, k_q, alpha_b[i], target)
+             for i in range(n - 1)]
     return PredictorCorrectorPlan(**common, corrector=as_tuple2(fixes))
 
 
@@ -125,7 +132,9 @@ class ExponentialAdams(Integrator):
             raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
         self.name, self.points, self.variable, self.target, self.rule = name, points, variable, target, rule
         self.corrector = bool(corrector)
-        self.order = points + self.corrector if rule == "exact" else min(points + self.corrector, 2)
+        self.order = (points if rule == "exact" else min(points, 2)) + self.corrector
+        if lower_order_final:  # the last step has one point: a local error O(h^2) that no other step makes up
+            self.order = min(self.order, 2)
         self.default_grid = default_grid
         self.lower_order_final = bool(lower_order_final)
         self.matrix = variable == "t" and target == "eps"
