@@ -1,7 +1,8 @@
 """Guided sampling: the shipped class-conditional digits model (``ei_toolkit.models.digits_cond_model``) with
-classifier-free guidance at scales 1, 2, 4, 8, sampled with NFE 10 and 20 by our default (``ei.sample``'s), our
-data-prediction (x0) methods in log rho (each on its default grid, uniform log rho and quadratic t), diffusers'
-DPM-Solver++(2M) (multistep, data prediction) and UniPC (bh1 and bh2, order 2, the UniPC paper's setting for guided
+classifier-free guidance at scales 1, 2, 4, 8, sampled with NFE 5, 10 and 20 by our default (``ei.sample``'s, which
+switches to ``sampling.GUIDED_METHOD`` on ``GUIDED_GRID`` above scale 2), our data-prediction (x0) methods in log rho
+(each on its default grid, uniform log rho and quadratic t), diffusers' DPM-Solver++(2M) (multistep, data
+prediction) and UniPC (bh1 and bh2, order 2, the UniPC paper's setting for guided
 sampling) on their own grids (``peers.py``).
 
 Figures, from the same noise and labels (``--n`` samples, balanced over the 10 classes), DDPM linear schedule,
@@ -41,7 +42,7 @@ from ei_toolkit.testing import reference_solution
 OUT = Path(__file__).parent / "results"
 CACHE = Path(__file__).parent / ".cache"
 SCALES = [1.0, 2.0, 4.0, 8.0]
-NFES = [10, 20]
+NFES = [5, 10, 20]
 PEER_FILTER = ("DPM++2M /", "UniPC-bh2-2 /", "UniPC-bh1-2 /")
 RTOL = 1e-7
 OUR_GRIDS = ("uniform_logrho", "quadratic_t")  # besides each method's default grid
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     clf = load_digits_classifier()
     labels = torch.arange(args.n) % 10
     x = torch.randn(args.n, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ours = [default_method(k)[0] for k in NFES] + ["logrhoab1", "logrhoab1-mid"] + [
+    ours = [default_method(k, guidance_scale=s, sde=sde)[0] for k in NFES for s in SCALES] + [
+        "logrhoab1", "logrhoab1-mid"] + [
         m for m in ei.INTEGRATORS if m.startswith("x0-") and not m.endswith("pc") and "logrho" in m] + [
         m for m in ei.INTEGRATORS if m.startswith("x0-") and m.endswith("pc")]
     ours = list(dict.fromkeys(m for m in ours if m in ei.INTEGRATORS))
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             our_names = [n for n in by if n.startswith("ours ")]
             bp = min(peer_names, key=lambda n: by[n][k]["error"])
             bo = min(our_names, key=lambda n: by[n][k]["error"])
-            default = "ours " + " / ".join(default_method(int(k)))
+            default = "ours " + " / ".join(default_method(int(k), guidance_scale=float(key), sde=sde))
             d = by[default][k]["error"]
             lines.append(f"| {key} | {k} | {default.removeprefix('ours ')} | {d:.2e} | {bp} | "
                          f"{by[bp][k]['error']:.2e} | {d / by[bp][k]['error']:.2f} | {bo.removeprefix('ours ')} | "
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                   "| sampler | " + " | ".join(f"ODE error @ {k}" for k in NFES) + " | "
                   + " | ".join(f"accuracy @ {k}" for k in NFES) + " | " + " | ".join(f"FD @ {k}" for k in NFES) + " |",
                   "|---" * (3 * len(NFES) + 1) + "|"]
-        for name in sorted(by, key=lambda n: by[n][str(NFES[0])]["error"]):
+        for name in sorted(by, key=lambda n: by[n][str(NFES[1])]["error"]):
             r = by[name]
             lines.append(f"| {name} | " + " | ".join(f"{r[str(k)]['error']:.2e}" for k in NFES) + " | "
                          + " | ".join(f"{r[str(k)]['accuracy']:.3f}" for k in NFES) + " | "
