@@ -35,7 +35,8 @@ NFES = [5, 10, 20, 50]
 # "default": ei.sample without method= (the method then depends on NFE)
 OURS = ["default", "ddim", "tab3", "rhoab3", "logrhoab1", "logrhoab1-mid", "x0-logrhoab1-mid", "logrhoab2",
         "logrhoab3", "ipndm", "euler", "x0-logrhoab1", "x0-logrhoab2", "x0-logrhoab3", "logrhoab1-pc",
-        "x0-logrhoab1-pc", "x0-logrhoab2-pc", "logrhoss2", "logrhoss3", "x0-logrhoss2", "x0-logrhoss3"]
+        "x0-logrhoab1-pc", "x0-logrhoab2-pc", "x0-logrhoab1-mid-pc", "x0-logrhoab1-mid-pc-lof", "logrhoss2",
+        "logrhoss3", "x0-logrhoss2", "x0-logrhoss3"]
 N = 2000
 
 

@@ -6,7 +6,9 @@ linear schedule (t = 999 -> 0) and NFE 5 and 10: the grid of each method is cali
 the per-trajectory RMS error to the ODE solution (DOP853, rtol = atol = 1e-10, log-rho frame). The peers of
 benchmarks/peers.py (diffusers DPM-Solver++ / UniPC on their own grids, k-diffusion on Karras sigmas) run on the
 same 128 draws; the best one that used exactly NFE evaluations is the comparison. The best peer figure of
-benchmarks/results/accuracy.json (its own draws) is quoted too where that file has one.
+benchmarks/results/accuracy.json (its own draws) is quoted too where that file has one. Then the shipped digits
+model (NFE 5, 10, 20; skipped with --no-digits): calibrated on 16 noise draws, evaluated on the 2000 draws of
+benchmarks/bench_digits.py against their near-exact solution, the peers on the same draws.
 
 Run: python benchmarks/bench_grid_opt.py [--methods logrhoab2 ...] [--max-solves 200]
 (writes benchmarks/results/grid_opt.md).
@@ -25,9 +27,10 @@ from bench_accuracy import MIXTURES, SDES, is_peer, median_error, start_and_refe
 from peers import available_peers
 
 import ei_toolkit as ei
-from ei_toolkit.sampling import DEFAULT_METHOD
+from ei_toolkit.sampling import DEFAULT_METHOD, GUIDED_METHOD
 
 OUT = Path(__file__).parent / "results"
+DIGITS_N = 2000  # as bench_digits.py
 
 
 def accuracy_json_peer(problem: str, nfe: int) -> tuple[str, float] | None:
@@ -57,22 +60,16 @@ def main() -> None:
     ap.add_argument("--max-solves", type=int, default=200)
     ap.add_argument("--calibration", type=int, default=16)
     ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--no-digits", dest="digits", action="store_false", help="skip the shipped digits model")
     args = ap.parse_args()
     methods = args.methods or [m for m in (DEFAULT_METHOD, "x0-logrhoab2") if m in ei.INTEGRATORS]
     start = time.perf_counter()
     sde = SDES[args.sde]()
     peers = available_peers()
     rows, cost = [], []
-    for mname in args.mixtures:
-        mix = MIXTURES[mname]()
-        model = mix.eps_model(sde)
-        x, ref = start_and_reference(args.sde, sde, mname, mix, args.n, 0)
-        xc = mix.sample_marginal(sde, sde.t_max, args.calibration, torch.Generator().manual_seed(1))
-        problem = f"{args.sde}/{mname}"
-        # the calibration batch's reference, computed once per problem as optimize_grid would (adaptive, rtol 1e-7)
-        ref_sol = ei.solve(model, xc, sde, method="adaptive", options={"rtol": 1e-7, "atol": 1e-7})
-        reference, nfe_ref = ref_sol.x, ref_sol.nfe
-        for nfe in args.nfe:
+    def calibrate(problem: str, model, x: torch.Tensor, ref: torch.Tensor, xc: torch.Tensor,
+                  reference: torch.Tensor, nfe_ref: int, nfes: list[int], methods: list[str]) -> None:
+        for nfe in nfes:
             peer_err = {}
             for name, peer in peers.items():
                 out, _, used = peer(model, x, sde, nfe)
@@ -95,15 +92,39 @@ def main() -> None:
                 print(f"{problem} NFE {nfe} {meth}: default {default:.2e} calibrated {tuned:.2e} "
                       f"({tuned / default:.2f}x); best peer {best_peer} {r['peer_err']:.2e} "
                       f"({tuned / r['peer_err']:.2f}x)  [{took:.0f} s]", flush=True)
+
+    for mname in args.mixtures:
+        mix = MIXTURES[mname]()
+        model = mix.eps_model(sde)
+        x, ref = start_and_reference(args.sde, sde, mname, mix, args.n, 0)
+        xc = mix.sample_marginal(sde, sde.t_max, args.calibration, torch.Generator().manual_seed(1))
+        # the calibration batch's reference, computed once per problem as optimize_grid would (adaptive, rtol 1e-7)
+        ref_sol = ei.solve(model, xc, sde, method="adaptive", options={"rtol": 1e-7, "atol": 1e-7})
+        calibrate(f"{args.sde}/{mname}", model, x, ref, xc, ref_sol.x, ref_sol.nfe, args.nfe, methods)
+    if args.digits and args.sde == "ddpm-linear":
+        # the shipped digits model (DDPM linear): the draws and near-exact reference of bench_digits.py
+        from ei_toolkit.models import load_digits_model
+
+        model = load_digits_model()
+        with torch.no_grad():
+            x = torch.randn(DIGITS_N, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+            ref = ei.odeint(model, x, sde, rtol=1e-6, atol=1e-6, frame="logrho").x.double()
+            xc = torch.randn(args.calibration, 1, 8, 8, generator=torch.Generator().manual_seed(12345))
+            ref_sol = ei.solve(model, xc, sde, method="adaptive", options={"rtol": 1e-7, "atol": 1e-7})
+            calibrate("digits model", model, x, ref, xc, ref_sol.x, ref_sol.nfe, sorted({*args.nfe, 20}),
+                      list(dict.fromkeys([*methods, GUIDED_METHOD])))
     took = time.perf_counter() - start
     lines = [
         "# Calibrated grids: `ei.optimize_grid`",
         "",
         f"DDPM linear schedule ({args.sde}), t = 999 -> 0. Each grid is calibrated on {args.calibration} exact draws "
         f"(seed 1) and evaluated on {args.n} others (seed 0): median over trajectories of the per-trajectory RMS "
-        "error to the exact ODE solution (DOP853, rtol = atol = 1e-10). Optimiser: Nelder-Mead on softmax "
-        f"increments of log rho, at most {args.max_solves} solves, from the best of the method's default grid, "
-        "uniform_logrho, quadratic_t and karras. Peers (benchmarks/peers.py) on the same "
+        "error to the exact ODE solution (DOP853, rtol = atol = 1e-10). The shipped digits model: calibrated on 16 "
+        f"noise draws (seed 12345), evaluated on the {DIGITS_N} of bench_digits.py (seed 1) against their "
+        "near-exact solution (dopri5, tol 1e-6); the model's UniPC-type guided default is calibrated too. "
+        "Optimiser (`ei.optimize_grid`): from the best of the method's default grid, uniform_logrho, quadratic_t "
+        "and karras, Nelder-Mead first on the shape of the log-rho increments (2 parameters, a quarter of the "
+        f"budget), then on every increment; at most {args.max_solves} solves. Peers (benchmarks/peers.py) on the same "
         f"{args.n} draws; 'accuracy.json peer' is the best peer figure of benchmarks/results/accuracy.json (its "
         "own draws) where present. Command: `python benchmarks/bench_grid_opt.py` "
         f"({took:.0f} s on this machine, a shared 2-core CPU).",

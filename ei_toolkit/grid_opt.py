@@ -12,8 +12,9 @@ ends; a grid ending at rho = 0 (lam = inf) keeps its last step from ``sde.t_min`
 does, and tunes the other N - 1. The objective is the mean over the batch of the log of each trajectory's RMS error
 (a geometric mean: robust to the rare trajectory on a boundary between modes, like the median the benchmarks
 report, but smooth). The optimiser is derivative-free (Nelder-Mead from the best of the method's default grid,
-``uniform_logrho``, ``quadratic_t`` and ``karras``): the plans are float64 coefficients computed by NumPy from the
-grid, not a differentiable function of it.
+``uniform_logrho``, ``quadratic_t`` and ``karras``; first on the shape of the increments, their logs tilted and bent
+along the grid, two parameters for a quarter of the budget, then on every increment): the plans are float64
+coefficients computed by NumPy from the grid, not a differentiable function of it.
 
 Cost, bounded and reported: the reference (its NFE, on the calibration batch) plus at most ``max_solves`` solves
 of ``nfe`` evaluations each (``return_info=True`` gives the counts).
@@ -150,8 +151,6 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
     info["start"] = best_name
     best = {"loss": best_loss, "grid": best_grid}
     if free > 1:
-        theta0 = theta_of(best_grid)
-
         def objective(theta: np.ndarray) -> float:
             g = grid_of(theta)
             v = loss(g)
@@ -159,6 +158,16 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
                 best["loss"], best["grid"] = v, g
             return v
 
+        theta0 = theta_of(best_grid)
+        if free > 3:  # first the shape: log-increments tilted and bent along the grid (2 parameters, a quarter of
+            # the budget), then every increment: Nelder-Mead alone moves little in many dimensions
+            u = (np.arange(free) + 0.5) / free - 0.5
+            basis = np.stack([u, u * u - 1.0 / 12.0], 1)
+            with contextlib.suppress(_Budget):
+                minimize(lambda ab: objective(theta0 + basis @ ab), np.zeros(2), method="Nelder-Mead",
+                         options={"initial_simplex": np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]]),
+                                  "maxfev": max(max_solves // 4, 1), "xatol": 1e-2, "fatol": 1e-4})
+            theta0 = theta_of(best["grid"])
         simplex = np.vstack([theta0, theta0[None, :] + 0.5 * np.eye(free)])
         with contextlib.suppress(_Budget):
             minimize(objective, theta0, method="Nelder-Mead",
