@@ -154,7 +154,8 @@ def test_step_output_is_a_diffusers_output():
     torch.testing.assert_close(plain[1], out.pred_original_sample, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", ["logrhoab2", "tab3", "x0-logrhoab2-pc", "ipndm", "rhork-midpoint"])
+@pytest.mark.parametrize("method", ["logrhoab2", "tab3", "x0-logrhoab2-pc", "x0-logrhoab1-mid-pc-lof", "ipndm",
+                                    "rhork-midpoint"])
 def test_a_run_is_ei_sample_on_the_same_grid(method):
     model, x = mixture_model(), torch.randn(5, 4, dtype=torch.float64)
     sched = EIScheduler(method=method, final_sigmas_type="sigma_min" if method.startswith("rhork") else "zero")
