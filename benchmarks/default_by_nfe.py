@@ -23,7 +23,7 @@ OUT = Path(__file__).parent / "results"
 CANDIDATES = ("logrhoab1", "logrhoab1-mid", "logrhoab2", "logrhoab3", "x0-logrhoab1-mid", "x0-logrhoab2",
               "x0-logrhoab3")
 GRID = "uniform_logrho"
-NFES = (4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30, 40, 50, 100)
+NFES = (4, 5, 6, 7, 8, 9, 10, 12, 15, 16, 17, 18, 19, 20, 25, 30, 40, 50, 100)
 BASE = "logrhoab2"
 
 

@@ -222,6 +222,8 @@ def sample_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ei_toolkit.sampling import describe_defaults
+
     parser = argparse.ArgumentParser(prog="ei-toolkit", description="Exponential integrators for diffusion models.")
     sub = parser.add_subparsers(dest="command")
     c = sub.add_parser("compare", help=f"accuracy vs NFE of our integrators (default; with peers: {PEER_COMPARISON})",
@@ -233,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     sp_.add_argument("--n", type=positive_int, default=64, help="number of digits (default: 64)")
     sp_.add_argument("--nfe", type=positive_int, default=10, help="number of model evaluations (default: 10)")
     sp_.add_argument("--method", default=None,
-                     help="integrator, e.g. tab3 or sddim (default: ei.sample's for --nfe: logrhoab1-mid up to 6, "
-                          "logrhoab2 up to 20, x0-logrhoab3 up to 40, logrhoab3 beyond)")
+                     help=f"integrator, e.g. tab3 or sddim (default: ei.sample's for --nfe: {describe_defaults()})")
     sp_.add_argument("--grid", default=None, help="time grid (default: the method's recommended grid)")
     sp_.add_argument("--lam", type=finite_float, default=None,
                      help="noise level lambda >= 0 of --method sddim (default: 1, the DDPM posterior)")

@@ -50,7 +50,7 @@ import torch.distributed as dist
 from .errors import NumericalError, positive_int
 from .integrators import Integrator, Method, get_integrator
 from .model import Model
-from .sampling import DEFAULT_MATRIX_METHOD, default_method, guidance_scale_of, solve
+from .sampling import DEFAULT_MATRIX_METHOD, default_method, describe_defaults, guidance_scale_of, solve
 from .sde import LinearSDE, MatrixLinearSDE
 
 FORMAT = "ei_toolkit.generate/1"
@@ -711,7 +711,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help=f"samples each process integrates at once, in whole blocks; changes no sample "
                         f"(default: {DEFAULT_BATCH})")
     g.add_argument("--method", default=None, help="integrator, e.g. tab3 or sddim (default: sample()'s for --nfe: "
-                   "logrhoab1-mid up to 6, logrhoab2 up to 20, x0-logrhoab3 up to 40, logrhoab3 beyond)")
+                   f"{describe_defaults()})")
     g.add_argument("--nfe", type=int, default=10, help="number of model evaluations (default: 10)")
     g.add_argument("--grid", default=None, help="time grid (default: the method's recommended grid)")
     g.add_argument("--lam", type=float, default=None,

@@ -1,5 +1,5 @@
 """sample()'s default depends on the budget (issue 11: chosen by benchmarks/choose_default.py, see
-benchmarks/results/default.md): logrhoab1-mid up to nfe=6, logrhoab2 up to 20, x0-logrhoab3 up to 40, logrhoab3 beyond,
+benchmarks/results/default.md): logrhoab1-mid up to nfe=6, logrhoab2 up to 19, x0-logrhoab3 up to 40, logrhoab3 beyond,
 on uniform_logrho."""
 
 import pytest
@@ -15,7 +15,7 @@ PROBLEM = get_problem("gmm2d")
 
 @pytest.mark.parametrize(("nfe", "method"), [(1, "logrhoab1-mid"), (6, "logrhoab1-mid"), (7, "logrhoab2"),
                                              (None, "logrhoab2"),
-                                             (20, "logrhoab2"), (21, "x0-logrhoab3"), (40, "x0-logrhoab3"),
+                                             (19, "logrhoab2"), (20, "x0-logrhoab3"), (40, "x0-logrhoab3"),
                                              (41, "logrhoab3"), (1000, "logrhoab3")])
 def test_default_method_by_nfe(nfe, method):
     assert default_method(nfe) == (method, "uniform_logrho")
