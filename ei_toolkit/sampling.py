@@ -35,10 +35,6 @@ DEFAULTS_BY_NFE: tuple[tuple[int | None, str], ...] = (
 DEFAULT_GRID = "uniform_logrho"
 
 
-def describe_defaults() -> str:
-    """The default by budget in words (for help texts): "logrhoab1-mid up to 6, ..., logrhoab3 beyond"."""
-    return ", ".join(f"{name} up to {top}" if top is not None else f"{name} beyond" for top, name in DEFAULTS_BY_NFE)
-
 # Under classifier-free guidance above GUIDED_ABOVE (a model that carries ``guidance_scale``, as
 # ei.diffusion.classifier_free_guidance's do), the eps extrapolation of the defaults above overshoots at NFE <= 20;
 # the data-prediction UniPC-type method with lower-order final steps on the time-quadratic grid (the DPM-Solver
@@ -52,11 +48,16 @@ DEFAULT_MATRIX_METHOD = "tab2"
 WORKING_DTYPES = (torch.float32, torch.float64)
 
 
+def describe_defaults() -> str:
+    """The default by budget in words (for help texts): "logrhoab1-mid up to 6, ..., logrhoab3 beyond"."""
+    return ", ".join(f"{name} up to {top}" if top is not None else f"{name} beyond" for top, name in DEFAULTS_BY_NFE)
+
+
 def default_method(nfe: int | None = None, *, guidance_scale: float | None = None,
                    sde: LinearSDE | None = None) -> tuple[str, str]:
     """sample()'s default (method, grid) for ``nfe`` model evaluations (None: 10), scalar SDEs:
     ``logrhoab1-mid`` up to nfe=6, ``logrhoab2`` up to 19, ``x0-logrhoab3`` up to 40, ``logrhoab3`` beyond, all on
-    ``uniform_logrho`` (measured at nfe 4-10, 12, 15-18, 20, 25, 30, 40, 50 and 100: benchmarks/results/default.md).
+    ``uniform_logrho`` (measured at nfe 4-10, 12, 15-20, 25, 30, 40, 50 and 100: benchmarks/results/default.md).
 
     With classifier-free guidance above scale 2 (``guidance_scale``) and nfe <= 20: ``x0-logrhoab1-mid-pc-lof``, on
     ``quadratic_t`` when ``sde`` is variance preserving (alpha(t_max) < 1/2, or no sde given), else on
