@@ -24,22 +24,22 @@ DECISION = """Decision: the default depends on the budget (`ei.sampling.default_
 6, `logrhoab2` up to 19, `x0-logrhoab3` up to 40, `logrhoab3` beyond, all on the uniform log-rho grid. Against the
 peers (tables below, NFE 5 / 10 / 20) the score is the worst ratio over the problems (the target is <= 1.0 on every
 problem): `logrhoab1-mid` has the lowest at NFE 5 (2.11, geometric mean 1.05; `logrhoab1`, the exact-integral rule,
-2.29 and 1.09, though it is <= 1.0 on more problems, 11 against 8); `logrhoab2` is <= 1.0 on the most problems at
-NFE 10 (19 of 24, geometric mean 0.72). At NFE 10 the UniPC-type `x0-logrhoab1-mid-pc` has a lower worst ratio
-(7.93 against 10.36, the edm/256d cancellation below) but is <= 1.0 on 9 problems only (geometric mean 1.10), so
+2.29 and 1.09, though it is <= 1.0 on more problems, 11 against 8); `logrhoab2` is <= 1.0 on the most problems at NFE
+10 (19 of 24, geometric mean 0.72). At NFE 10 the UniPC-type `x0-logrhoab1-mid-pc` has a lower worst ratio (7.93
+against 10.36, the edm/256d cancellation below) but is <= 1.0 on 9 problems only (geometric mean 1.10), so
 `logrhoab2` stays. At NFE 20 `x0-logrhoab3` has the lowest worst ratio (2.00 against `logrhoab2`'s 3.60, geometric
 mean 0.85 against 0.98) though it is <= 1.0 on fewer problems (14 against 17); on the shipped digits model it has
-1.14x the best peer's error against 1.61x (digits.md) and under mild guidance 0.94x against 1.2-1.3x (guided.md),
-so it is the default from NFE 20. Between and beyond those NFE only our candidates were run (`python
+1.14x the best peer's error against 1.61x (digits.md) and under mild guidance 0.94x against 1.2-1.3x (guided.md), so
+it is the default from NFE 20. Between and beyond those NFE only our candidates were run (`python
 benchmarks/default_by_nfe.py`, results/default_by_nfe.md, errors relative to `logrhoab2` on the same 24 problems):
 `logrhoab1-mid` is better up to NFE 6 (0.74x at 5, 0.76x at 6; worst 1.74x and 2.14x) and even at 7 (0.99x);
-`x0-logrhoab3` is better from 20 (0.87x at 20, 1.18x at 18, 0.57x at 25, 0.43x at 30) and `logrhoab3` from 50 (0.24x
-against 0.32x at 50, 0.10x against 0.27x at 100); at 40 the two are equal (0.33x and 0.34x), where the default
-switches. No single configuration is <= 1.0 on every problem: the best peer is the minimum over ~30 peer
+`x0-logrhoab3` is better from 20 (0.87x at 20; 0.98x at 19 but worst 2.88x; 1.18x at 18; 0.57x at 25) and `logrhoab3`
+from 50 (0.24x against 0.32x at 50, 0.10x against 0.27x at 100); at 40 the two are equal (0.33x and 0.34x), where the
+default switches. No single configuration is <= 1.0 on every problem: the best peer is the minimum over ~30 peer
 configurations per problem, and at NFE 5-10 several minima are cancellations (e.g. edm/256d at NFE 10: UniPC bh2-3 on
 the logSNR grid reaches 9.9e-05, below its own NFE 20 figure 1.1e-04); calibrated grids (grid_opt.md) are the tool
-for a given model. Under classifier-free guidance above scale 2 the default is `x0-logrhoab1-mid-pc-lof` up to NFE
-20 (guided.md)."""
+for a given model. Under classifier-free guidance above scale 2 the default is `x0-logrhoab1-mid-pc-lof` up to NFE 20
+(guided.md)."""
 
 
 def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
