@@ -119,9 +119,10 @@ def main() -> None:
         "",
         f"DDPM linear schedule ({args.sde}), t = 999 -> 0. Each grid is calibrated on {args.calibration} exact draws "
         f"(seed 1) and evaluated on {args.n} others (seed 0): median over trajectories of the per-trajectory RMS "
-        "error to the exact ODE solution (DOP853, rtol = atol = 1e-10). The shipped digits model: calibrated on 16 "
-        f"noise draws (seed 12345), evaluated on the {DIGITS_N} of bench_digits.py (seed 1) against their "
-        "near-exact solution (dopri5, tol 1e-6); the model's UniPC-type guided default is calibrated too. "
+        "error to the exact ODE solution (DOP853, rtol = atol = 1e-10). The shipped digits model: calibrated on "
+        f"{args.calibration} noise draws (seed 12345), evaluated on the {DIGITS_N} of bench_digits.py (seed 1) "
+        f"against their near-exact solution (dopri5, tol 1e-6); {GUIDED_METHOD} (the default under guidance) is "
+        "calibrated too. "
         "Optimiser (`ei.optimize_grid`): from the best of the method's default grid, uniform_logrho, quadratic_t "
         "and karras, Nelder-Mead first on the shape of the log-rho increments (2 parameters, a quarter of the "
         f"budget), then on every increment; at most {args.max_solves} solves. Peers (benchmarks/peers.py) on the same "
