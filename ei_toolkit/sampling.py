@@ -119,7 +119,7 @@ def solve(
     (default 10).
 
     ``method`` names a registered method (``ei_toolkit.INTEGRATORS``; default: :func:`default_method` of nfe,
-    ``logrhoab2`` on ``uniform_logrho`` at nfe 7-20, ``tab2`` for matrix SDEs) or is a method object; ``grid``
+    ``logrhoab2`` on ``uniform_logrho`` at nfe 7-19, ``tab2`` for matrix SDEs) or is a method object; ``grid``
     names a time grid (``ei_toolkit.GRIDS``; default: the method's) or gives
     the times explicitly (then ``t_start``/``t_end`` must not be given: the grid's ends are used).
     Stochastic methods (``"sddim"``: stochastic DDIM) take ``lam`` (lambda >= 0) or DDIM's ``eta``; their noise comes
