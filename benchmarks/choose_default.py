@@ -37,9 +37,11 @@ benchmarks/default_by_nfe.py`, results/default_by_nfe.md, errors relative to `lo
 from 50 (0.24x against 0.32x at 50, 0.10x against 0.27x at 100); at 40 the two are equal (0.33x and 0.34x), where the
 default switches. No single configuration is <= 1.0 on every problem: the best peer is the minimum over ~30 peer
 configurations per problem, and at NFE 5-10 several minima are cancellations (e.g. edm/256d at NFE 10: UniPC bh2-3 on
-the logSNR grid reaches 9.9e-05, below its own NFE 20 figure 1.1e-04); calibrated grids (grid_opt.md) are the tool
-for a given model. Under classifier-free guidance above scale 2 the default is `x0-logrhoab1-mid-pc-lof` up to NFE 20
-(guided.md)."""
+the logSNR grid reaches 9.9e-05, below its own NFE 20 figure 1.1e-04). No peer configuration meets that bar either:
+the strongest one alone, UniPC bh2-2 on the logSNR grid, has worst ratios 2.79 / 9.35 / 6.12 at NFE 5 / 10 / 20
+(our default 2.11 / 10.36 / 2.00), and the default's error is <= its own on 18, 22 and 21 of the 24 problems (last
+table). Calibrated grids (grid_opt.md) are the tool for a given model. Under classifier-free guidance above scale 2
+the default is `x0-logrhoab1-mid-pc-lof` up to NFE 20 (guided.md)."""
 
 
 def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -78,6 +80,34 @@ def default_and_best(data: dict, nfe: str) -> tuple[list[float], list[float]]:
     return d, b
 
 
+def peers_alone(data: dict, nfe: str) -> list[tuple[float, float, int, int, float, float, str]]:
+    """Every peer configuration that ran on every problem at ``nfe``, as a user would pick one sampler:
+    (its worst and geometric-mean ratio to the per-problem best peer, problems where our default's error is <= its
+    own, problems, the worst and geometric mean of default / it, name), strongest (lowest worst ratio) first."""
+    per: dict[str, list[tuple[float, float]]] = {}
+    n = 0
+    for per_nfe in data.values():
+        configs = per_nfe.get(nfe, {})
+        peers = {k: v for k, v in configs.items() if is_peer(k) and math.isfinite(v)}
+        ours = configs.get(default_config(nfe), math.inf)
+        if not peers:
+            continue
+        n += 1
+        best = min(peers.values())
+        for k, v in peers.items():
+            per.setdefault(k, []).append((v / best, ours / v))
+    rows = []
+    for k, r in per.items():
+        if len(r) == n:
+            own, vs = [a for a, _ in r], [b for _, b in r]
+            rows.append((max(own), _gm(own), sum(b <= 1.0 for b in vs), n, max(vs), _gm(vs), k))
+    return sorted(rows)
+
+
+def _gm(r: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in r) / len(r)) if all(0 < v < math.inf for v in r) else math.inf
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=OUT / "accuracy.json", help="accuracy.json to read (default: "
@@ -112,6 +142,15 @@ def main() -> None:
         lines.append(f"| {nfe} | {default_config(nfe)} | {sum(v <= 1.0 for v in d)}/{len(d)} | "
                      f"{sum(v <= 0.5 for v in d)}/{len(d)} | {max(d):.2f} | "
                      f"{sum(v <= 1.0 for v in b)}/{len(b)} | {sum(v <= 0.5 for v in b)}/{len(b)} |")
+    lines += ["", "## Our default against each peer configuration alone", "",
+              "A user runs one sampler, not the per-problem best of the 36-37 peer configurations. For the strongest "
+              "(lowest worst ratio to the per-problem best peer, the score our candidates get above): their own worst "
+              "and geometric-mean ratio, and our default's error against theirs problem by problem.", "",
+              "| NFE | peer configuration | its worst ratio | its gm ratio | default <= it | worst default / it | "
+              "gm default / it |", "|---|---|---|---|---|---|---|"]
+    for nfe in nfes:
+        for own_w, own_g, wins, n, w, g, k in peers_alone(data, nfe)[: max(3, args.top // 2)]:
+            lines.append(f"| {nfe} | {k} | {own_w:.2f} | {own_g:.2f} | {wins}/{n} | {w:.2f} | {g:.2f} |")
     text = "\n".join(lines) + "\n"
     (OUT / "default.md").write_text(text)
     print(text)
