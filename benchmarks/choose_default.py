@@ -35,7 +35,7 @@ benchmarks/default_by_nfe.py`, results/default_by_nfe.md, errors relative to `lo
 `logrhoab1-mid` is better up to NFE 6 (0.74x at 5, 0.76x at 6; worst 1.74x and 2.14x) and even at 7 (0.99x);
 `x0-logrhoab3` is better from 20 (0.87x at 20; 0.98x at 19 but worst 2.88x; 1.18x at 18; 0.57x at 25) and `logrhoab3`
 from 50 (0.24x against 0.32x at 50, 0.10x against 0.27x at 100); at 40 the two are equal (0.33x and 0.34x), where the
-default switches. No single configuration is <= 1.0 on every problem: the best peer is the minimum over ~30 peer
+default switches. No single configuration is <= 1.0 on every problem: the best peer is the minimum over 36-37 peer
 configurations per problem, and at NFE 5-10 several minima are cancellations (e.g. edm/256d at NFE 10: UniPC bh2-3 on
 the logSNR grid reaches 9.9e-05, below its own NFE 20 figure 1.1e-04). No peer configuration meets that bar either:
 the strongest one alone, UniPC bh2-2 on the logSNR grid, has worst ratios 2.79 / 9.35 / 6.12 at NFE 5 / 10 / 20
