@@ -9,10 +9,12 @@ from .generate import evaluate_shards, generate, load_shards, verify_shards
 from .grid_opt import load_grid, optimize_grid, save_grid
 from .grids import GRIDS, time_grid
 from .integrators import INTEGRATORS, Integrator, Method, register
+from .integrators.ems import EMSAdams, ModelStatistics
 from .model import ModelEvaluator
 from .sampling import sample, solve
 from .sde import CLD, EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, LinearSDE, MatrixLinearSDE, SubVPSDE, SymbolicForms
 from .solution import Solution
+from .statistics import model_statistics
 
 __version__ = "0.1.0"
 
@@ -25,12 +27,14 @@ __all__ = [
     "VPSDE",
     "CosineVPSDE",
     "DiscreteVP",
+    "EMSAdams",
     "FlowODE",
     "Integrator",
     "LinearSDE",
     "MatrixLinearSDE",
     "Method",
     "ModelEvaluator",
+    "ModelStatistics",
     "NFEBudgetExceeded",
     "NumericalError",
     "ReverseSDE",
@@ -48,6 +52,7 @@ __all__ = [
     "integrators",
     "load_grid",
     "load_shards",
+    "model_statistics",
     "odeint",
     "optimize_grid",
     "register",

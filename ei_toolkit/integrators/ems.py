@@ -1,0 +1,314 @@
+"""An exponential integrator whose linear part and extrapolated quantity are fitted to the model: empirical model
+statistics (EMS), the idea of DPM-Solver-v3 (Zheng et al. 2023), derived in docs/math.md section 4.11.
+
+In lam = -log rho the probability-flow ODE is dx/dlam = (dlog alpha/dlam) x - sigma eps. For any scalar l(lam),
+f = sigma eps - l x gives dx/dlam = (dlog alpha/dlam - l) x - f; if along trajectories f' ~ s f + b (s scalar, b
+shaped like one sample), g = e^{-S} f - B with S = int s, B = int e^{-S} b is nearly constant, and
+
+    x_{i+1} = (E_{i+1} / E_i) x_i - E_{i+1} int_{lam_i}^{lam_{i+1}} E^{-1} e^{S} (g + B) dlam,  E = alpha e^{-L},
+
+L = int l. The method interpolates g in lam through the last evaluations (an exponential Adams method, optionally
+corrected with the next evaluation as in section 4.8) and integrates the rest exactly for the tabulated l, s, b
+(piecewise linear in lam between the table's nodes). (l, s, b) = (0, dlog sigma/dlam, 0) is the eps form in log
+rho, (1, dlog alpha/dlam, 0) the x0 form; :func:`ei_toolkit.model_statistics` estimates them from the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import EpsFn, Integrator, NoiseSource, PredictorCorrectorPlan, StepCallback, _flatten, combine
+from .kernels import half_lambda
+
+STATS_FORMAT = "ei_toolkit-model-statistics"
+STATS_VERSION = 1
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(8)
+
+
+def _sde_tag(sde: Any) -> str:
+    return f"{type(sde).__name__}:{hashlib.sha256(repr(sde.key).encode()).hexdigest()[:16]}"
+
+
+@dataclass(frozen=True, eq=False)
+class ModelStatistics:
+    """Tables of l, s (scalars) and b (shaped like one sample) on increasing nodes ``lam`` of -log rho, for one SDE
+    (``sde``: its class and a digest of its derivation). Made by :func:`ei_toolkit.model_statistics`; ``samples``
+    is the calibration batch size. ``digest`` identifies the values (plans are cached by it)."""
+
+    lam: torch.Tensor
+    l: torch.Tensor  # noqa: E741 (the paper's name)
+    s: torch.Tensor
+    b: torch.Tensor
+    sde: str
+    samples: int
+    digest: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        lam = torch.as_tensor(self.lam, dtype=torch.float64).flatten()
+        k = lam.numel()
+        if k < 2 or not bool(torch.isfinite(lam).all()) or not bool((lam[1:] > lam[:-1]).all()):
+            raise ValueError("statistics: lam must hold at least 2 finite, increasing values")
+        tables = {"l": self.l, "s": self.s}
+        for name, v in tables.items():
+            v = torch.as_tensor(v, dtype=torch.float64).flatten()
+            if v.numel() != k or not bool(torch.isfinite(v).all()):
+                raise ValueError(f"statistics: {name} must hold {k} finite values (one per node of lam)")
+            object.__setattr__(self, name, v)
+        b = torch.as_tensor(self.b, dtype=torch.float64)
+        if b.ndim < 1 or b.shape[0] != k or not bool(torch.isfinite(b).all()):
+            raise ValueError(f"statistics: b must be finite, shaped ({k}, *sample shape)")
+        object.__setattr__(self, "lam", lam)
+        object.__setattr__(self, "b", b.contiguous())
+        h = hashlib.sha256()
+        for v in (self.lam, self.l, self.s, self.b):
+            h.update(v.numpy().tobytes())
+        h.update(repr((tuple(self.b.shape), self.sde, int(self.samples))).encode())
+        object.__setattr__(self, "digest", h.hexdigest()[:24])
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.b.shape[1:])
+
+    def save(self, path: str | Path) -> Path:
+        """Write the tables (torch.save of plain tensors and strings; :meth:`load` reads them with
+        ``weights_only=True``)."""
+        path = Path(path)
+        torch.save({"format": STATS_FORMAT, "version": STATS_VERSION, "sde": self.sde, "samples": int(self.samples),
+                    "lam": self.lam, "l": self.l, "s": self.s, "b": self.b}, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, sde: Any | None = None) -> ModelStatistics:
+        """The statistics saved at ``path``; with ``sde``, refused (ValueError) unless they were made for it."""
+        doc = torch.load(Path(path), weights_only=True)
+        if not isinstance(doc, dict) or doc.get("format") != STATS_FORMAT:
+            raise ValueError(f"{path} is not saved ei_toolkit model statistics (expected format {STATS_FORMAT!r})")
+        if doc.get("version") != STATS_VERSION:
+            raise ValueError(f"{path}: unsupported statistics version {doc.get('version')!r} (expected "
+                             f"{STATS_VERSION})")
+        stats = cls(lam=doc["lam"], l=doc["l"], s=doc["s"], b=doc["b"], sde=str(doc["sde"]),
+                    samples=int(doc["samples"]))
+        if sde is not None:
+            stats.check_sde(sde)
+        return stats
+
+    def check_sde(self, sde: Any) -> None:
+        if _sde_tag(sde) != self.sde:
+            raise ValueError(f"these model statistics were estimated for the SDE {self.sde}, not for {_sde_tag(sde)}; "
+                             "estimate them again with ei_toolkit.model_statistics for this SDE")
+
+
+class _Tables:
+    """l, s, b piecewise linear in lam between the nodes; L = int l, S = int s (exact: piecewise quadratic) and
+    B = int e^{-S} b (Gauss-Legendre per piece), all from lam[0]."""
+
+    def __init__(self, st: ModelStatistics) -> None:
+        self.lam = st.lam.numpy()
+        self.l, self.s = st.l.numpy(), st.s.numpy()
+        self.b = st.b.reshape(len(self.lam), -1).numpy()
+        d = np.diff(self.lam)
+        self.L = np.concatenate([[0.0], np.cumsum(0.5 * d * (self.l[1:] + self.l[:-1]))])
+        self.S = np.concatenate([[0.0], np.cumsum(0.5 * d * (self.s[1:] + self.s[:-1]))])
+        pieces = [np.zeros(self.b.shape[1])]
+        for k in range(len(d)):
+            pieces.append(pieces[-1] + self._b_integral(k, self.lam[k + 1]))
+        self.B = np.stack(pieces)
+
+    def _segment(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = np.clip(np.searchsorted(self.lam, v, side="right") - 1, 0, len(self.lam) - 2)
+        return k, (v - self.lam[k]) / (self.lam[k + 1] - self.lam[k])
+
+    def _lin(self, table: np.ndarray, v: np.ndarray) -> np.ndarray:
+        k, w = self._segment(v)
+        w = w.reshape(w.shape + (1,) * (table.ndim - 1))
+        return (1 - w) * table[k] + w * table[k + 1]
+
+    def _cum(self, table: np.ndarray, cum: np.ndarray, v: np.ndarray) -> np.ndarray:
+        k, w = self._segment(v)
+        dv = v - self.lam[k]
+        return cum[k] + dv * (table[k] + 0.5 * w * (table[k + 1] - table[k]))
+
+    def L_at(self, v: np.ndarray) -> np.ndarray:
+        return self._cum(self.l, self.L, v)
+
+    def S_at(self, v: np.ndarray) -> np.ndarray:
+        return self._cum(self.s, self.S, v)
+
+    def _b_integral(self, k: int, v: float) -> np.ndarray:
+        a = self.lam[k]
+        if v <= a:
+            return np.zeros(self.b.shape[1])
+        q = 0.5 * (v - a) * _GL_X + 0.5 * (v + a)
+        w = 0.5 * (v - a) * _GL_W * np.exp(-self.S_at(q))
+        return w @ self._lin(self.b, q)
+
+    def B_at(self, v: np.ndarray) -> np.ndarray:
+        k, _ = self._segment(v)
+        return np.stack([self.B[kk] + self._b_integral(int(kk), float(vv)) for kk, vv in zip(k, v, strict=True)])
+
+    def pieces(self, a: float, b: float) -> list[tuple[float, float]]:
+        """[a, b] split at the table's nodes (the integrands are smooth on each piece)."""
+        inner = self.lam[(self.lam > a) & (self.lam < b)]
+        cuts = np.concatenate([[a], inner, [b]])
+        return list(zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True))
+
+
+def _lagrange(nodes: Sequence[float], v: np.ndarray) -> list[np.ndarray]:
+    out = []
+    for j, nj in enumerate(nodes):
+        p = np.ones_like(v)
+        for m, nm in enumerate(nodes):
+            if m != j:
+                p = p * (v - nm) / (nj - nm)
+        out.append(p)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class EMSPlan(PredictorCorrectorPlan):
+    """A predictor(-corrector) plan on g_k = u_k eps_k + v_k x_k (the model's eps at the k-th evaluation and the state
+    it was evaluated at) with a bias per step: x_{i+1} = psi_i x_i + sum_j w_ij g_{i-j} + beta_i, corrected to
+    psi_i x_i + sum_j c_ij g_{i+1-j} + gamma_i (beta, gamma shaped (steps, *sample shape), float64)."""
+
+    u: tuple[float, ...] = ()
+    v: tuple[float, ...] = ()
+    beta: torch.Tensor | None = None
+    gamma: torch.Tensor | None = None
+    corrected: bool = True
+
+    def coefficients(self) -> Any:
+        yield from super().coefficients()
+        yield from _flatten((self.u, self.v))
+        for t in (self.beta, self.gamma):
+            if t is not None and t.numel():
+                yield float(t.abs().max())
+
+    def _biases(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = self._device_cache
+        key = ("bias", x.device, x.dtype)
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = (self.beta.to(device=x.device, dtype=x.dtype),
+                                self.gamma.to(device=x.device, dtype=x.dtype))
+        return hit
+
+    def run(self, x: torch.Tensor, eps_fn: EpsFn, *, start: int = 0, history: Sequence[torch.Tensor] = (),
+            callback: StepCallback | None = None, noise: NoiseSource | None = None) -> torch.Tensor:
+        if x.ndim == 1:  # the round-off surrogate (conditioning.py): the biases do not change d x_end / d e
+            beta = gamma = torch.zeros(self.steps, 1, dtype=x.dtype, device=x.device)
+        elif tuple(x.shape[1:]) != tuple(self.beta.shape[1:]):
+            raise ValueError(f"x has samples shaped {tuple(x.shape[1:])}, but these model statistics are for samples "
+                             f"shaped {tuple(self.beta.shape[1:])}")
+        else:
+            beta, gamma = self._biases(x)
+        hist = list(history)[-self.history:]
+        x_prev: torch.Tensor | None = None
+        for i in range(start, self.steps):
+            hist.append(combine(eps_fn(x, i), self.u[i], [(self.v[i], x)]))
+            if x_prev is not None and self.corrected:
+                c = self.corrector[i - 1]
+                x = combine(x_prev, self.psi[i - 1], [(c[j], hist[-1 - j]) for j in range(len(c))])
+                x.add_(gamma[i - 1])
+                if callback is not None:
+                    callback(i, x)
+            x_prev = x
+            w = self.weights[i]
+            if len(hist) > self.history:
+                del hist[: len(hist) - self.history]
+            x = combine(x, self.psi[i], [(w[j], hist[-1 - j]) for j in range(len(w))])
+            x.add_(beta[i])
+            if callback is not None and (i + 1 == self.steps or not self.corrected):
+                callback(i + 1, x)
+        return x
+
+
+class EMSAdams(Integrator):
+    """The exponential Adams method on model-fitted statistics (module docstring): ``points`` past evaluations
+    (1-4) interpolated in lam, corrected with the next evaluation unless ``corrector=False`` (UniPC's idea, no
+    extra evaluation). Order ``points`` (+1 with the corrector) for fixed statistics. Pass the object as
+    ``method=`` to :func:`ei_toolkit.solve` / ``sample`` / :func:`ei_toolkit.optimize_grid`."""
+
+    evals_per_step = 1
+    default_grid = "quadratic_t"
+
+    def __init__(self, statistics: ModelStatistics, points: int = 2, corrector: bool = True) -> None:
+        if not isinstance(statistics, ModelStatistics):
+            raise TypeError(f"statistics must be ei_toolkit.ModelStatistics (from ei_toolkit.model_statistics); got "
+                            f"{type(statistics).__name__}")
+        if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= 4:
+            raise ValueError(f"points must be an integer from 1 to 4; got {points!r}")
+        if not isinstance(corrector, bool):
+            raise TypeError(f"corrector must be True or False; got {corrector!r}")
+        self._statistics = statistics
+        self.statistics_digest = statistics.digest
+        self.points, self.corrector = points, corrector
+        self.name = f"ems-logrhoab{points - 1}" + ("-pc" if corrector else "")
+        self.order = points + (1 if corrector else 0)
+
+    @property
+    def statistics(self) -> ModelStatistics:
+        return self._statistics
+
+    def plan(self, sde: Any, grid: torch.Tensor) -> EMSPlan:
+        st = self._statistics
+        if getattr(sde, "is_matrix", False):
+            raise ValueError(f"{self.name} needs a scalar SDE (its statistics are tabulated in log rho)")
+        st.check_sde(sde)
+        lam = half_lambda(sde, grid)
+        lo, hi = float(st.lam[0]), float(st.lam[-1])
+        tol = 1e-9 * max(1.0, hi - lo)
+        if not (np.isfinite(lam).all() and lam[0] >= lo - tol and lam[-1] <= hi + tol):
+            raise ValueError(f"{self.name}: the grid spans -log rho from {lam[0]:.4g} to {lam[-1]:.4g}, outside the "
+                             f"statistics' range [{lo:.4g}, {hi:.4g}]; estimate them over this time span "
+                             "(ei_toolkit.model_statistics(..., t_start=, t_end=))")
+        lam = np.clip(lam, lo, hi)
+        tab = _Tables(st)
+        alpha = sde.alpha(grid).numpy()
+        sigma = sde.sigma(grid).numpy()
+        L, S = tab.L_at(lam), tab.S_at(lam)
+        logE = np.log(alpha) - L
+        u = np.exp(-S) * sigma
+        v = -np.exp(-S) * tab._lin(tab.l, lam)
+        Bn = tab.B_at(lam)  # (steps + 1, d)
+        steps = len(grid) - 1
+        psi, weights, corr = [], [], []
+        beta = np.zeros((steps, Bn.shape[1]))
+        gamma = np.zeros_like(beta)
+        for i in range(steps):
+            p = min(self.points, i + 1)
+            pred_nodes = [lam[i - j] for j in range(p)]
+            corr_nodes = [lam[i + 1], *pred_nodes]
+            qs, ws = [], []
+            for a, b in tab.pieces(lam[i], lam[i + 1]):
+                qs.append(0.5 * (b - a) * _GL_X + 0.5 * (b + a))
+                ws.append(0.5 * (b - a) * _GL_W)
+            q, wq = np.concatenate(qs), np.concatenate(ws)
+            e_next = math.exp(logE[i + 1])
+            kern = wq * np.exp(-(np.log(_alpha_at(sde, q)) - tab.L_at(q)) + tab.S_at(q)) * e_next  # E_{i+1}/E e^S
+            psi.append(math.exp(logE[i + 1] - logE[i]))
+            bias = -(kern @ tab.B_at(q))
+            w = [-float(kern @ basis) for basis in _lagrange(pred_nodes, q)]
+            c = [-float(kern @ basis) for basis in _lagrange(corr_nodes, q)]
+            # g_k = u eps + v x - B_k: the -B_k parts of the history are known vectors, folded into the bias
+            beta[i] = bias - sum(wj * Bn[i - j] for j, wj in enumerate(w))
+            gamma[i] = bias - c[0] * Bn[i + 1] - sum(cj * Bn[i - j] for j, cj in enumerate(c[1:]))
+            weights.append(tuple(w))
+            corr.append(tuple(c))
+        shape = (steps, *st.sample_shape)
+        return EMSPlan(grid=grid, psi=tuple(psi), weights=tuple(weights), eval_times=grid[:-1].clone(),
+                       target="eps", corrector=tuple(corr), u=tuple(u[:-1].tolist()), v=tuple(v[:-1].tolist()),
+                       beta=torch.from_numpy(beta).reshape(shape), gamma=torch.from_numpy(gamma).reshape(shape),
+                       corrected=self.corrector)
+
+
+def _alpha_at(sde: Any, lam: np.ndarray) -> np.ndarray:
+    t = sde.t_of_rho(torch.from_numpy(np.exp(-lam)))
+    return sde.alpha(t).numpy()
