@@ -5,7 +5,8 @@ lam = -log rho,
 * l = tr(sigma d eps / dx) / d, the mean linear response of sigma eps to x (Hutchinson's estimator with Rademacher
   probes and central differences of the model), so that f = sigma eps - l x depends on x as little as possible;
 * s, b: the least-squares fit f' ~ s f + b over the batch (s a scalar, b shaped like one sample), f' the
-  derivative along the trajectories (second-order differences in lam).
+  derivative along the trajectories (second-order differences in lam); s is shrunk towards 0 (ridge,
+  :data:`RIDGE`) where f is negligible next to sigma eps, as for Gaussian data.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from .integrators.ems import ModelStatistics, _sde_tag
 from .integrators.kernels import half_lambda
 from .model import Model, ModelEvaluator
 from .sde import LinearSDE
+
+RIDGE = 1e-6
+"""Regularisation of the fit f' ~ s f + b, relative to the spread of sigma eps over the batch."""
 
 
 def model_statistics(model: Model, x: torch.Tensor, sde: LinearSDE, *, nodes: int = 200, probes: int = 2,
@@ -58,7 +62,7 @@ def model_statistics(model: Model, x: torch.Tensor, sde: LinearSDE, *, nodes: in
         sigma = sde.sigma(grid).numpy()
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         d = states[0][0].numel()
-        f_rows, l_rows = [], []
+        f_rows, l_rows, spread = [], [], []
         for k in range(nodes + 1):
             xk = states[k]
             eps = eps_fn(xk, k).to(torch.float64)
@@ -69,13 +73,16 @@ def model_statistics(model: Model, x: torch.Tensor, sde: LinearSDE, *, nodes: in
                 diff = eps_fn(xk + delta * v, k).to(torch.float64) - eps_fn(xk - delta * v, k).to(torch.float64)
                 tr += float((v * diff).reshape(len(xk), -1).sum(1).mean()) / (2 * delta)
             l_rows.append(sigma[k] * tr / probes / d)
+            se = sigma[k] * eps
+            spread.append(float((se - se.mean(0)).pow(2).sum()))
             f_rows.append(sigma[k] * eps - l_rows[-1] * xk)
         evaluator.check()
     f = torch.stack(f_rows).reshape(nodes + 1, x.shape[0], -1).numpy()
     fp = np.gradient(f, lam, axis=0, edge_order=2)
     fc = f - f.mean(1, keepdims=True)
     pc = fp - fp.mean(1, keepdims=True)
-    den = (fc * fc).sum((1, 2))
+    # ridge: where f is tiny next to sigma eps (near-Gaussian data, eps ~ linear in x) s is noise; shrink it to 0
+    den = (fc * fc).sum((1, 2)) + RIDGE * np.asarray(spread)
     s = np.where(den > 0, (fc * pc).sum((1, 2)) / np.where(den > 0, den, 1.0), 0.0)
     b = fp.mean(1) - s[:, None] * f.mean(1)
     l_arr = np.asarray(l_rows)
