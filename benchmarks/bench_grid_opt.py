@@ -61,14 +61,16 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=16)
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--no-digits", dest="digits", action="store_false", help="skip the shipped digits model")
+    ap.add_argument("--stats-draws", type=int, default=256, help="noise draws for the digits model's EMS statistics")
     args = ap.parse_args()
+    stats_cost = None
     methods = args.methods or [m for m in (DEFAULT_METHOD, "x0-logrhoab2") if m in ei.INTEGRATORS]
     start = time.perf_counter()
     sde = SDES[args.sde]()
     peers = available_peers()
     rows, cost = [], []
     def calibrate(problem: str, model, x: torch.Tensor, ref: torch.Tensor, xc: torch.Tensor,
-                  reference: torch.Tensor, nfe_ref: int, nfes: list[int], methods: list[str]) -> None:
+                  reference: torch.Tensor, nfe_ref: int, nfes: list[int], methods: list) -> None:
         for nfe in nfes:
             peer_err = {}
             for name, peer in peers.items():
@@ -77,19 +79,20 @@ def main() -> None:
                     peer_err[name] = median_error(out, ref)
             best_peer = min(peer_err, key=peer_err.__getitem__) if peer_err else None
             for meth in methods:
+                label = getattr(meth, "name", meth)
                 t0 = time.perf_counter()
                 grid, info = ei.optimize_grid(model, xc, sde, method=meth, nfe=nfe, reference=reference,
                                               max_solves=args.max_solves, return_info=True)
                 took = time.perf_counter() - t0
                 default = median_error(ei.sample(model, x, sde, method=meth, nfe=nfe), ref)
                 tuned = median_error(ei.sample(model, x, sde, method=meth, nfe=nfe, grid=grid), ref)
-                rows.append(dict(problem=problem, nfe=nfe, method=meth, default=default, tuned=tuned,
+                rows.append(dict(problem=problem, nfe=nfe, method=label, default=default, tuned=tuned,
                                  peer=best_peer, peer_err=peer_err.get(best_peer, math.nan),
                                  json_peer=accuracy_json_peer(problem, nfe), start=info["start"]))
-                cost.append(dict(problem=problem, nfe=nfe, method=meth, solves=info["solves"],
+                cost.append(dict(problem=problem, nfe=nfe, method=label, solves=info["solves"],
                                  nfe_opt=info["nfe_optimiser"], nfe_ref=nfe_ref, seconds=took))
                 r = rows[-1]
-                print(f"{problem} NFE {nfe} {meth}: default {default:.2e} calibrated {tuned:.2e} "
+                print(f"{problem} NFE {nfe} {label}: default {default:.2e} calibrated {tuned:.2e} "
                       f"({tuned / default:.2f}x); best peer {best_peer} {r['peer_err']:.2e} "
                       f"({tuned / r['peer_err']:.2f}x)  [{took:.0f} s]", flush=True)
 
@@ -111,8 +114,14 @@ def main() -> None:
             ref = ei.odeint(model, x, sde, rtol=1e-6, atol=1e-6, frame="logrho").x.double()
             xc = torch.randn(args.calibration, 1, 8, 8, generator=torch.Generator().manual_seed(12345))
             ref_sol = ei.solve(model, xc, sde, method="adaptive", options={"rtol": 1e-7, "atol": 1e-7})
+            # EMS (docs/math.md 4.11): statistics from their own calibration draws, then the grid as for the others
+            t0 = time.perf_counter()
+            xs = torch.randn(args.stats_draws, 1, 8, 8, generator=torch.Generator().manual_seed(2024))
+            stats = ei.model_statistics(model, xs, sde)
+            stats_cost = (time.perf_counter() - t0, 200 + 201 * 5)  # nodes + (nodes + 1)(1 + 2 probes) evaluations
+            ems = [ei.EMSAdams(stats, p, True) for p in (1, 2)]
             calibrate("digits model", model, x, ref, xc, ref_sol.x, ref_sol.nfe, sorted({*args.nfe, 20}),
-                      list(dict.fromkeys([*methods, GUIDED_METHOD])))
+                      list(dict.fromkeys([*methods, GUIDED_METHOD])) + ems)
     took = time.perf_counter() - start
     lines = [
         "# Calibrated grids: `ei.optimize_grid`",
@@ -122,7 +131,9 @@ def main() -> None:
         "error to the exact ODE solution (DOP853, rtol = atol = 1e-10). The shipped digits model: calibrated on "
         f"{args.calibration} noise draws (seed 12345), evaluated on the {DIGITS_N} of bench_digits.py (seed 1) "
         f"against their near-exact solution (dopri5, tol 1e-6); {GUIDED_METHOD} (the default under guidance) is "
-        "calibrated too. "
+        "calibrated too, and the EMS methods (`ei.EMSAdams`, docs/math.md 4.11) on statistics from "
+        f"`ei.model_statistics` on {args.stats_draws} further noise draws (seed 2024; 'default grid' is then "
+        "EMSAdams' quadratic_t). "
         "Optimiser (`ei.optimize_grid`): from the best of the method's default grid, uniform_logrho, quadratic_t "
         "and karras, Nelder-Mead first on the shape of the log-rho increments (2 parameters, a quarter of the "
         f"budget), then on every increment; at most {args.max_solves} solves. Peers (benchmarks/peers.py) on the same "
@@ -146,6 +157,9 @@ def main() -> None:
     for c in cost:
         lines.append(f"| {c['problem']} | {c['nfe']} | {c['method']} | {c['nfe_ref']} | {c['solves']} | "
                      f"{c['nfe_opt']} | {c['seconds']:.1f} |")
+    if stats_cost is not None:
+        lines += ["", f"EMS statistics for the digits model: {stats_cost[1]} evaluations of the "
+                  f"{args.stats_draws}-draw batch, {stats_cost[0]:.1f} s."]
     OUT.mkdir(exist_ok=True)
     (OUT / "grid_opt.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
