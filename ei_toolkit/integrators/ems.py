@@ -164,7 +164,8 @@ def _lagrange(nodes: Sequence[float], v: np.ndarray) -> list[np.ndarray]:
 class EMSPlan(PredictorCorrectorPlan):
     """A predictor(-corrector) plan on g_k = u_k eps_k + v_k x_k (the model's eps at the k-th evaluation and the state
     it was evaluated at) with a bias per step: x_{i+1} = psi_i x_i + sum_j w_ij g_{i-j} + beta_i, corrected to
-    psi_i x_i + sum_j c_ij g_{i+1-j} + gamma_i (beta, gamma shaped (steps, *sample shape), float64)."""
+    psi_i x_i + sum_j c_ij g_{i+1-j} + gamma_i (beta, gamma shaped (steps, *sample shape), float64). ``history``
+    given to :meth:`run` holds g (u eps + v x at the earlier grid points), not eps."""
 
     u: tuple[float, ...] = ()
     v: tuple[float, ...] = ()
