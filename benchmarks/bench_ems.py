@@ -1,11 +1,13 @@
 """EMS (ei.EMSAdams on ei.model_statistics, docs/math.md section 4.11) on the 24 mixture problems of
 benchmarks/bench_accuracy.py, against the peers' figures in benchmarks/results/accuracy.json.
 
-Per problem the statistics come from 256 draws of x at t_max (seed 99: noise and the model only, no data), 200 nodes,
-2 probes; the methods (1-3 points, with the corrector) then run on the quadratic_t and uniform_logrho grids from the
-same 64 draws (seed 0) as bench_accuracy.py, against the same cached reference; the figure is the median per-trajectory
-RMS error divided by the best peer configuration's in accuracy.json, as in benchmarks/choose_default.py. Also: the
-best of ours on each problem with and without the EMS configurations (the issue's "best of ours" count).
+Per problem the statistics come from 256 draws of x at t_max (seed 99: the marginal there, nearly pure noise), 200
+nodes, 2 probes; the methods (1-3 points, with the corrector) then run on the quadratic_t and uniform_logrho grids
+from the same 64 draws (seed 0) as bench_accuracy.py (and "its default grid": the first for the VP schedules, the
+second for VE and EDM, what EMSAdams takes without grid=), against the same cached reference; the figure is the
+median per-trajectory RMS error divided by the best peer configuration's in accuracy.json, as in
+benchmarks/choose_default.py. Also: the best of ours on each problem with and without the EMS configurations (the
+issue's "best of ours" count).
 
 Run: python benchmarks/bench_ems.py [--nfe 5 10 20] (after bench_accuracy.py: it reads accuracy.json and the cached
 references); writes benchmarks/results/ems.md.
@@ -23,6 +25,7 @@ import torch
 from bench_accuracy import MIXTURES, SDES, default_config, is_peer, median_error, start_and_reference
 
 import ei_toolkit as ei
+from ei_toolkit.grids import vp_or_logrho
 
 OUT = Path(__file__).parent / "results"
 GRIDS = ("uniform_logrho", "quadratic_t")
@@ -70,14 +73,18 @@ def main() -> None:
                         except ei.NumericalError:  # a diverged run counts as infinitely bad, as in bench_accuracy
                             err = math.inf
                         ratios[nfe].setdefault(f"{m.name} / {g}", {})[problem] = err / peer
+                    # without grid=: quadratic_t for the VP schedules, uniform_logrho for VE / EDM
+                    ratios[nfe].setdefault(f"{m.name} / its default grid", {})[problem] = (
+                        ratios[nfe][f"{m.name} / {vp_or_logrho(sde)}"][problem])
             print(problem, f"{time.perf_counter() - start:.0f} s", flush=True)
     took = time.perf_counter() - start
     lines = ["# EMS on the mixture problems", "",
              f"`python benchmarks/bench_ems.py` ({took:.0f} s on this machine, a shared 2-core CPU; statistics "
-             f"{sum(stats_seconds) / len(stats_seconds):.1f} s per problem on average). Statistics per problem from "
-             f"{args.draws} draws at t_max (seed 99; the model and noise only), 200 nodes, 2 probes; runs from the 64 "
-             "draws of bench_accuracy.py. Ratio = median error / the best peer configuration's in accuracy.json "
-             "(36-37 per problem); worst = max over the problems, gm = geometric mean.", ""]
+             f"{sum(stats_seconds) / len(stats_seconds):.1f} s per problem on average). Statistics per problem "
+             f"from {args.draws} draws at t_max (seed 99; the marginal there, nearly pure noise), 200 nodes, "
+             "2 probes; runs from the 64 draws of bench_accuracy.py. Ratio = median error / the best peer "
+             "configuration's in accuracy.json (36-37 per problem); worst = max over the problems, gm = geometric "
+             "mean.", ""]
     for nfe in map(str, args.nfe):
         rows = ratios[nfe]
         n = len(best_ours[nfe])

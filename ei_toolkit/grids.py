@@ -91,6 +91,13 @@ GRIDS: dict[str, GridFn] = {
 T_GRIDS = ("uniform_t", "quadratic_t")  # the grids that need no rho (all that matrix SDEs take)
 
 
+def vp_or_logrho(sde: LinearSDE | None) -> str:
+    """``quadratic_t`` for a variance-preserving schedule (alpha(t_max) < 1/2, or no SDE given), else
+    ``uniform_logrho``: for VE / EDM, whose t is sigma, quadratic_t crowds the steps at the smallest sigmas."""
+    vp = sde is None or float(sde.alpha(torch.tensor(sde.t_max, dtype=torch.float64))) < 0.5
+    return "quadratic_t" if vp else "uniform_logrho"
+
+
 def time_grid(sde: LinearSDE, grid: str | torch.Tensor, steps: int, t_start: float, t_end: float,
               **options: float) -> torch.Tensor:
     """The grid ``grid`` (a name from :data:`GRIDS`, or an explicit tensor of times) with ``steps`` steps.

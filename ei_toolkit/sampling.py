@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .errors import NumericalError, abs_max, all_finite, positive_int
+from .grids import vp_or_logrho
 from .integrators import INTEGRATORS, Integrator, Method, SolveRequest, get_integrator
 from .integrators.base import plan_for
 from .integrators.conditioning import check_roundoff
@@ -68,8 +69,7 @@ def default_method(nfe: int | None = None, *, guidance_scale: float | None = Non
         if not math.isfinite(g):
             raise ValueError(f"guidance_scale must be a finite number; got {guidance_scale!r}")
         if g > GUIDED_ABOVE and n <= GUIDED_UP_TO_NFE:
-            vp = sde is None or float(sde.alpha(torch.tensor(sde.t_max, dtype=torch.float64))) < 0.5
-            return GUIDED_METHOD, GUIDED_GRID if vp else DEFAULT_GRID
+            return GUIDED_METHOD, vp_or_logrho(sde)
     return next(name for top, name in DEFAULTS_BY_NFE if top is None or n <= top), DEFAULT_GRID
 
 

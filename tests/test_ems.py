@@ -146,3 +146,12 @@ def test_calibrated_grid_round_trip(tmp_path, mixture_stats):
     other = ei.EMSAdams(ei.ModelStatistics(lam=st.lam, l=st.l, s=st.s * 0, b=st.b, sde=st.sde, samples=1), 2)
     with pytest.raises(ValueError, match="method_config"):
         ei.load_grid(path, model="gmm2d", sde=sde, method=other, nfe=5)
+
+
+def test_default_grid_follows_the_sde_family():
+    """quadratic_t for variance-preserving schedules, uniform_logrho where t is sigma (EDM)."""
+    for sde, want in ((ei.VPSDE(), "quadratic_t"), (ei.EDM(), "uniform_logrho")):
+        mix = get_problem("gmm2d")
+        x = mix.sample_marginal(sde, sde.t_max, 16, torch.Generator().manual_seed(0))
+        st = ei.model_statistics(mix.eps_model(sde), x, sde, nodes=20)
+        assert ei.solve(mix.eps_model(sde), x, sde, method=ei.EMSAdams(st), nfe=6).grid == want

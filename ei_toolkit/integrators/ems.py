@@ -15,6 +15,7 @@ rho, (1, dlog alpha/dlam, 0) the x0 form; :func:`ei_toolkit.model_statistics` es
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Sequence
@@ -25,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import EpsFn, Integrator, NoiseSource, PredictorCorrectorPlan, StepCallback, _flatten, combine
+from ..grids import vp_or_logrho
+from .base import EpsFn, Integrator, NoiseSource, PredictorCorrectorPlan, SolveRequest, StepCallback, _flatten, combine
 from .kernels import half_lambda
 
 STATS_FORMAT = "ei_toolkit-model-statistics"
@@ -226,7 +228,7 @@ class EMSAdams(Integrator):
     ``method=`` to :func:`ei_toolkit.solve` / ``sample`` / :func:`ei_toolkit.optimize_grid`."""
 
     evals_per_step = 1
-    default_grid = "quadratic_t"
+    default_grid = "quadratic_t"  # for variance-preserving SDEs; uniform_logrho for the others (times())
 
     def __init__(self, statistics: ModelStatistics, points: int = 2, corrector: bool = True) -> None:
         if not isinstance(statistics, ModelStatistics):
@@ -241,6 +243,11 @@ class EMSAdams(Integrator):
         self.points, self.corrector = points, corrector
         self.name = f"ems-logrhoab{points - 1}" + ("-pc" if corrector else "")
         self.order = points + (1 if corrector else 0)
+
+    def times(self, request: SolveRequest) -> tuple[torch.Tensor, str]:
+        if request.grid is None:  # quadratic_t for VP (the digits model), uniform_logrho for VE / EDM (mixtures)
+            request = dataclasses.replace(request, grid=vp_or_logrho(request.sde))
+        return super().times(request)
 
     @property
     def statistics(self) -> ModelStatistics:
