@@ -107,6 +107,16 @@ def main(argv: list[str] | None = None) -> None:
                         sol = ei.solve(model, x, sde, method=m, nfe=k, grid=grid)
                         assert sol.nfe == k
                         rows[key][name][str(k)] = quality(sol.x, ref)
+            # EMS (docs/math.md 4.11): statistics of the guided model on 256 further draws (labels balanced)
+            stats = ei.model_statistics(guided_digits_model(net, torch.arange(256) % 10, scale),
+                                        torch.randn(256, 1, 8, 8, generator=torch.Generator().manual_seed(99),
+                                                    dtype=torch.float64), sde)
+            for points in (1, 2):
+                for grid in ("quadratic_t", "uniform_logrho"):
+                    m = ei.EMSAdams(stats, points)
+                    name = f"ems {m.name} / {grid}"
+                    rows[key][name] = {str(k): quality(ei.solve(model, x, sde, method=m, nfe=k, grid=grid).x, ref)
+                                       for k in NFES}
             for name, peer in peers.items():
                 rows[key][name] = {}
                 for k in NFES:
@@ -126,24 +136,30 @@ def main(argv: list[str] | None = None) -> None:
         f"(DOP853, rtol = atol = {RTOL:g}, log-rho frame); accuracy = the shipped digits classifier's agreement with "
         "the intended class; FD = Frechet distance to the held-out digits in its features. Peers: diffusers "
         "DPM-Solver++(2M) and UniPC (bh1, bh2; order 2), each on the official DPM-Solver grids and Karras sigmas. "
+        "EMS rows (`ems ...`): `ei.EMSAdams` on statistics of the guided model from `ei.model_statistics` on 256 "
+        "further noise draws (seed 99, labels balanced), per scale; 'best of ours' is over the registered methods. "
         f"Command: `python benchmarks/bench_guided.py --n {args.n}` ({took:.0f} s).",
         "",
         "## Our default against the best peer (ODE error)",
         "",
-        "| scale | NFE | our default | error | best peer | error | ratio | best of ours | error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scale | NFE | our default | error | best peer | error | ratio | best of ours | error | best EMS "
+        "(statistics) | error | EMS / best peer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, by in rows.items():
         for k in map(str, NFES):
-            peer_names = [n for n in by if not n.startswith("ours ")]
+            peer_names = [n for n in by if not n.startswith(("ours ", "ems "))]
             our_names = [n for n in by if n.startswith("ours ")]
+            ems_names = [n for n in by if n.startswith("ems ")]
+            be = min(ems_names, key=lambda n: by[n][k]["error"])
             bp = min(peer_names, key=lambda n: by[n][k]["error"])
             bo = min(our_names, key=lambda n: by[n][k]["error"])
             default = "ours " + " / ".join(default_method(int(k), guidance_scale=float(key), sde=sde))
             d = by[default][k]["error"]
             lines.append(f"| {key} | {k} | {default.removeprefix('ours ')} | {d:.2e} | {bp} | "
                          f"{by[bp][k]['error']:.2e} | {d / by[bp][k]['error']:.2f} | {bo.removeprefix('ours ')} | "
-                         f"{by[bo][k]['error']:.2e} |")
+                         f"{by[bo][k]['error']:.2e} | {be.removeprefix('ems ')} | {by[be][k]['error']:.2e} | "
+                         f"{by[be][k]['error'] / by[bp][k]['error']:.2f} |")
     lines += ["", "The near-exact solution itself (the model's limit; its ODE error is its distance to a solve at "
               f"rtol {RTOL / 10:g} on 64 samples):", "", "| scale | ODE error | accuracy | FD |", "|---|---|---|---|"]
     for key, f in floors.items():
