@@ -121,10 +121,9 @@ class _Tables:
         self.s = CubicSpline(self.lam, st.s.numpy(), bc_type="natural")
         self.b = CubicSpline(self.lam, st.b.reshape(len(self.lam), -1).numpy(), axis=0, bc_type="natural")
         self._L, self._S = self.l.antiderivative(), self.s.antiderivative()
-        pieces = [np.zeros(self.b.c.shape[-1])]
-        for k in range(len(self.lam) - 1):
-            pieces.append(pieces[-1] + self._b_integral(k, self.lam[k + 1]))
-        self.B = np.stack(pieces)
+        k = np.arange(len(self.lam) - 1)
+        self.B = np.concatenate([np.zeros((1, self.b.c.shape[-1])),
+                                 np.cumsum(self._b_integrals(k, self.lam[1:]), axis=0)])
 
     def L_at(self, v: np.ndarray) -> np.ndarray:
         return self._L(v) - self._L(self.lam[0])
@@ -132,17 +131,19 @@ class _Tables:
     def S_at(self, v: np.ndarray) -> np.ndarray:
         return self._S(v) - self._S(self.lam[0])
 
-    def _b_integral(self, k: int, v: float) -> np.ndarray:
+    def _b_integrals(self, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """int_{lam_k}^{v} e^{-S} b for each (k, v) with lam_k <= v within node k's piece: (n, d)."""
         a = self.lam[k]
-        if v <= a:
-            return np.zeros(self.b.c.shape[-1])
-        q = 0.5 * (v - a) * _GL_X + 0.5 * (v + a)
-        w = 0.5 * (v - a) * _GL_W * np.exp(-self.S_at(q))
-        return w @ self.b(q)
+        h = np.maximum(v - a, 0.0)[:, None]
+        q = a[:, None] + 0.5 * h * (_GL_X + 1.0)  # (n, nodes)
+        w = 0.5 * h * _GL_W * np.exp(-self.S_at(q))
+        bq = self.b(q.ravel()).reshape(*q.shape, -1)
+        return np.einsum("ng,ngd->nd", w, bq)
 
     def B_at(self, v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
         k = np.clip(np.searchsorted(self.lam, v, side="right") - 1, 0, len(self.lam) - 2)
-        return np.stack([self.B[kk] + self._b_integral(int(kk), float(vv)) for kk, vv in zip(k, v, strict=True)])
+        return self.B[k] + self._b_integrals(k, v)
 
     def pieces(self, a: float, b: float) -> list[tuple[float, float]]:
         """[a, b] split at the table's nodes (the splines are polynomials on each piece)."""
