@@ -27,7 +27,17 @@ import numpy as np
 import torch
 
 from ..grids import vp_or_logrho
-from .base import EpsFn, Integrator, NoiseSource, PredictorCorrectorPlan, SolveRequest, StepCallback, _flatten, combine
+from .base import (
+    EpsFn,
+    Integrator,
+    MultistepPlan,
+    NoiseSource,
+    PredictorCorrectorPlan,
+    SolveRequest,
+    StepCallback,
+    _flatten,
+    combine,
+)
 from .kernels import half_lambda
 
 STATS_FORMAT = "ei_toolkit-model-statistics"
@@ -183,7 +193,11 @@ class EMSPlan(PredictorCorrectorPlan):
             if t is not None and t.numel():
                 yield float(t.abs().max())
 
-    def _biases(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _biases(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """beta and gamma on x's device and dtype (moved once per device and dtype); None for the round-off
+        surrogate of conditioning.py (a state without sample dimensions: the biases do not change d x_end / d e)."""
+        if x.ndim == 1:
+            return None
         cache = self._device_cache
         key = ("bias", x.device, x.dtype)
         hit = cache.get(key)
@@ -192,34 +206,31 @@ class EMSPlan(PredictorCorrectorPlan):
                                 self.gamma.to(device=x.device, dtype=x.dtype))
         return hit
 
+    def step(self, i: int, x: torch.Tensor, hist: list[torch.Tensor], noise: NoiseSource | None = None,
+             psi: Sequence[Any] | None = None, weights: Sequence[Sequence[Any]] | None = None) -> torch.Tensor:
+        out = super().step(i, x, hist, noise, psi, weights)
+        biases = self._biases(x)
+        return out if biases is None else out.add_(biases[0][i])
+
+    def correct(self, i: int, x_prev: torch.Tensor, hist: list[torch.Tensor], psi: Sequence[Any] | None = None,
+                corrector: Sequence[Sequence[Any]] | None = None) -> torch.Tensor:
+        out = super().correct(i, x_prev, hist, psi, corrector)
+        biases = self._biases(x_prev)
+        return out if biases is None else out.add_(biases[1][i])
+
     def run(self, x: torch.Tensor, eps_fn: EpsFn, *, start: int = 0, history: Sequence[torch.Tensor] = (),
             callback: StepCallback | None = None, noise: NoiseSource | None = None) -> torch.Tensor:
-        if x.ndim == 1:  # the round-off surrogate (conditioning.py): the biases do not change d x_end / d e
-            beta = gamma = torch.zeros(self.steps, 1, dtype=x.dtype, device=x.device)
-        elif tuple(x.shape[1:]) != tuple(self.beta.shape[1:]):
+        """The shared multistep (or predictor-corrector) loop on g = u eps + v x; the biases enter in
+        :meth:`step` and :meth:`correct`."""
+        if x.ndim > 1 and tuple(x.shape[1:]) != tuple(self.beta.shape[1:]):
             raise ValueError(f"x has samples shaped {tuple(x.shape[1:])}, but these model statistics are for samples "
                              f"shaped {tuple(self.beta.shape[1:])}")
-        else:
-            beta, gamma = self._biases(x)
-        hist = list(history)[-self.history:]
-        x_prev: torch.Tensor | None = None
-        for i in range(start, self.steps):
-            hist.append(combine(eps_fn(x, i), self.u[i], [(self.v[i], x)]))
-            if x_prev is not None and self.corrected:
-                c = self.corrector[i - 1]
-                x = combine(x_prev, self.psi[i - 1], [(c[j], hist[-1 - j]) for j in range(len(c))])
-                x.add_(gamma[i - 1])
-                if callback is not None:
-                    callback(i, x)
-            x_prev = x
-            w = self.weights[i]
-            if len(hist) > self.history:
-                del hist[: len(hist) - self.history]
-            x = combine(x, self.psi[i], [(w[j], hist[-1 - j]) for j in range(len(w))])
-            x.add_(beta[i])
-            if callback is not None and (i + 1 == self.steps or not self.corrected):
-                callback(i + 1, x)
-        return x
+
+        def g_fn(y: torch.Tensor, k: int) -> torch.Tensor:
+            return combine(eps_fn(y, k), self.u[k], [(self.v[k], y)])
+
+        loop = PredictorCorrectorPlan.run if self.corrected else MultistepPlan.run
+        return loop(self, x, g_fn, start=start, history=history, callback=callback, noise=noise)
 
 
 class EMSAdams(Integrator):
