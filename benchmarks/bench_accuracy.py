@@ -111,6 +111,11 @@ def start_and_reference(sde_name: str, sde: ei.LinearSDE, mix_name: str, mix: Ga
     return x, ref
 
 
+def geometric_mean(r: list[float]) -> float:
+    """The geometric mean of positive ratios (inf if one is not finite and positive)."""
+    return math.exp(sum(math.log(v) for v in r) / len(r)) if all(0 < v < math.inf for v in r) else math.inf
+
+
 def median_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Median over trajectories of the per-trajectory RMS error (inf if the output is not finite)."""
     if not bool(torch.isfinite(out).all()):

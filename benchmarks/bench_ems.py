@@ -22,17 +22,13 @@ import time
 from pathlib import Path
 
 import torch
-from bench_accuracy import MIXTURES, SDES, default_config, is_peer, median_error, start_and_reference
+from bench_accuracy import MIXTURES, SDES, default_config, geometric_mean, is_peer, median_error, start_and_reference
 
 import ei_toolkit as ei
 from ei_toolkit.grids import vp_or_logrho
 
 OUT = Path(__file__).parent / "results"
 GRIDS = ("uniform_logrho", "quadratic_t")
-
-
-def _gm(v: list[float]) -> float:
-    return math.exp(sum(math.log(x) for x in v) / len(v)) if all(0 < x < math.inf for x in v) else math.inf
 
 
 def main() -> None:
@@ -90,11 +86,11 @@ def main() -> None:
         n = len(best_ours[nfe])
         lines += [f"## NFE {nfe} ({n} problems)", "", "| configuration | worst | <= 1.0 | <= 0.5 | gm |",
                   "|---|---|---|---|---|"]
-        for name, per in sorted(rows.items(), key=lambda kv: (not kv[0].startswith("default"), _gm(list(
+        for name, per in sorted(rows.items(), key=lambda kv: (not kv[0].startswith("default"), geometric_mean(list(
                 kv[1].values())))):
             v = list(per.values())
             lines.append(f"| {name} | {max(v):.2f} | {sum(x <= 1 for x in v)}/{n} | {sum(x <= 0.5 for x in v)}/{n} | "
-                         f"{_gm(v):.2f} |")
+                         f"{geometric_mean(v):.2f} |")
         ems_best = {p: min(per[p] for k, per in rows.items() if not k.startswith("default")) for p in best_ours[nfe]}
         both = [min(best_ours[nfe][p], ems_best[p]) for p in best_ours[nfe]]
         reg = list(best_ours[nfe].values())

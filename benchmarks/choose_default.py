@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from bench_accuracy import default_config, is_peer
+from bench_accuracy import default_config, geometric_mean, is_peer
 
 OUT = Path(__file__).parent / "results"
 
@@ -61,8 +61,7 @@ def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
     for nfe, per in ratios.items():
         for k, r in per.items():
             if len(r) == n_problems[nfe]:  # ran on every problem at this NFE
-                gm = math.exp(sum(math.log(v) for v in r) / len(r)) if all(math.isfinite(v) for v in r) else math.inf
-                out.setdefault(nfe, {})[k] = (max(r), gm, len(r))
+                out.setdefault(nfe, {})[k] = (max(r), geometric_mean(r), len(r))
     return out
 
 
@@ -100,12 +99,8 @@ def peers_alone(data: dict, nfe: str) -> list[tuple[float, float, int, int, floa
     for k, r in per.items():
         if len(r) == n:
             own, vs = [a for a, _ in r], [b for _, b in r]
-            rows.append((max(own), _gm(own), sum(b <= 1.0 for b in vs), n, max(vs), _gm(vs), k))
+            rows.append((max(own), geometric_mean(own), sum(b <= 1.0 for b in vs), n, max(vs), geometric_mean(vs), k))
     return sorted(rows)
-
-
-def _gm(r: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in r) / len(r)) if all(0 < v < math.inf for v in r) else math.inf
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ once the references are cached).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -61,8 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = []
         for m in CANDIDATES:
             r = [per[nfe][m] / per[nfe][BASE] for per in res.values()]
-            gm = math.exp(sum(math.log(v) for v in r) / len(r)) if all(0 < v < math.inf for v in r) else math.inf
-            cells.append(f"{gm:.2f} / {max(r):.2f}")
+            cells.append(f"{ba.geometric_mean(r):.2f} / {max(r):.2f}")
         lines.append(f"| {nfe} | " + " | ".join(cells) + f" | {default_method(nfe)[0]} |")
     text = "\n".join(lines) + "\n"
     (OUT / "default_by_nfe.md").write_text(text)
