@@ -117,8 +117,9 @@ def main() -> None:
             # EMS (docs/math.md 4.11): statistics from their own calibration draws, then the grid as for the others
             t0 = time.perf_counter()
             xs = torch.randn(args.stats_draws, 1, 8, 8, generator=torch.Generator().manual_seed(2024))
-            stats = ei.model_statistics(model, xs, sde)
-            stats_cost = (time.perf_counter() - t0, 200 + 201 * 5)  # nodes + (nodes + 1)(1 + 2 probes) evaluations
+            nodes, probes = 200, 2
+            stats = ei.model_statistics(model, xs, sde, nodes=nodes, probes=probes)
+            stats_cost = (time.perf_counter() - t0, nodes + (nodes + 1) * (1 + 2 * probes))  # model_statistics' cost
             ems = [ei.EMSAdams(stats, p, True) for p in (1, 2)]
             calibrate("digits model", model, x, ref, xc, ref_sol.x, ref_sol.nfe, sorted({*args.nfe, 20}),
                       list(dict.fromkeys([*methods, GUIDED_METHOD])) + ems)

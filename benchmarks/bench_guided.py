@@ -1,9 +1,9 @@
 """Guided sampling: the shipped class-conditional digits model (``ei_toolkit.models.digits_cond_model``) with
 classifier-free guidance at scales 1, 2, 4, 8, sampled with NFE 5, 10 and 20 by our default (``ei.sample``'s, which
-switches to ``sampling.GUIDED_METHOD`` on ``GUIDED_GRID`` above scale 2), our data-prediction (x0) methods in log rho
-(each on its default grid, uniform log rho and quadratic t), diffusers' DPM-Solver++(2M) (multistep, data
-prediction) and UniPC (bh1 and bh2, order 2, the UniPC paper's setting for guided sampling) on their own grids
-(``peers.py``).
+switches to ``sampling.GUIDED_METHOD`` on ``grids.vp_or_logrho(sde)`` above scale 2), our data-prediction (x0)
+methods in log rho (each on its default grid, uniform log rho and quadratic t), diffusers' DPM-Solver++(2M)
+(multistep, data prediction) and UniPC (bh1 and bh2, order 2, the UniPC paper's setting for guided sampling) on
+their own grids (``peers.py``).
 
 Figures, from the same noise and labels (``--n`` samples, balanced over the 10 classes), DDPM linear schedule,
 t = 999 -> 0:

@@ -42,7 +42,7 @@ DEFAULT_GRID = "uniform_logrho"
 # authors' recommendation for guided sampling) holds (benchmarks/results/guided.md). The time-quadratic grid is for
 # variance-preserving schedules; on the others (VE, EDM: t is a noise level) the log-rho grid stays.
 GUIDED_ABOVE = 2.0
-GUIDED_METHOD, GUIDED_GRID = "x0-logrhoab1-mid-pc-lof", "quadratic_t"
+GUIDED_METHOD = "x0-logrhoab1-mid-pc-lof"  # on grids.vp_or_logrho(sde)
 GUIDED_UP_TO_NFE = 20
 # For matrix SDEs (no scalar rho): the most accurate method at NFE 10-20 in benchmarks/results/cld.md.
 DEFAULT_MATRIX_METHOD = "tab2"
