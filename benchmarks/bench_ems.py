@@ -7,7 +7,10 @@ from the same 64 draws (seed 0) as bench_accuracy.py (and "its default grid": th
 second for VE and EDM, what EMSAdams takes without grid=), against the same cached reference; the figure is the
 median per-trajectory RMS error divided by the best peer configuration's in accuracy.json, as in
 benchmarks/choose_default.py. Also: the best of ours on each problem with and without the EMS configurations (the
-issue's "best of ours" count).
+issue's "best of ours" count). With calibrated grids (unless --no-calibration): per problem and NFE the grid of
+the EMS configuration named in CALIBRATED is tuned by ei.optimize_grid on 16 other exact draws at t_max (seed 1;
+at most --max-solves solves, their reference computed by optimize_grid itself) and evaluated on the 64 draws, the
+issue's calibrated-grid protocol.
 
 Run: python benchmarks/bench_ems.py [--nfe 5 10 20] (after bench_accuracy.py: it reads accuracy.json and the cached
 references); writes benchmarks/results/ems.md.
@@ -29,18 +32,22 @@ from ei_toolkit.grids import vp_or_logrho
 
 OUT = Path(__file__).parent / "results"
 GRIDS = ("uniform_logrho", "quadratic_t")
+CALIBRATED = {5: (1,), 10: (2,), 20: (2, 3)}  # NFE -> EMS points whose grid is calibrated
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 20])
     ap.add_argument("--draws", type=int, default=256, help="calibration draws for the statistics (default 256)")
+    ap.add_argument("--no-calibration", action="store_true", help="skip the calibrated grids")
+    ap.add_argument("--max-solves", type=int, default=200, help="optimize_grid's budget of solves (default 200)")
     args = ap.parse_args()
     acc = json.loads((OUT / "accuracy.json").read_text())
     start = time.perf_counter()
     ratios: dict[str, dict[str, dict[str, float]]] = {}  # nfe -> config -> problem -> ratio
     best_ours: dict[str, dict[str, float]] = {}  # nfe -> problem -> best registered ratio
-    stats_seconds = []
+    stats_seconds: list[float] = []
+    calib_seconds: list[float] = []
     for s_name, make in SDES.items():
         sde = make()
         for m_name, mk in MIXTURES.items():
@@ -54,6 +61,7 @@ def main() -> None:
             xs = mix.sample_marginal(sde, sde.t_max, args.draws, torch.Generator().manual_seed(99))
             stats = ei.model_statistics(model, xs, sde)
             stats_seconds.append(time.perf_counter() - t0)
+            xc = mix.sample_marginal(sde, sde.t_max, 16, torch.Generator().manual_seed(1))
             for nfe in map(str, args.nfe):
                 configs = acc[problem][nfe]
                 peer = min(v for k, v in configs.items() if is_peer(k) and math.isfinite(v))
@@ -72,11 +80,23 @@ def main() -> None:
                     # without grid=: quadratic_t for the VP schedules, uniform_logrho for VE / EDM
                     ratios[nfe].setdefault(f"{m.name} / its default grid", {})[problem] = (
                         ratios[nfe][f"{m.name} / {vp_or_logrho(sde)}"][problem])
+                    if args.no_calibration or points not in CALIBRATED.get(int(nfe), ()):
+                        continue
+                    t0 = time.perf_counter()
+                    grid = ei.optimize_grid(model, xc, sde, method=m, nfe=int(nfe), max_solves=args.max_solves)
+                    calib_seconds.append(time.perf_counter() - t0)
+                    try:
+                        err = median_error(ei.solve(model, x, sde, method=m, grid=grid).x, ref)
+                    except ei.NumericalError:
+                        err = math.inf
+                    ratios[nfe].setdefault(f"{m.name} / calibrated grid", {})[problem] = err / peer
             print(problem, f"{time.perf_counter() - start:.0f} s", flush=True)
     took = time.perf_counter() - start
     lines = ["# EMS on the mixture problems", "",
              f"`python benchmarks/bench_ems.py` ({took:.0f} s on this machine, a shared 2-core CPU; statistics "
-             f"{sum(stats_seconds) / len(stats_seconds):.1f} s per problem on average). Statistics per problem "
+             f"{sum(stats_seconds) / len(stats_seconds):.1f} s per problem on average"
+             + (f"; a calibrated grid {sum(calib_seconds) / len(calib_seconds):.1f} s on average, at most "
+                f"{args.max_solves} solves of 16 draws" if calib_seconds else "") + "). Statistics per problem "
              f"from {args.draws} draws at t_max (seed 99; the marginal there, nearly pure noise), 200 nodes, "
              "2 probes; runs from the 64 draws of bench_accuracy.py. Ratio = median error / the best peer "
              "configuration's in accuracy.json (36-37 per problem); worst = max over the problems, gm = geometric "
