@@ -154,3 +154,29 @@ def test_default_grid_follows_the_sde_family():
         x = mix.sample_marginal(sde, sde.t_max, 16, torch.Generator().manual_seed(0))
         st = ei.model_statistics(mix.eps_model(sde), x, sde, nodes=20)
         assert ei.solve(mix.eps_model(sde), x, sde, method=ei.EMSAdams(st), nfe=6).grid == want
+
+
+def test_last_step_into_the_data():
+    """A grid ending at rho = 0 (beyond every table): the last step returns the data prediction at the last finite
+    point. With the eps-form statistics and one point that is DDIM all the way (EDM: t = sigma, rho(0) = 0); with
+    fitted statistics and no corrector it is (x - sigma eps) / alpha at the state the finite steps reach."""
+    sde = ei.EDM()
+    mix = get_problem("gmm2d")
+    model = mix.eps_model(sde)
+    x = mix.sample_marginal(sde, sde.t_max, 6, torch.Generator().manual_seed(0))
+    grid = ei.time_grid(sde, "uniform_logrho", 6, sde.t_max, sde.t_min)
+    grid = torch.cat([grid, torch.zeros(1, dtype=torch.float64)])  # t = 0 is the data
+    ours = ei.solve(model, x, sde, method=ei.EMSAdams(_constant_stats(sde, 0.0, -1.0), 1, False), grid=grid).x
+    ddim = ei.solve(model, x, sde, method="ddim", grid=grid).x
+    assert torch.allclose(ours, ddim, rtol=1e-10, atol=1e-10)
+    st = ei.model_statistics(model, mix.sample_marginal(sde, sde.t_max, 32, torch.Generator().manual_seed(2)), sde,
+                             nodes=30)
+    sol = ei.solve(model, x, sde, method=ei.EMSAdams(st, 2, False), grid=grid, trajectory=True)
+    last = sol.trajectory[-2]
+    t = grid[-2:-1]
+    a, s = float(sde.alpha(t)[0]), float(sde.sigma(t)[0])
+    want = (last - s * model(last, t.expand(len(last)))) / a
+    assert torch.allclose(sol.x, want, rtol=1e-9, atol=1e-9)
+    with_corrector = ei.solve(model, x, sde, method=ei.EMSAdams(st, 2), grid=grid).x
+    ref = ei.solve(model, x, sde, method="x0-logrhoab3", nfe=400, t_end=0.0).x  # converged to ~1e-9
+    assert float((with_corrector - ref).abs().max()) < float((ddim - ref).abs().max())

@@ -447,3 +447,61 @@ def test_zero_snr_ddim_equals_diffusers_ddim():
         outs.append(y)
     assert ours.timesteps.tolist() == theirs.timesteps.float().tolist()
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+
+
+# -- EMS: a method that needs the model's statistics -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ems_statistics(tmp_path_factory):
+    model = mixture_model()
+    x = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    stats = ei.model_statistics(model, x, SDE, nodes=40)
+    return model, stats, stats.save(tmp_path_factory.mktemp("stats") / "stats.pt")
+
+
+@pytest.mark.parametrize("method", ["ems-logrhoab1-pc", "ems-logrhoab2"])
+def test_ems_runs_as_ei_sample_on_the_same_grid(ems_statistics, method):
+    """With statistics= the EMS methods step like any multistep method: the same states as ei.sample with the
+    EMSAdams object (its last step into the data the data prediction), also when the run starts mid-schedule."""
+    model, stats, path = ems_statistics
+    x = torch.randn(5, 4, dtype=torch.float64)
+    sched = EIScheduler(method=method, statistics=str(path))
+    points, corrector = int(method[12]) + 1, method.endswith("-pc")
+    assert sched.method.name == method and sched.order == 1
+    ems = ei.EMSAdams(stats, points, corrector)
+    ours = run(sched, model, x)
+    assert float(sched._grid[-1]) == SDE.t0  # final_sigmas_type="zero": the last step reaches the data
+    torch.testing.assert_close(ours, ei.sample(model, x, SDE, method=ems, grid=sched._grid), rtol=0, atol=1e-12)
+    k = 3
+    torch.testing.assert_close(run(sched, model, x, start=k), ei.sample(model, x, SDE, method=ems,
+                                                                        grid=sched._grid[k:]), rtol=0, atol=1e-12)
+
+
+def test_ems_statistics_travel_with_save_pretrained(ems_statistics, tmp_path):
+    """save_pretrained writes the statistics next to the config and names them relatively; from_pretrained reads
+    them from the folder wherever it was moved; the live scheduler keeps its own path."""
+    model, stats, path = ems_statistics
+    sched = EIScheduler(method="ems-logrhoab1-pc", statistics=str(path))
+    sched.save_pretrained(tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "scheduler_config.json").read_text())
+    assert saved["statistics"] == "ems_statistics.pt" and sched.config.statistics == str(path)
+    (tmp_path / "a").rename(tmp_path / "b")
+    again = EIScheduler.from_pretrained(tmp_path / "b")
+    assert again.method.statistics.digest == stats.digest
+    x = torch.randn(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(run(again, model, x), run(sched, model, x), rtol=0, atol=0)
+
+
+def test_ems_options_are_checked(ems_statistics, tmp_path):
+    _, stats, path = ems_statistics
+    with pytest.raises(ValueError, match="needs statistics="):
+        EIScheduler(method="ems-logrhoab1-pc")
+    with pytest.raises(ValueError, match="does not use model statistics"):
+        EIScheduler(method="logrhoab2", statistics=str(path))
+    with pytest.raises(ValueError, match="no such file"):
+        EIScheduler(method="ems-logrhoab1", statistics=str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="estimated for the SDE"):
+        EIScheduler(method="ems-logrhoab1", statistics=str(path), beta_schedule="scaled_linear")
+    with pytest.raises(TypeError, match="statistics must be the path"):
+        EIScheduler(method="ems-logrhoab1", statistics=stats)

@@ -19,10 +19,14 @@ module of its scheduler, and diffusers' loader looks them up there to find how t
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import operator
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,7 +34,7 @@ import torch
 
 try:
     from diffusers import ConfigMixin, SchedulerMixin
-    from diffusers.configuration_utils import register_to_config
+    from diffusers.configuration_utils import FrozenDict, register_to_config
     from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
     from diffusers.utils import BaseOutput, logging
     from diffusers.utils.torch_utils import randn_tensor
@@ -40,7 +44,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from ..errors import positive_int
 from ..grids import GRIDS, time_grid
 from ..integrators import INTEGRATORS, Integrator, MultistepPlan, RungeKuttaPlan, get_integrator, plan_for
-from ..integrators.base import PredictorCorrectorPlan, combine
+from ..integrators.base import combine
+from ..integrators.ems import EMSAdams, ModelStatistics
 from ..model import threshold_x0, to_eps, to_x0
 from ..sde import DiscreteVP
 from .diffusers_integration import prediction_from_config, sde_from_scheduler_config
@@ -55,6 +60,9 @@ FINAL_SIGMAS = ("zero", "sigma_min")
 VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned",
                   "learned_range")
 SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+EMS_METHOD = re.compile(r"ems-logrhoab([0-3])(-pc)?")
+STATISTICS_FILE = "ems_statistics.pt"
+"""Where :meth:`EIScheduler.save_pretrained` writes the model statistics of an EMS method, next to the config."""
 
 
 @dataclass
@@ -69,6 +77,25 @@ def _number(name: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(float(v)):
         raise ValueError(f"{name} must be a finite number; got {v!r}")
     return float(v)
+
+
+def _ems_method(method: str, statistics: Any, sde: DiscreteVP) -> EMSAdams:
+    """``method`` ems-logrhoab0..3[-pc] on the statistics saved at the path ``statistics`` (for ``sde``)."""
+    m = EMS_METHOD.fullmatch(method)
+    if m is None:
+        raise ValueError(f"statistics= belongs to the EMS methods ems-logrhoab0 ... ems-logrhoab3, each optionally "
+                         f"with -pc (ei.EMSAdams); method {method!r} does not use model statistics")
+    if statistics is None:
+        raise ValueError(f"method {method!r} needs statistics=: the path of a file written by ModelStatistics.save "
+                         "(ei.model_statistics of your model under this schedule)")
+    if isinstance(statistics, bool) or not isinstance(statistics, (str, os.PathLike)):
+        raise TypeError(f"statistics must be the path of a saved ModelStatistics file (the config is JSON); got "
+                        f"{type(statistics).__name__}")
+    path = Path(statistics)
+    if not path.is_file():
+        raise ValueError(f"statistics {str(path)!r}: no such file (a relative path in a saved config is read from "
+                         "the scheduler's folder by from_pretrained, otherwise from the working directory)")
+    return EMSAdams(ModelStatistics.load(path, sde=sde), points=int(m[1]) + 1, corrector=m[2] is not None)
 
 
 def _f32(t: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -88,7 +115,11 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
     * ``prediction_type``: epsilon, v_prediction or sample; ``variance_type`` learned / learned_range drops the
       variance channels of the model output (the fixed_* types need nothing: no method here draws DDPM's variance);
     * the method: ``method`` (a name in ``ei.INTEGRATORS``), ``lam`` / ``eta`` for stochastic DDIM (``"sddim"``,
-      whose noise comes from the ``generator`` the pipeline passes to :meth:`step`);
+      whose noise comes from the ``generator`` the pipeline passes to :meth:`step`); or ``method``
+      ``"ems-logrhoab<k>[-pc]"`` (:class:`~ei_toolkit.EMSAdams` with k + 1 points, corrected with -pc) with
+      ``statistics``, the path of the model's statistics (:func:`ei_toolkit.model_statistics` under this schedule,
+      then ``ModelStatistics.save``). :meth:`save_pretrained` writes them next to the config
+      (:data:`STATISTICS_FILE`) and :meth:`from_pretrained` reads them from there;
     * the grid, the first of: ``grid`` (a name in ``ei.GRIDS``); ``use_karras_sigmas`` / ``use_exponential_sigmas`` /
       ``use_beta_sigmas`` / ``use_lu_lambdas`` (rho = sigma / alpha from rho(t_max) to rho(t_min) as a power law with
       exponent 7, uniform in log rho, at the quantiles of Beta(0.6, 0.6), uniform in log rho); ``timestep_spacing``
@@ -134,13 +165,19 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         clip_sample_range: float = 1.0,
         rescale_betas_zero_snr: bool = False,
         variance_type: str | None = None,
+        statistics: str | None = None,
     ) -> None:
         self.sde: DiscreteVP = sde_from_scheduler_config(self.config)
         self.prediction = prediction_from_config(self.config)
         if not isinstance(method, str):  # the config is saved as JSON: a registered name, not an object
             raise TypeError(f"method must be the name of a method in ei.INTEGRATORS (ei.register adds your own); got "
                             f"{type(method).__name__}")
-        chosen = get_integrator(method)
+        if statistics is not None or EMS_METHOD.fullmatch(method):
+            if lam is not None or eta is not None:
+                raise ValueError("lam / eta set the noise of sddim; the EMS methods are deterministic")
+            chosen = _ems_method(method, statistics, self.sde)
+        else:
+            chosen = get_integrator(method)
         if not isinstance(chosen, Integrator):
             plan_based = ", ".join(n for n, m in INTEGRATORS.items() if isinstance(m, Integrator))
             raise ValueError(f"EIScheduler steps plan-based methods one model evaluation at a time; {chosen.name!r} "
@@ -504,10 +541,10 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         x0, e = self._convert(out, x, a, s, self._plan.target)
         if j != self._last + 1:  # the history is not contiguous: start again at lower order
             self._hist, self._restart, self._x_prev = [], j, None
-        self._hist.append(e)
         plan = self._subplan(self._restart)
         k = j - self._restart
-        if isinstance(plan, PredictorCorrectorPlan) and self._x_prev is not None:
+        self._hist.append(plan.entry(k, x, e))
+        if plan.corrects and self._x_prev is not None:
             x = plan.correct(k - 1, self._x_prev, self._hist)  # the corrected state replaces the predicted one
         self._x_prev = x
         self._last = j
@@ -571,6 +608,39 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """As diffusers' ``save_pretrained``; an EMS method's statistics are written next to the config as
+        :data:`STATISTICS_FILE`, and the saved config names that file (read back by :meth:`from_pretrained`)."""
+        if self.config.get("statistics") is None:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        folder = Path(save_directory)
+        if folder.is_file():
+            raise ValueError(f"save_directory {str(folder)!r} is a file; give a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.method.statistics.save(folder / STATISTICS_FILE)
+        live = self._internal_dict
+        self._internal_dict = FrozenDict({**live, "statistics": STATISTICS_FILE})
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            self._internal_dict = live
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None,
+                        subfolder: str | None = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """As diffusers' ``from_pretrained``; from a local folder, a relative ``statistics`` path in the config is
+        read from that folder (where :meth:`save_pretrained` put it)."""
+        if "statistics" not in kwargs and pretrained_model_name_or_path is not None:
+            folder = Path(pretrained_model_name_or_path, subfolder or "")
+            try:
+                named = json.loads((folder / cls.config_name).read_text()).get("statistics")
+            except (OSError, ValueError, AttributeError):
+                named = None  # not a local folder with a config: diffusers' loader reports that
+            if isinstance(named, str) and not Path(named).is_absolute():
+                kwargs["statistics"] = str(folder / named)
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder,
+                                       return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:

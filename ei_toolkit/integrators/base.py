@@ -156,6 +156,17 @@ class MultistepPlan(Plan):
     def coefficients(self) -> Iterator[Coefficient]:
         yield from _flatten((self.psi, self.weights, self.noise))
 
+    @property
+    def corrects(self) -> bool:
+        """Whether a step is corrected once the next evaluation exists (:class:`PredictorCorrectorPlan`)."""
+        return False
+
+    def entry(self, i: int, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """What the history keeps of evaluation ``i`` (model output ``e`` in the plan's target, at state ``x``):
+        ``e`` itself; plans that combine something else (EMS) override this. Step-by-step drivers such as
+        EIScheduler call it as :meth:`run` does."""
+        return e
+
     def step(self, i: int, x: torch.Tensor, hist: list[torch.Tensor], noise: NoiseSource | None = None,
              psi: Sequence[Coefficient] | None = None, weights: Sequence[Sequence[Coefficient]] | None = None
              ) -> torch.Tensor:
@@ -177,7 +188,7 @@ class MultistepPlan(Plan):
         psi, weights = self._on(("psi", "weights"), x) if _matrix(self.psi) else (None, None)
         hist = list(history)[-self.history:] if self.history > 1 else []
         for i in range(start, self.steps):
-            hist.append(eps_fn(x, i))
+            hist.append(self.entry(i, x, eps_fn(x, i)))
             x = self.step(i, x, hist, noise, psi, weights)
             if callback is not None:
                 callback(i + 1, x)
@@ -201,6 +212,10 @@ class PredictorCorrectorPlan(MultistepPlan):
         yield from super().coefficients()
         yield from _flatten(self.corrector)
 
+    @property
+    def corrects(self) -> bool:
+        return True
+
     def correct(self, i: int, x_prev: torch.Tensor, hist: list[torch.Tensor],
                 psi: Sequence[Coefficient] | None = None,
                 corrector: Sequence[Sequence[Coefficient]] | None = None) -> torch.Tensor:
@@ -216,7 +231,7 @@ class PredictorCorrectorPlan(MultistepPlan):
         hist = list(history)[-self.history:]
         x_prev: torch.Tensor | None = None
         for i in range(start, self.steps):
-            hist.append(eps_fn(x, i))
+            hist.append(self.entry(i, x, eps_fn(x, i)))
             if x_prev is not None:
                 x = self.correct(i - 1, x_prev, hist, psi, corrector)
                 if callback is not None:

@@ -218,19 +218,22 @@ class EMSPlan(PredictorCorrectorPlan):
         biases = self._biases(x_prev)
         return out if biases is None else out.add_(biases[1][i])
 
+    @property
+    def corrects(self) -> bool:
+        return self.corrected
+
+    def entry(self, i: int, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """g_i = u_i eps_i + v_i x_i: what the history holds (the biases enter in :meth:`step` / :meth:`correct`)."""
+        return combine(e, self.u[i], [(self.v[i], x)])
+
     def run(self, x: torch.Tensor, eps_fn: EpsFn, *, start: int = 0, history: Sequence[torch.Tensor] = (),
             callback: StepCallback | None = None, noise: NoiseSource | None = None) -> torch.Tensor:
-        """The shared multistep (or predictor-corrector) loop on g = u eps + v x; the biases enter in
-        :meth:`step` and :meth:`correct`."""
+        """The shared multistep (or predictor-corrector) loop; ``history`` holds g (:meth:`entry`), not eps."""
         if x.ndim > 1 and tuple(x.shape[1:]) != tuple(self.beta.shape[1:]):
             raise ValueError(f"x has samples shaped {tuple(x.shape[1:])}, but these model statistics are for samples "
                              f"shaped {tuple(self.beta.shape[1:])}")
-
-        def g_fn(y: torch.Tensor, k: int) -> torch.Tensor:
-            return combine(eps_fn(y, k), self.u[k], [(self.v[k], y)])
-
         loop = PredictorCorrectorPlan.run if self.corrected else MultistepPlan.run
-        return loop(self, x, g_fn, start=start, history=history, callback=callback, noise=noise)
+        return loop(self, x, eps_fn, start=start, history=history, callback=callback, noise=noise)
 
 
 class EMSAdams(Integrator):
@@ -266,11 +269,15 @@ class EMSAdams(Integrator):
         return self._statistics
 
     def plan(self, sde: Any, grid: torch.Tensor) -> EMSPlan:
+        """The plan on ``grid``. A last grid point at the data (rho = 0, beyond every table) makes the last step the
+        data prediction at the last finite point, x0 = (x - sigma eps) / alpha, i.e. DDIM's step into the data."""
         st = self._statistics
         if getattr(sde, "is_matrix", False):
             raise ValueError(f"{self.name} needs a scalar SDE (its statistics are tabulated in log rho)")
         st.check_sde(sde)
-        lam = half_lambda(sde, grid)
+        to_data = not float(sde.rho(grid[-1:])[0]) > 0
+        body = grid[:-1] if to_data else grid  # the points with a finite lam: every evaluation, and the end if finite
+        lam = half_lambda(sde, body)
         lo, hi = float(st.lam[0]), float(st.lam[-1])
         tol = 1e-6 * max(1.0, hi - lo)  # round-off of the ends, not a user's wider span
         if not (np.isfinite(lam).all() and lam[0] >= lo - tol and lam[-1] <= hi + tol):
@@ -279,18 +286,19 @@ class EMSAdams(Integrator):
                              "(ei_toolkit.model_statistics(..., t_start=, t_end=))")
         lam = np.clip(lam, lo, hi)
         tab = _Tables(st)
-        alpha = sde.alpha(grid).numpy()
-        sigma = sde.sigma(grid).numpy()
+        alpha = sde.alpha(body).numpy()
+        sigma = sde.sigma(body).numpy()
         L, S = tab.L_at(lam), tab.S_at(lam)
         logE = np.log(alpha) - L
         u = np.exp(-S) * sigma
-        v = -np.exp(-S) * tab.l(lam)
-        Bn = tab.B_at(lam)  # (steps + 1, d)
+        lk = tab.l(lam)
+        v = -np.exp(-S) * lk
+        Bn = tab.B_at(lam)  # (len(body), d)
         steps = len(grid) - 1
         psi, weights, corr = [], [], []
         beta = np.zeros((steps, Bn.shape[1]))
         gamma = np.zeros_like(beta)
-        for i in range(steps):
+        for i in range(len(body) - 1):
             p = min(self.points, i + 1)
             pred_nodes = [lam[i - j] for j in range(p)]
             corr_nodes = [lam[i + 1], *pred_nodes]
@@ -310,9 +318,15 @@ class EMSAdams(Integrator):
             gamma[i] = bias - c[0] * Bn[i + 1] - sum(cj * Bn[i - j] for j, cj in enumerate(c[1:]))
             weights.append(tuple(w))
             corr.append(tuple(c))
+        if to_data:  # x0 = (x - sigma eps) / alpha with eps = (g - v x) / u: sigma / u = e^S, sigma v / u = -l
+            k = len(body) - 1
+            psi.append(float((1.0 - lk[k]) / alpha[k]))
+            weights.append((float(-math.exp(S[k]) / alpha[k]),))
+            corr.append(())  # the last step is never corrected
+        evals = steps  # one evaluation per step, at grid[:-1]
         shape = (steps, *st.sample_shape)
         return EMSPlan(grid=grid, psi=tuple(psi), weights=tuple(weights), eval_times=grid[:-1].clone(),
-                       target="eps", corrector=tuple(corr), u=tuple(u[:-1].tolist()), v=tuple(v[:-1].tolist()),
+                       target="eps", corrector=tuple(corr), u=tuple(u[:evals].tolist()), v=tuple(v[:evals].tolist()),
                        beta=torch.from_numpy(beta).reshape(shape), gamma=torch.from_numpy(gamma).reshape(shape),
                        corrected=self.corrector)
 
