@@ -32,7 +32,7 @@ from ei_toolkit.grids import vp_or_logrho
 
 OUT = Path(__file__).parent / "results"
 GRIDS = ("uniform_logrho", "quadratic_t")
-CALIBRATED = {5: (1,), 10: (2,), 20: (2, 3)}  # NFE -> EMS points whose grid is calibrated
+CALIBRATED = {5: (1, 2), 10: (2,), 20: (2, 3)}  # NFE -> EMS points whose grid is calibrated
 
 
 def main() -> None:

@@ -120,7 +120,7 @@ def main() -> None:
             nodes, probes = 200, 2
             stats = ei.model_statistics(model, xs, sde, nodes=nodes, probes=probes)
             stats_cost = (time.perf_counter() - t0, nodes + (nodes + 1) * (1 + 2 * probes))  # model_statistics' cost
-            ems = [ei.EMSAdams(stats, p, True) for p in (1, 2)]
+            ems = [ei.EMSAdams(stats, p, True) for p in (1, 2, 3)]
             calibrate("digits model", model, x, ref, xc, ref_sol.x, ref_sol.nfe, sorted({*args.nfe, 20}),
                       list(dict.fromkeys([*methods, GUIDED_METHOD])) + ems)
     took = time.perf_counter() - start

@@ -4,7 +4,8 @@
 exact ODE solution, for our integrators, prints the tables and writes a plot; the same comparison against
 diffusers and k-diffusion is the benchmark script ``python benchmarks/compare.py`` (same options).
 ``describe`` derives a built-in or user SDE and prints its closed forms, how each was obtained, and a
-numerical self-check.
+numerical self-check. ``sample`` draws digits from the shipped model; ``calibrate`` fits that model's statistics and
+an EMS grid once (a folder that ``sample --calibration`` then uses).
 """
 
 from __future__ import annotations
@@ -196,6 +197,21 @@ def sample_command(args: argparse.Namespace) -> int:
     from ei_toolkit.png import image_grid, write_png
 
     out_path = writable_path("--out", args.out)
+    if args.calibration is not None:
+        if args.grid is not None or args.lam is not None or args.eta is not None:
+            raise UsageError("--calibration brings its own grid and a deterministic method: leave out --grid, --lam "
+                             "and --eta")
+        model, sde = load_digits_model(), ei.DiscreteVP.linear()
+        method, grid = _calibrated(args.calibration, args.nfe, args.method, model, sde)
+        x = torch.randn(args.n, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed))
+        start = time.perf_counter()
+        with torch.no_grad():
+            sol = ei.solve(model, x, sde, method=method, grid=grid)
+        took = time.perf_counter() - start
+        out = write_png(out_path, image_grid(sol.x, cols=args.cols))
+        print(f"{args.n} digits with {sol.method} on the grid calibrated in {args.calibration}, NFE {sol.nfe}, in "
+              f"{took:.2f} s -> {out}")
+        return 0
     if args.method is not None and args.method not in ei.INTEGRATORS:
         raise UsageError(f"--method: unknown method {args.method!r}; valid methods: {', '.join(ei.INTEGRATORS)}")
     if args.grid is not None and args.grid not in ei.GRIDS:
@@ -221,6 +237,83 @@ def sample_command(args: argparse.Namespace) -> int:
     return 0
 
 
+EMS_NAMES = tuple(f"ems-logrhoab{k}{pc}" for k in range(4) for pc in ("-pc", ""))
+STATISTICS_NAME = "statistics.pt"
+
+
+def _ems(name: str, stats):  # returns an EMSAdams
+    import ei_toolkit as ei
+
+    if name not in EMS_NAMES:
+        raise UsageError(f"--method: with a calibration the method is an EMS method, one of {', '.join(EMS_NAMES)}; "
+                         f"got {name!r}")
+    return ei.EMSAdams(stats, points=int(name[12]) + 1, corrector=name.endswith("-pc"))
+
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    """The shipped digits model's statistics (once per folder) and an EMS grid for --nfe, written to --out."""
+    import ei_toolkit as ei
+    from ei_toolkit.models import load_digits_model
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is a file; give a folder (created if missing)")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {args.out!r}: the directory {str(out.parent)!r} does not exist")
+    model, sde = load_digits_model(), ei.DiscreteVP.linear()
+    gen = torch.Generator().manual_seed(args.seed)
+    start = time.perf_counter()
+    stats_path = out / STATISTICS_NAME
+    with torch.no_grad():
+        if stats_path.is_file():
+            stats = ei.ModelStatistics.load(stats_path, sde=sde)
+            print(f"statistics: {stats_path} (kept; delete it to estimate them again)")
+        else:
+            xs = torch.randn(args.draws, 1, 8, 8, generator=gen)
+            stats = ei.model_statistics(model, xs, sde, nodes=args.nodes)
+            out.mkdir(exist_ok=True)
+            stats.save(stats_path)
+            print(f"statistics: {args.draws} draws, {args.nodes} nodes, "
+                  f"{args.nodes + (args.nodes + 1) * 5} evaluations of the batch -> {stats_path}")
+        method = _ems(args.method, stats)
+        xc = torch.randn(args.grid_draws, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed + 1))
+        grid, info = ei.optimize_grid(model, xc, sde, method=method, nfe=args.nfe, t_end=sde.t0,
+                                      max_solves=args.max_solves, return_info=True)
+    path = ei.save_grid(out / f"grid-{method.name}-nfe{args.nfe}.json", grid, model=model, sde=sde, method=method,
+                        nfe=args.nfe)
+    gain = math.exp(info["loss_default"] - info["loss"])
+    print(f"grid: {method.name}, NFE {args.nfe}, {info['solves']} solves of {args.grid_draws} draws; error on them "
+          f"{gain:.2f}x smaller than on {method.name}'s default grid -> {path}")
+    print(f"done in {time.perf_counter() - start:.1f} s; use it: ei-toolkit sample --calibration {out} --nfe "
+          f"{args.nfe}")
+    return 0
+
+
+def _calibrated(folder: str, nfe: int, method_name: str | None, model, sde):  # returns (method, grid)
+    import ei_toolkit as ei
+
+    d = Path(folder)
+    if not (d / STATISTICS_NAME).is_file():
+        raise UsageError(f"--calibration {folder!r}: no {STATISTICS_NAME} there; run ei-toolkit calibrate --out "
+                         f"{folder} first")
+    stats = ei.ModelStatistics.load(d / STATISTICS_NAME, sde=sde)
+    grids = sorted(d.glob(f"grid-*-nfe{nfe}.json"))
+    names = [g.name[len("grid-"):-len(f"-nfe{nfe}.json")] for g in grids]
+    if method_name is None:
+        if len(names) != 1:
+            have = ", ".join(sorted(p.name for p in d.glob("grid-*.json"))) or "none"
+            raise UsageError(f"--calibration {folder!r}: {'no grid' if not names else 'several grids'} for NFE {nfe} "
+                             f"(grids there: {have}); run ei-toolkit calibrate --nfe {nfe} --out {folder}, or "
+                             "name one with --method")
+        method_name = names[0]
+    method = _ems(method_name, stats)
+    if method_name not in names:
+        raise UsageError(f"--calibration {folder!r}: no grid for {method_name} at NFE {nfe}; run ei-toolkit "
+                         f"calibrate --method {method_name} --nfe {nfe} --out {folder}")
+    path = d / f"grid-{method_name}-nfe{nfe}.json"
+    return method, ei.load_grid(path, model=model, sde=sde, method=method, nfe=nfe)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ei_toolkit.sampling import describe_defaults
 
@@ -244,7 +337,25 @@ def main(argv: list[str] | None = None) -> int:
     sp_.add_argument("--cols", type=positive_int, default=8, help="digits per row of the PNG (default: 8)")
     sp_.add_argument("--seed", type=int, default=0, help="seed of the initial noise and of sddim's noise (default: 0)")
     sp_.add_argument("--out", default="digits.png", help="PNG to write; its directory must exist (default: digits.png)")
+    sp_.add_argument("--calibration", default=None, metavar="DIR",
+                     help="a folder written by ei-toolkit calibrate: its EMS method and grid for --nfe (default: none)")
     sp_.set_defaults(func=sample_command)
+    cal = sub.add_parser("calibrate", help="fit the shipped digits model's statistics and an EMS grid once, for "
+                                           "sample --calibration")
+    cal.add_argument("--nfe", type=positive_int, default=10, help="model evaluations of the grid (default: 10)")
+    cal.add_argument("--method", default="ems-logrhoab1-pc", help=f"one of {', '.join(EMS_NAMES)} "
+                     "(default: ems-logrhoab1-pc)")
+    cal.add_argument("--draws", type=positive_int, default=256,
+                     help="noise draws for the statistics (default: 256)")
+    cal.add_argument("--nodes", type=positive_int, default=200, help="nodes of the statistics (default: 200)")
+    cal.add_argument("--grid-draws", type=positive_int, default=16,
+                     help="noise draws the grid is tuned on (default: 16)")
+    cal.add_argument("--max-solves", type=positive_int, default=200,
+                     help="bound on the grid optimiser's solves, each --nfe evaluations (default: 200)")
+    cal.add_argument("--seed", type=int, default=12345, help="seed of the calibration draws (default: 12345)")
+    cal.add_argument("--out", default="digits_calibration",
+                     help="folder to write (created; default: digits_calibration)")
+    cal.set_defaults(func=calibrate_command)
     p = sub.add_parser("describe", help="derive an SDE and show its closed forms")
     p.add_argument("--sde", default=None, help=f"built-in SDE: {', '.join(BUILTIN_SDES)} (default: vp, unless "
                                                 "--drift/--diffusion give a custom one)")
