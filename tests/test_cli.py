@@ -42,6 +42,10 @@ def run_main(argv, capsys):
     (["describe", "--drift=-1", "--diffusion=1", "--t-max", "nan"], r"argument --t-max: expected a finite number"),
     (["describe", "--drift=-1", "--diffusion=1", "--t-max", "0"], r"t_max must be greater than t0"),
     (["describe", "--sde", "foo"], r"--sde: unknown SDE 'foo'"),
+    (["sample", "--calibration", "/nonexistent-dir"], r"--calibration '/nonexistent-dir': no statistics.pt there"),
+    (["sample", "--calibration", "x", "--grid", "quadratic_t"], r"--calibration brings its own grid"),
+    (["calibrate", "--out", "/nonexistent-dir/cal"], r"--out '/nonexistent-dir/cal': the directory"),
+    (["calibrate", "--method", "logrhoab2"], r"--method: with a calibration the method is an EMS method"),
 ])
 def test_user_errors_exit_2_with_one_line(argv, message, capsys):
     import re
@@ -60,7 +64,7 @@ def test_no_traceback_from_the_installed_entry_point():
     assert res.stderr.startswith("ei-toolkit: error: --grid: unknown grid 'foo'") and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("command", ["compare", "sample", "describe"])
+@pytest.mark.parametrize("command", ["compare", "sample", "describe", "calibrate"])
 def test_every_option_has_help_with_its_default(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
@@ -87,3 +91,31 @@ def test_sddim_lam_and_eta_from_the_command_line(tmp_path, capsys):
 def test_custom_sde_with_parameters_is_described(capsys):
     assert main(["describe", "--drift=-a", "--diffusion=1", "--param", "a=2"]) == 0
     assert "LinearSDE(a=2.0)" in capsys.readouterr().out
+
+
+def test_calibrate_then_sample_with_the_calibration(tmp_path, capsys):
+    """calibrate writes the statistics once and a grid per (method, NFE); sample --calibration runs that method on
+    that grid (the same digits as ei.sample with the loaded method and grid) and names what is missing."""
+    import torch
+
+    import ei_toolkit as ei
+    from ei_toolkit.__main__ import _calibrated
+    from ei_toolkit.models import load_digits_model
+
+    cal = tmp_path / "cal"
+    small = ["--draws", "16", "--nodes", "12", "--grid-draws", "4", "--max-solves", "6", "--out", str(cal)]
+    assert main(["calibrate", "--nfe", "5", *small]) == 0
+    assert main(["calibrate", "--nfe", "6", "--method", "ems-logrhoab0-pc", *small]) == 0
+    out = capsys.readouterr().out
+    assert "statistics.pt (kept" in out and (cal / "grid-ems-logrhoab0-pc-nfe6.json").is_file()
+    assert main(["sample", "--n", "3", "--nfe", "5", "--calibration", str(cal), "--out", str(tmp_path / "d.png")]) == 0
+    assert "ems-logrhoab1-pc on the grid calibrated" in capsys.readouterr().out
+    model, sde = load_digits_model(), ei.DiscreteVP.linear()
+    method, grid = _calibrated(str(cal), 5, None, model, sde)
+    assert float(grid[-1]) == sde.t0 and len(grid) == 6  # to the data, as sample draws
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert bool(torch.isfinite(ei.sample(model, x, sde, method=method, grid=grid)).all())
+    code, err = run_main(["sample", "--nfe", "7", "--calibration", str(cal)], capsys)
+    assert code == 2 and "no grid for NFE 7" in err and "grid-ems-logrhoab1-pc-nfe5.json" in err
+    code, err = run_main(["sample", "--nfe", "5", "--method", "ems-logrhoab2", "--calibration", str(cal)], capsys)
+    assert code == 2 and "no grid for ems-logrhoab2 at NFE 5" in err
