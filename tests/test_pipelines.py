@@ -226,5 +226,7 @@ def test_the_tutorial_runs_as_written():
     for code in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S):
         exec(compile(code, str(page), "exec"), ns)
     assert ns["images"].shape == (4, 16, 16, 3)
+    assert ns["ems_images"].shape == (2, 16, 16, 3) and np.isfinite(ns["ems_images"]).all()
+    assert ns["loaded"].scheduler.config.method == "ems-logrhoab1-pc"
     assert isinstance(ns["loaded"].scheduler, EIScheduler) and ns["sched"].step_index == 10
     assert ns["sched"].begin_index == ns["k"] == 4 and torch.isfinite(ns["latents"]).all()
