@@ -237,17 +237,17 @@ def sample_command(args: argparse.Namespace) -> int:
     return 0
 
 
-EMS_NAMES = tuple(f"ems-logrhoab{k}{pc}" for k in range(4) for pc in ("-pc", ""))
 STATISTICS_NAME = "statistics.pt"
+PROBES = 2  # model_statistics' Hutchinson probes
 
 
 def _ems(name: str, stats):  # returns an EMSAdams
-    import ei_toolkit as ei
+    from ei_toolkit import EMSAdams
 
-    if name not in EMS_NAMES:
-        raise UsageError(f"--method: with a calibration the method is an EMS method, one of {', '.join(EMS_NAMES)}; "
-                         f"got {name!r}")
-    return ei.EMSAdams(stats, points=int(name[12]) + 1, corrector=name.endswith("-pc"))
+    if name not in EMSAdams.NAMES:
+        raise UsageError(f"--method: with a calibration the method is an EMS method, one of "
+                         f"{', '.join(EMSAdams.NAMES)}; got {name!r}")
+    return EMSAdams.named(name, stats)
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
@@ -270,11 +270,11 @@ def calibrate_command(args: argparse.Namespace) -> int:
             print(f"statistics: {stats_path} (kept; delete it to estimate them again)")
         else:
             xs = torch.randn(args.draws, 1, 8, 8, generator=gen)
-            stats = ei.model_statistics(model, xs, sde, nodes=args.nodes)
+            stats = ei.model_statistics(model, xs, sde, nodes=args.nodes, probes=PROBES)
             out.mkdir(exist_ok=True)
             stats.save(stats_path)
             print(f"statistics: {args.draws} draws, {args.nodes} nodes, "
-                  f"{args.nodes + (args.nodes + 1) * 5} evaluations of the batch -> {stats_path}")
+                  f"{args.nodes + (args.nodes + 1) * (1 + 2 * PROBES)} evaluations of the batch -> {stats_path}")
         method = _ems(args.method, stats)
         xc = torch.randn(args.grid_draws, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed + 1))
         grid, info = ei.optimize_grid(model, xc, sde, method=method, nfe=args.nfe, t_end=sde.t0,
@@ -343,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     cal = sub.add_parser("calibrate", help="fit the shipped digits model's statistics and an EMS grid once, for "
                                            "sample --calibration")
     cal.add_argument("--nfe", type=positive_int, default=10, help="model evaluations of the grid (default: 10)")
-    cal.add_argument("--method", default="ems-logrhoab1-pc", help=f"one of {', '.join(EMS_NAMES)} "
-                     "(default: ems-logrhoab1-pc)")
+    cal.add_argument("--method", default="ems-logrhoab1-pc", help="one of ems-logrhoab0 ... ems-logrhoab3, each "
+                     "optionally with -pc (default: ems-logrhoab1-pc)")
     cal.add_argument("--draws", type=positive_int, default=256,
                      help="noise draws for the statistics (default: 256)")
     cal.add_argument("--nodes", type=positive_int, default=200, help="nodes of the statistics (default: 200)")

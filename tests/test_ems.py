@@ -180,3 +180,13 @@ def test_last_step_into_the_data():
     with_corrector = ei.solve(model, x, sde, method=ei.EMSAdams(st, 2), grid=grid).x
     ref = ei.solve(model, x, sde, method="x0-logrhoab3", nfe=400, t_end=0.0).x  # converged to ~1e-9
     assert float((with_corrector - ref).abs().max()) < float((ddim - ref).abs().max())
+
+
+def test_named_methods(mixture_stats):
+    """Configs and command lines hold names: EMSAdams.named maps each of NAMES to its points and corrector."""
+    _, _, st = mixture_stats
+    for name in ei.EMSAdams.NAMES:
+        m = ei.EMSAdams.named(name, st)
+        assert m.name == name and m.points == int(name[12]) + 1 and m.corrector == name.endswith("-pc")
+    with pytest.raises(ValueError, match="unknown EMS method 'ems-logrhoab4'"):
+        ei.EMSAdams.named("ems-logrhoab4", st)

@@ -23,7 +23,6 @@ import json
 import math
 import operator
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +59,6 @@ FINAL_SIGMAS = ("zero", "sigma_min")
 VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned",
                   "learned_range")
 SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
-EMS_METHOD = re.compile(r"ems-logrhoab([0-3])(-pc)?")
 STATISTICS_FILE = "ems_statistics.pt"
 """Where :meth:`EIScheduler.save_pretrained` writes the model statistics of an EMS method, next to the config."""
 
@@ -81,8 +79,7 @@ def _number(name: str, v: Any) -> float:
 
 def _ems_method(method: str, statistics: Any, sde: DiscreteVP) -> EMSAdams:
     """``method`` ems-logrhoab0..3[-pc] on the statistics saved at the path ``statistics`` (for ``sde``)."""
-    m = EMS_METHOD.fullmatch(method)
-    if m is None:
+    if method not in EMSAdams.NAMES:
         raise ValueError(f"statistics= belongs to the EMS methods ems-logrhoab0 ... ems-logrhoab3, each optionally "
                          f"with -pc (ei.EMSAdams); method {method!r} does not use model statistics")
     if statistics is None:
@@ -95,7 +92,7 @@ def _ems_method(method: str, statistics: Any, sde: DiscreteVP) -> EMSAdams:
     if not path.is_file():
         raise ValueError(f"statistics {str(path)!r}: no such file (a relative path in a saved config is read from "
                          "the scheduler's folder by from_pretrained, otherwise from the working directory)")
-    return EMSAdams(ModelStatistics.load(path, sde=sde), points=int(m[1]) + 1, corrector=m[2] is not None)
+    return EMSAdams.named(method, ModelStatistics.load(path, sde=sde))
 
 
 def _f32(t: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -172,7 +169,7 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         if not isinstance(method, str):  # the config is saved as JSON: a registered name, not an object
             raise TypeError(f"method must be the name of a method in ei.INTEGRATORS (ei.register adds your own); got "
                             f"{type(method).__name__}")
-        if statistics is not None or EMS_METHOD.fullmatch(method):
+        if statistics is not None or method in EMSAdams.NAMES:
             if lam is not None or eta is not None:
                 raise ValueError("lam / eta set the noise of sddim; the EMS methods are deterministic")
             chosen = _ems_method(method, statistics, self.sde)

@@ -244,6 +244,16 @@ class EMSAdams(Integrator):
 
     evals_per_step = 1
     default_grid = "quadratic_t"  # for variance-preserving SDEs; uniform_logrho for the others (times())
+    NAMES = tuple(f"ems-logrhoab{k}{pc}" for k in range(4) for pc in ("-pc", ""))
+    """The names the method takes (``name``): ``ems-logrhoab<points - 1>``, ``-pc`` with the corrector."""
+
+    @classmethod
+    def named(cls, name: str, statistics: ModelStatistics) -> EMSAdams:
+        """The method called ``name`` (one of :attr:`NAMES`) on ``statistics``: how a config or a command line,
+        which hold names, not objects, choose it."""
+        if name not in cls.NAMES:
+            raise ValueError(f"unknown EMS method {name!r}; valid: {', '.join(cls.NAMES)}")
+        return cls(statistics, points=int(name[len("ems-logrhoab")]) + 1, corrector=name.endswith("-pc"))
 
     def __init__(self, statistics: ModelStatistics, points: int = 2, corrector: bool = True) -> None:
         if not isinstance(statistics, ModelStatistics):
