@@ -275,7 +275,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
             stats.save(stats_path)
             print(f"statistics: {args.draws} draws, {args.nodes} nodes, "
                   f"{args.nodes + (args.nodes + 1) * (1 + 2 * PROBES)} evaluations of the batch -> {stats_path}")
-        method = _ems(args.method, stats)
+        method = _ems(args.method or ("ems-logrhoab2-pc" if args.nfe >= 20 else "ems-logrhoab1-pc"), stats)
         xc = torch.randn(args.grid_draws, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed + 1))
         grid, info = ei.optimize_grid(model, xc, sde, method=method, nfe=args.nfe, t_end=sde.t0,
                                       max_solves=args.max_solves, return_info=True)
@@ -343,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     cal = sub.add_parser("calibrate", help="fit the shipped digits model's statistics and an EMS grid once, for "
                                            "sample --calibration")
     cal.add_argument("--nfe", type=positive_int, default=10, help="model evaluations of the grid (default: 10)")
-    cal.add_argument("--method", default="ems-logrhoab1-pc", help="one of ems-logrhoab0 ... ems-logrhoab3, each "
-                     "optionally with -pc (default: ems-logrhoab1-pc)")
+    cal.add_argument("--method", default=None, help="one of ems-logrhoab0 ... ems-logrhoab3, each optionally with "
+                     "-pc (default: ems-logrhoab1-pc below NFE 20, ems-logrhoab2-pc from 20; grid_opt.md, ems.md)")
     cal.add_argument("--draws", type=positive_int, default=256,
                      help="noise draws for the statistics (default: 256)")
     cal.add_argument("--nodes", type=positive_int, default=200, help="nodes of the statistics (default: 200)")
