@@ -197,43 +197,39 @@ def sample_command(args: argparse.Namespace) -> int:
     from ei_toolkit.png import image_grid, write_png
 
     out_path = writable_path("--out", args.out)
+    model, sde = load_digits_model(), ei.DiscreteVP.linear()
+    gen = torch.Generator().manual_seed(args.seed)
+    where = None  # the grid, as the message names it (None: the solution's grid name)
     if args.calibration is not None:
         if args.grid is not None or args.lam is not None or args.eta is not None:
             raise UsageError("--calibration brings its own grid and a deterministic method: leave out --grid, --lam "
                              "and --eta")
-        model, sde = load_digits_model(), ei.DiscreteVP.linear()
         method, grid = _calibrated(args.calibration, args.nfe, args.method, model, sde)
-        x = torch.randn(args.n, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed))
-        start = time.perf_counter()
-        with torch.no_grad():
-            sol = ei.solve(model, x, sde, method=method, grid=grid)
-        took = time.perf_counter() - start
-        out = write_png(out_path, image_grid(sol.x, cols=args.cols))
-        print(f"{args.n} digits with {sol.method} on the grid calibrated in {args.calibration}, NFE {sol.nfe}, in "
-              f"{took:.2f} s -> {out}")
-        return 0
-    if args.method is not None and args.method not in ei.INTEGRATORS:
-        raise UsageError(f"--method: unknown method {args.method!r}; valid methods: {', '.join(ei.INTEGRATORS)}")
-    if args.grid is not None and args.grid not in ei.GRIDS:
-        raise UsageError(f"--grid: unknown grid {args.grid!r}; valid grids: {', '.join(ei.GRIDS)}")
-    noisy = args.lam is not None or args.eta is not None
-    if noisy and (args.method is None or not ei.INTEGRATORS[args.method].stochastic):
-        raise UsageError("--lam/--eta set the noise of a stochastic method: use them with --method sddim")
-    if args.lam is not None and args.eta is not None:
-        raise UsageError("give --lam or --eta, not both")
-    model = load_digits_model()
-    sde = ei.DiscreteVP.linear()
-    gen = torch.Generator().manual_seed(args.seed)
+        kw = {"method": method, "grid": grid}
+        where = f"the grid calibrated in {args.calibration}"
+    else:
+        if args.method is not None and args.method not in ei.INTEGRATORS:
+            raise UsageError(f"--method: unknown method {args.method!r}; valid methods: {', '.join(ei.INTEGRATORS)}")
+        if args.grid is not None and args.grid not in ei.GRIDS:
+            raise UsageError(f"--grid: unknown grid {args.grid!r}; valid grids: {', '.join(ei.GRIDS)}")
+        noisy = args.lam is not None or args.eta is not None
+        if noisy and (args.method is None or not ei.INTEGRATORS[args.method].stochastic):
+            raise UsageError("--lam/--eta set the noise of a stochastic method: use them with --method sddim")
+        if args.lam is not None and args.eta is not None:
+            raise UsageError("give --lam or --eta, not both")
+        kw = {"nfe": args.nfe, "grid": args.grid, "t_end": sde.t0}
+        if args.method:
+            kw["method"] = args.method
+        if noisy or (args.method is not None and ei.INTEGRATORS[args.method].stochastic):
+            kw.update(lam=args.lam, eta=args.eta, generator=gen)
     x = torch.randn(args.n, 1, 8, 8, generator=gen)
     start = time.perf_counter()
     with torch.no_grad():
-        kw = {"method": args.method} if args.method else {}
-        if noisy or (args.method is not None and ei.INTEGRATORS[args.method].stochastic):
-            kw.update(lam=args.lam, eta=args.eta, generator=gen)
-        sol = ei.solve(model, x, sde, nfe=args.nfe, grid=args.grid, t_end=sde.t0, **kw)
+        sol = ei.solve(model, x, sde, **kw)
     took = time.perf_counter() - start
     out = write_png(out_path, image_grid(sol.x, cols=args.cols))
-    print(f"{args.n} digits with {sol.method} on the {sol.grid} grid, NFE {sol.nfe}, in {took:.2f} s -> {out}")
+    print(f"{args.n} digits with {sol.method} on {where or f'the {sol.grid} grid'}, NFE {sol.nfe}, in {took:.2f} s "
+          f"-> {out}")
     return 0
 
 
