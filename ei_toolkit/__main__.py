@@ -237,13 +237,20 @@ STATISTICS_NAME = "statistics.pt"
 PROBES = 2  # model_statistics' Hutchinson probes
 
 
-def _ems(name: str, stats):  # returns an EMSAdams
+def _ems_name(name: str) -> str:
+    """``name`` if it is an EMS method (checked before any work is done), else a usage error."""
     from ei_toolkit import EMSAdams
 
     if name not in EMSAdams.NAMES:
         raise UsageError(f"--method: with a calibration the method is an EMS method, one of "
                          f"{', '.join(EMSAdams.NAMES)}; got {name!r}")
-    return EMSAdams.named(name, stats)
+    return name
+
+
+def _ems(name: str, stats):  # returns an EMSAdams
+    from ei_toolkit import EMSAdams
+
+    return EMSAdams.named(_ems_name(name), stats)
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
@@ -256,6 +263,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out!r} is a file; give a folder (created if missing)")
     if not out.parent.is_dir():
         raise UsageError(f"--out {args.out!r}: the directory {str(out.parent)!r} does not exist")
+    name = _ems_name(args.method or ("ems-logrhoab2-pc" if args.nfe >= 20 else "ems-logrhoab1-pc"))
     model, sde = load_digits_model(), ei.DiscreteVP.linear()
     gen = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
@@ -271,7 +279,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
             stats.save(stats_path)
             print(f"statistics: {args.draws} draws, {args.nodes} nodes, "
                   f"{args.nodes + (args.nodes + 1) * (1 + 2 * PROBES)} evaluations of the batch -> {stats_path}")
-        method = _ems(args.method or ("ems-logrhoab2-pc" if args.nfe >= 20 else "ems-logrhoab1-pc"), stats)
+        method = _ems(name, stats)
         xc = torch.randn(args.grid_draws, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed + 1))
         grid, info = ei.optimize_grid(model, xc, sde, method=method, nfe=args.nfe, t_end=sde.t0,
                                       max_solves=args.max_solves, return_info=True)

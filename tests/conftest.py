@@ -21,3 +21,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_directory(tmp_path, monkeypatch):
+    """Every test runs in its own empty working directory: a command or example that writes a default output path
+    (digits.png, a calibration folder) writes there, never into the repository."""
+    monkeypatch.chdir(tmp_path)

@@ -93,6 +93,12 @@ def test_custom_sde_with_parameters_is_described(capsys):
     assert "LinearSDE(a=2.0)" in capsys.readouterr().out
 
 
+def test_calibrate_refuses_a_bad_method_before_any_work(tmp_path, capsys):
+    code, err = run_main(["calibrate", "--method", "logrhoab2", "--out", str(tmp_path / "cal")], capsys)
+    assert code == 2 and "--method: with a calibration the method is an EMS method" in err
+    assert not (tmp_path / "cal").exists()  # refused before the statistics were estimated and written
+
+
 def test_calibrate_then_sample_with_the_calibration(tmp_path, capsys):
     """calibrate writes the statistics once and a grid per (method, NFE); sample --calibration runs that method on
     that grid (the same digits as ei.sample with the loaded method and grid) and names what is missing."""
