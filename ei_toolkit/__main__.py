@@ -184,7 +184,7 @@ def compare_command(args: argparse.Namespace, peers: Mapping[str, Peer] | None =
     print(compare.summary_table(rows))
     print()
     print(compare.full_table(rows, args.problem))
-    out = compare.plot(rows, Path(args.out), highlight=[f"{m} / {INTEGRATORS[m].default_grid}" for m in methods[:4]])
+    out = compare.plot(rows, Path(args.out))
     print(f"\nplot written to {out}")
     if peers is None:
         print(f"against diffusers and k-diffusion (from a source checkout, bench extra): {PEER_COMPARISON}")

@@ -144,11 +144,14 @@ def summary_table(rows: Sequence[Row]) -> str:
             peer = f"{b.sampler}: {b.median:.2e} / {b.rms:.2e}" if b else "n/a"
             ratio = f"{a.median / b.median:.2f}" if b else "n/a"
             lines.append(f"| {p} | {nfe} | {a.sampler}: {a.median:.2e} / {a.rms:.2e} | {peer} | {ratio} |")
+    lines += ["", "median ratio: best ei_toolkit / best peer (below 1: ours is more accurate); only samplers that made "
+              "exactly NFE model evaluations are ranked" + ("; n/a: no peer ran" if "n/a" in "".join(lines) else "")]
     return "\n".join(lines)
 
 
 def full_table(rows: Sequence[Row], problem: str, metric: str = "median") -> str:
-    """Every sampler's error at every NFE for one problem (rows sorted by the error at the middle NFE)."""
+    """Every sampler's error at every NFE for one problem (rows sorted by the error at the middle NFE), with a
+    footnote that explains the ``(k)`` and ``-`` cells when there are any."""
     nfes = sorted({r.nfe for r in rows if r.problem == problem})
     samplers = list(dict.fromkeys(r.sampler for r in rows if r.problem == problem))
     val = {(r.sampler, r.nfe): r for r in rows if r.problem == problem}
@@ -156,58 +159,116 @@ def full_table(rows: Sequence[Row], problem: str, metric: str = "median") -> str
     samplers.sort(key=lambda s: val[(s, mid)].median if (s, mid) in val else math.inf)
     head = "| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |"
     lines = [head, "|---" * (len(nfes) + 1) + "|"]
+    other = missing = False
     for s in samplers:
         cells = []
         for n in nfes:
             r = val.get((s, n))
             if r is None:
                 cells.append("-")
+                missing = True
             else:
                 v = getattr(r, metric)
                 cells.append(f"{v:.2e}" + (f" ({r.nfe_used})" if r.nfe_used != n else ""))
+                other = other or r.nfe_used != n
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    notes = []
+    if other:
+        notes.append("(k): the sampler made k model evaluations instead of the column's NFE (it cannot hit that "
+                     "budget exactly); such cells are never ranked best")
+    if missing:
+        notes.append("-: the method cannot run with exactly that NFE (e.g. a 3-stage Runge-Kutta method needs a "
+                     "multiple of 3)")
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines)
 
 
-def plot(rows: Sequence[Row], path: str | Path, highlight: Sequence[str] = ()) -> Path:
-    """Median error vs NFE: our best (envelope), our highlighted methods, and every peer; one panel per
-    problem."""
+def peer_families(names: Sequence[str]) -> str:
+    """The libraries of peer names such as ``"diffusers DPM++2M / karras"`` (their first words), comma-separated."""
+    return ", ".join(dict.fromkeys(n.split()[0] for n in names if n.split()))
+
+
+PEER_COLOUR = "0.55"  # the grey of the peer family
+MARKERS = "osD^v<>pXh*"
+
+
+def figure(rows: Sequence[Row], highlight: Sequence[str] | None = None):  # returns a matplotlib Figure
+    """Median error vs NFE, one panel per problem: our samplers (``highlight``, default all of ours; distinct
+    colours and markers), every peer as one faint grey family, and two bold envelopes, the best of ours and the
+    best peer at each NFE, with the ratio of the two written at each NFE. One legend, outside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
 
     problems = list(dict.fromkeys(r.problem for r in rows))
+    ours = list(dict.fromkeys(r.sampler for r in rows if r.ours)) if highlight is None else list(highlight)
+    peer_names = list(dict.fromkeys(r.sampler for r in rows if not r.ours))
     cols = min(2, len(problems))
     nrows = math.ceil(len(problems) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 4.2 * nrows + 1.6), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.6 * cols + 3.4, 4.8 * nrows), squeeze=False, layout="constrained")
     for ax in axes.flat[len(problems):]:
         ax.set_visible(False)
+    colours = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # no grey: that is the peers'
+    handles: dict[str, Line2D] = {}
     for ax, p in zip(axes.flat, problems, strict=False):
         nfes = sorted({r.nfe for r in rows if r.problem == p})
-        env = [(n, best(rows, p, n, True)) for n in nfes]
-        ax.plot([n for n, r in env if r], [r.median for n, r in env if r], "k-", lw=2.5, label="ei_toolkit best")
-        penv = [(n, best(rows, p, n, False)) for n in nfes]
-        if any(r for _, r in penv):
-            ax.plot([n for n, r in penv if r], [r.median for n, r in penv if r], "k--", lw=2.5, label="best peer")
-        for s in highlight:
+        for s in peer_names:  # the family: faint, unlabelled one by one
+            pts = sorted((r.nfe_used, r.median) for r in rows if r.problem == p and r.sampler == s)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "-", color=PEER_COLOUR, lw=0.8, alpha=0.35, zorder=1)
+        if peer_names:
+            handles["peers"] = Line2D([], [], color=PEER_COLOUR, lw=0.8, alpha=0.6,
+                                      label=f"each peer ({len(peer_names)}: {peer_families(peer_names)})")
+        for i, s in enumerate(ours):
             pts = [(r.nfe, r.median) for r in rows if r.problem == p and r.sampler == s and r.nfe_used == r.nfe]
             if pts:
-                ax.plot(*zip(*pts, strict=True), "-o", ms=3, label=s)
-        for s in dict.fromkeys(r.sampler for r in rows if r.problem == p and not r.ours):
-            pts = [(r.nfe_used, r.median) for r in rows if r.problem == p and r.sampler == s]
-            ax.plot(*zip(*pts, strict=True), ":", lw=1, label=s)
+                (line,) = ax.plot(*zip(*pts, strict=True), "-", marker=MARKERS[i % len(MARKERS)], ms=4, lw=1.2,
+                                  color=colours[i % len(colours)], alpha=0.85, zorder=3, label=s)
+                handles.setdefault(s, line)
+        env = [(n, best(rows, p, n, True)) for n in nfes]
+        penv = [(n, best(rows, p, n, False)) for n in nfes]
+        if any(r for _, r in penv):
+            (line,) = ax.plot([n for n, r in penv if r], [r.median for n, r in penv if r], "--", color="#b2182b",
+                              lw=2.6, zorder=4, label="best peer at each NFE")
+            handles["best peer"] = line
+        (line,) = ax.plot([n for n, r in env if r], [r.median for n, r in env if r], "-", color="black", lw=2.6,
+                          zorder=5, label="ei_toolkit best at each NFE")
+        handles["ours best"] = line
+        for (n, a), (_, b) in zip(env, penv, strict=True):
+            if a and b:
+                ax.annotate(f"{a.median / b.median:.2f}x", (n, min(a.median, b.median)), xytext=(0, -11),
+                            textcoords="offset points", ha="center", va="top", fontsize=7.5, zorder=6)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("NFE")
+        ax.set_xticks(nfes, [str(n) for n in nfes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("NFE (model evaluations)")
         ax.set_ylabel("median trajectory RMS error")
-        ax.set_title(p)
-        ax.grid(True, which="both", alpha=0.3)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 1.4 / (4.2 * nrows + 1.6), 1, 1))
+        ax.set_title(f"{p}: median error vs NFE (lower is better)", fontsize=10)
+        lo = min((r.median for r in rows if r.problem == p and math.isfinite(r.median) and r.median > 0),
+                 default=None)
+        if lo is not None:
+            ax.set_ylim(bottom=lo / 3)  # room for the ratios under the lowest line
+        ax.grid(True, which="major", alpha=0.3)
+    if "best peer" in handles:
+        handles["ratio"] = Line2D([], [], ls="none", label="0.50x (under the lines): ours best / best peer")
+    order = ["ours best", "best peer", "ratio", *ours, "peers"]
+    legend = [handles[k] for k in order if k in handles]
+    fig.legend(handles=legend, loc="outside right center", fontsize=8, frameon=False)
+    return fig
+
+
+def plot(rows: Sequence[Row], path: str | Path, highlight: Sequence[str] | None = None) -> Path:
+    """Write :func:`figure` of ``rows`` to ``path`` (PNG; its directory is created)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows, highlight)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

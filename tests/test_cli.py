@@ -125,3 +125,63 @@ def test_calibrate_then_sample_with_the_calibration(tmp_path, capsys):
     assert code == 2 and "no grid for NFE 7" in err and "grid-ems-logrhoab1-pc-nfe5.json" in err
     code, err = run_main(["sample", "--nfe", "5", "--method", "ems-logrhoab2", "--calibration", str(cal)], capsys)
     assert code == 2 and "no grid for ems-logrhoab2 at NFE 5" in err
+
+
+def _rows_with_many_peers():
+    from ei_toolkit.compare import Row
+
+    rows = []
+    for nfe in (5, 10, 20):
+        for i, s in enumerate(("ddim / quadratic_t", "tab3 / uniform_logrho", "logrhoab2 / uniform_logrho")):
+            rows.append(Row("gmm2d", s, True, nfe, nfe, 0.1 / nfe ** (i + 1), 0.1 / nfe ** (i + 1), 0.0, 0.0))
+        for k in range(40):  # as many peers as benchmarks/peers.py has
+            used = nfe - 1 if k == 0 else nfe
+            rows.append(Row("gmm2d", f"lib{k % 2} peer{k}", False, nfe, used, 0.2 / nfe * (1 + k / 10),
+                            0.2 / nfe * (1 + k / 10), 0.0, 0.0))
+    return rows
+
+
+def test_the_comparison_plot_is_readable(tmp_path):
+    """The main job's picture: one short legend (ours, the two envelopes, the peers as one family) inside the figure,
+    clear of the axis labels; the peers faint grey; the plot file is written."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from ei_toolkit import compare
+
+    rows = _rows_with_many_peers()
+    fig = compare.figure(rows)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[:2] == ["ei_toolkit best at each NFE", "best peer at each NFE"]
+    assert len(labels) == 3 + 3 + 1 and labels[-1] == "each peer (40: lib0, lib1)"
+    box, fig_box = legend.get_window_extent(renderer), fig.bbox
+    assert fig_box.x0 <= box.x0 and box.x1 <= fig_box.x1 and fig_box.y0 <= box.y0 and box.y1 <= fig_box.y1
+    ax = fig.axes[0]
+    for text in (ax.xaxis.label, ax.yaxis.label, ax.title):
+        t = text.get_window_extent(renderer)
+        assert not t.overlaps(box), text.get_text()
+        assert fig_box.x0 <= t.x0 and t.x1 <= fig_box.x1 and fig_box.y0 <= t.y0 and t.y1 <= fig_box.y1
+    assert ax.get_xlabel().startswith("NFE")
+    greys = [line for line in ax.get_lines() if line.get_color() == compare.PEER_COLOUR]
+    assert len(greys) == 40 and all(line.get_alpha() < 0.5 for line in greys)
+    ours = [line for line in ax.get_lines() if line.get_label() in labels[3:6]]
+    assert len({line.get_color() for line in ours}) == 3 and len({line.get_marker() for line in ours}) == 3
+    plt.close(fig)
+    assert compare.plot(rows, tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_the_comparison_tables_explain_their_cells():
+    from ei_toolkit import compare
+
+    rows = _rows_with_many_peers()
+    rows = [r for r in rows if not (r.sampler.startswith("tab3") and r.nfe == 10)]
+    table = compare.full_table(rows, "gmm2d")
+    assert "(4)" in table and "| - |" in table
+    assert "(k): the sampler made k model evaluations instead of the column's NFE" in table
+    assert "-: the method cannot run with exactly that NFE" in table
+    assert "median ratio: best ei_toolkit / best peer" in compare.summary_table(rows)
+    plain = compare.full_table([r for r in rows if r.ours and r.nfe != 10], "gmm2d")
+    assert "(k)" not in plain and "-:" not in plain  # no footnote without such cells
