@@ -26,7 +26,7 @@ vp = ei.VPSDE()
 model = problem.eps_model(vp)
 x = problem.sample_marginal(vp, 0.5, 8, torch.Generator().manual_seed(3))
 bm = ei.brownian_motion(x, vp, 0.5, 0.05, entropy=4)
-fine = ei.sdeint(model, x, vp, lam=1.0, method="srk", dt=2e-3, t_start=0.5, t_end=0.05, bm=bm)
+fine = ei.sdeint(model, x, vp, lam=1.0, method="srk", steps=800, t_start=0.5, t_end=0.05, bm=bm)  # 8000 evaluations
 for steps in (25, 100, 400):
     out = ei.sample(model, x, vp, method="sddim", lam=1.0, nfe=steps, t_start=0.5, t_end=0.05, brownian=bm)
     err = (out - fine.x).pow(2).mean().sqrt()

@@ -1,5 +1,6 @@
-"""Train the small eps-model on scikit-learn's 8x8 digits (shipped inside the package; no download) and save
-its weights to ei_toolkit/models/digits_eps.pt.
+"""Train the small eps-model on scikit-learn's 8x8 digits (bundled with scikit-learn; no download) and save its
+weights to ``--out`` (default: digits_eps.pt in the current directory). The package ships its own copy in
+ei_toolkit/models/digits_eps.pt; this script never writes there unless you say so with --out.
 
 DDPM objective (Ho et al. 2020): t uniform in 0..999, x_t = alpha x0 + sigma eps, loss |eps_hat - eps|^2,
 on the linear schedule; 80 % of the digits (a fixed split, seed 0) for training, 20 % held out.
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 import ei_toolkit as ei
-from ei_toolkit.models.digits import WEIGHTS, DigitsEps
+from ei_toolkit.models.digits import DigitsEps
 
 
 def labelled_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -38,6 +39,18 @@ def digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, held-out) digits as (N, 1, 8, 8) tensors in [-1, 1]."""
     train, _, held, _ = labelled_split(seed)
     return train, held
+
+
+def check_out(out: Path) -> None:
+    """Refuse, before any training, an ``--out`` whose directory is missing or not writable, or that is a folder."""
+    import os
+
+    if out.is_dir():
+        raise SystemExit(f"--out {str(out)!r} is a directory; give a file name")
+    if not out.parent.is_dir():
+        raise SystemExit(f"--out {str(out)!r}: the directory {str(out.parent)!r} does not exist")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise SystemExit(f"--out {str(out)!r}: not writable")
 
 
 def fit(model: torch.nn.Module, draw: Callable[[int], tuple[torch.Tensor, tuple]], steps: int, batch: int,
@@ -77,10 +90,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30000)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--out", type=Path, default=Path("digits_eps.pt"), help="weights file (default: digits_eps.pt)")
     args = ap.parse_args()
+    check_out(args.out)
     torch.manual_seed(0)
     train, _ = digits_split()
-    fit(DigitsEps(), lambda b: (train[torch.randint(len(train), (b,))], ()), args.steps, args.batch, args.lr, WEIGHTS)
+    fit(DigitsEps(), lambda b: (train[torch.randint(len(train), (b,))], ()), args.steps, args.batch, args.lr, args.out)
 
 
 if __name__ == "__main__":

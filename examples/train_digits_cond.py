@@ -1,5 +1,6 @@
 """Train the class-conditional eps-model on scikit-learn's 8x8 digits (bundled with scikit-learn; no download) for
-classifier-free guidance, and save its weights to ei_toolkit/models/digits_cond_eps.pt.
+classifier-free guidance, and save its weights to ``--out`` (default: digits_cond_eps.pt in the current directory;
+the package ships its own copy in ei_toolkit/models/digits_cond_eps.pt).
 
 DDPM objective (Ho et al. 2020) on the linear schedule: t uniform in 0..999, x_t = alpha x0 + sigma eps,
 loss |eps_hat(x_t, t, y) - eps|^2, where the label y is replaced by the null label with probability
@@ -16,9 +17,9 @@ import argparse
 from pathlib import Path
 
 import torch
-from train_digits import fit, labelled_split
+from train_digits import check_out, fit, labelled_split
 
-from ei_toolkit.models.digits_cond import NULL_LABEL, WEIGHTS, DigitsCondEps
+from ei_toolkit.models.digits_cond import NULL_LABEL, DigitsCondEps
 
 
 def main() -> None:
@@ -27,8 +28,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--drop", type=float, default=0.15, help="label dropout probability")
-    ap.add_argument("--out", default=str(WEIGHTS))
+    ap.add_argument("--out", type=Path, default=Path("digits_cond_eps.pt"),
+                    help="weights file (default: digits_cond_eps.pt)")
     args = ap.parse_args()
+    check_out(args.out)
     torch.set_num_threads(1)  # one thread: bitwise repeatable, and it leaves a core to others
     torch.manual_seed(0)
     train, labels, _, _ = labelled_split()
@@ -39,7 +42,7 @@ def main() -> None:
         y[torch.rand(batch) < args.drop] = NULL_LABEL
         return x0, (y,)
 
-    fit(DigitsCondEps(), draw, args.steps, args.batch, args.lr, Path(args.out))
+    fit(DigitsCondEps(), draw, args.steps, args.batch, args.lr, args.out)
 
 
 if __name__ == "__main__":
