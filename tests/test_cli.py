@@ -185,3 +185,19 @@ def test_the_comparison_tables_explain_their_cells():
     assert "median ratio: best ei_toolkit / best peer" in compare.summary_table(rows)
     plain = compare.full_table([r for r in rows if r.ours and r.nfe != 10], "gmm2d")
     assert "(k)" not in plain and "-:" not in plain  # no footnote without such cells
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 16, 16), (3, 8), (64,), (3, 2, 8, 8)])
+def test_the_shipped_models_name_a_bad_input_shape(shape):
+    import torch
+
+    from ei_toolkit.models import DigitsCondEps, DigitsEps, load_digits_model
+    from ei_toolkit.models.classifier import DigitsClassifier
+
+    x = torch.zeros(shape)
+    for name, net in (("DigitsEps", load_digits_model()), ("DigitsCondEps", DigitsCondEps()),
+                      ("DigitsClassifier", DigitsClassifier())):
+        with pytest.raises(ValueError, match=rf"{name}: x must have shape \(batch, 1, 8, 8\) or \(batch, 64\)"):
+            net(x) if name == "DigitsClassifier" else net(x, torch.tensor(10.0))
+    with pytest.raises(ValueError, match=r"DigitsEps: t must hold one time or one per sample \(2\); got 3 times"):
+        DigitsEps()(torch.zeros(2, 1, 8, 8), torch.zeros(3))

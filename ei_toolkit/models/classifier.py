@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .digits import check_digits_input
+
 CLASSIFIER_WEIGHTS = Path(__file__).with_name("digits_classifier.pt")
 FEATURES = 64  # width of the penultimate layer
 
@@ -24,8 +26,13 @@ class DigitsClassifier(nn.Sequential):
         super().__init__(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, FEATURES), nn.ReLU(),
                          nn.Linear(FEATURES, 10))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_digits_input(x, model="DigitsClassifier")
+        return super().forward(x)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features (float32, on the classifier's device)."""
+        check_digits_input(x, model="DigitsClassifier")
         h = x.float()
         for layer in list(self)[:5]:
             h = layer(h)
@@ -48,5 +55,6 @@ def held_out_statistics() -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def _load() -> dict:
     if not CLASSIFIER_WEIGHTS.exists():
-        raise FileNotFoundError(f"{CLASSIFIER_WEIGHTS} is missing: run python examples/train_digits_classifier.py")
+        raise FileNotFoundError(f"{CLASSIFIER_WEIGHTS} is missing: run python examples/train_digits_classifier.py "
+                                f"--out {CLASSIFIER_WEIGHTS}")
     return torch.load(CLASSIFIER_WEIGHTS, map_location="cpu", weights_only=True)

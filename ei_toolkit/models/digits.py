@@ -21,6 +21,18 @@ def time_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tenso
     return torch.cat([a.sin(), a.cos()], 1)
 
 
+def check_digits_input(x: torch.Tensor, t: torch.Tensor | None = None, model: str = "the digits model") -> None:
+    """A clear ValueError unless ``x`` is a batch of 8x8 digits, (B, 1, 8, 8) or (B, 64), and ``t`` holds one time
+    or one per sample."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or tuple(x.shape[1:]) not in ((1, 8, 8), (64,)):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{model}: x must have shape (batch, 1, 8, 8) or (batch, 64), 8x8 digits; got {got}")
+    if t is not None:
+        n = t.numel() if isinstance(t, torch.Tensor) else 1
+        if n not in (1, x.shape[0]):
+            raise ValueError(f"{model}: t must hold one time or one per sample ({x.shape[0]}); got {n} times")
+
+
 class DigitsEps(nn.Module):
     """eps(x, t) for x of shape (B, 1, 8, 8) in [-1, 1] and t the DDPM timestep (float): an MLP on the 64
     pixels with a sinusoidal time embedding added to every hidden layer (about 0.3 M parameters)."""
@@ -38,6 +50,7 @@ class DigitsEps(nn.Module):
         return time_embedding(t, self.emb, torch.float32)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        check_digits_input(x, t, "DigitsEps")
         h = self.inp(x.reshape(x.shape[0], 64).float())
         e = self.time(self.embed(t.reshape(-1).expand(x.shape[0])))
         for block in self.blocks:
@@ -52,7 +65,7 @@ def load_shipped(model: M, weights: Path, script: str, device: str | torch.devic
     """``model`` with the shipped state dict ``weights`` loaded, on ``device``, in eval mode; a missing file names
     the training script that writes it."""
     if not weights.exists():
-        raise FileNotFoundError(f"{weights} is missing: run python examples/{script}")
+        raise FileNotFoundError(f"{weights} is missing: run python examples/{script} --out {weights}")
     model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     return model.to(device).eval()
 

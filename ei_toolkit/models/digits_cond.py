@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..diffusion.guidance import classifier_free_guidance
-from .digits import load_shipped, time_embedding
+from .digits import check_digits_input, load_shipped, time_embedding
 
 WEIGHTS = Path(__file__).with_name("digits_cond_eps.pt")
 NUM_CLASSES = 10
@@ -43,9 +43,8 @@ class DigitsCondEps(nn.Module):
         return time_embedding(t, self.emb, self.inp.weight.dtype)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        check_digits_input(x, t, "DigitsCondEps")
         b = x.shape[0]
-        if x.shape[1:] not in ((1, 8, 8), (64,)):
-            raise ValueError(f"x must have shape (batch, 1, 8, 8) or (batch, 64); got {tuple(x.shape)}")
         y = torch.full((b,), NULL_LABEL, dtype=torch.long, device=x.device) if y is None else check_labels(y, b)
         h = self.inp(x.reshape(b, 64).to(self.inp.weight.dtype))
         e = self.time(self.embed(t.reshape(-1).expand(b))) + self.label(y.to(x.device))
