@@ -32,8 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import NumericalError
+from .files import model_id, read_json, write_new
 from .grids import time_grid
 from .integrators import Integrator, Method, get_integrator
+from .integrators.base import SolveRequest
 from .model import Model
 from .sampling import DEFAULT_METHOD, default_method, solve
 from .sde import LinearSDE
@@ -63,6 +66,7 @@ def _lam(sde: LinearSDE, t: torch.Tensor) -> np.ndarray:
 def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str | Method | None = None, nfe: int,
                   t_start: float | None = None, t_end: float | None = None, prediction: str = "eps",
                   reference: torch.Tensor | None = None, reference_rtol: float = 1e-7, max_solves: int = 200,
+                  reference_max_nfe: int | None = None,
                   return_info: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
     """A decreasing float64 tensor of ``steps + 1`` times (steps = what ``method`` spends ``nfe`` evaluations on)
     from ``t_start`` (default ``sde.t_max``) to ``t_end`` (default ``sde.t_min``) that minimises the method's error on
@@ -71,10 +75,13 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
 
     ``method`` defaults to the sampler's default for ``nfe`` (:func:`ei_toolkit.sampling.default_method`).
     ``reference``: the exact solution at t_end for ``x`` if you have it; otherwise it is computed once by method
-    ``"adaptive"`` at ``reference_rtol``. ``max_solves`` bounds the optimiser's solves (each ``nfe`` model
-    evaluations on the batch).
-    With ``return_info=True`` returns ``(grid, info)``: the objective at the default grid and at the result
-    (``loss_default``, ``loss``: mean log RMS error per trajectory), the grid it started from, and the model
+    ``"adaptive"`` at ``reference_rtol`` with at most ``reference_max_nfe`` evaluations (default
+    ``max(1000, max_solves * nfe)``: the reference costs at most what the optimiser may spend, or 1000; rtol 1e-7
+    takes 250-300 on the mixtures); a reference with a non-finite row is refused. ``max_solves`` bounds the
+    optimiser's solves (each ``nfe`` model evaluations on the batch).
+    With ``return_info=True`` returns ``(grid, info)``: the objective at the method's default grid for this SDE
+    (the grid ``solve`` uses without ``grid=``; its name is ``default_grid``) and at the result (``loss_default``,
+    ``loss``: mean log RMS error per trajectory), the grid it started from, and the model
     evaluations spent (``nfe_reference``, ``nfe_optimiser``, ``solves``).
     """
     from scipy.optimize import minimize
@@ -88,6 +95,10 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
     steps = m.steps_for_nfe(nfe)
     if isinstance(max_solves, bool) or not isinstance(max_solves, int) or max_solves < 1:
         raise ValueError(f"max_solves must be a positive integer; got {max_solves!r}")
+    if reference_max_nfe is None:
+        reference_max_nfe = max(1000, max_solves * nfe)
+    if isinstance(reference_max_nfe, bool) or not isinstance(reference_max_nfe, int) or reference_max_nfe < 2:
+        raise ValueError(f"reference_max_nfe must be an integer >= 2 or None; got {reference_max_nfe!r}")
     t_start = float(sde.t_max if t_start is None else t_start)
     t_end = float(sde.t_min if t_end is None else t_end)
     if not sde.t0 <= t_end < t_start <= sde.t_max:
@@ -104,13 +115,18 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
     info: dict[str, Any] = {"method": m.name, "nfe": nfe, "steps": steps, "solves": 0}
     if reference is None:
         ref_sol = solve(model, x.to(torch.float64), sde, method="adaptive", t_start=t_start, t_end=t_end,
-                        prediction=prediction, options={"rtol": reference_rtol, "atol": reference_rtol})
+                        prediction=prediction, options={"rtol": reference_rtol, "atol": reference_rtol,
+                                                        "max_nfe": reference_max_nfe})
         reference, info["nfe_reference"] = ref_sol.x, ref_sol.nfe
     else:
         if not isinstance(reference, torch.Tensor) or reference.shape != x.shape:
             raise ValueError(f"reference must be a tensor shaped like x {tuple(x.shape)}")
         info["nfe_reference"] = 0
     ref = reference.to(torch.float64).reshape(len(x), -1)
+    bad_rows = (~torch.isfinite(ref).all(1)).nonzero().flatten().tolist()
+    if bad_rows:
+        raise ValueError(f"reference: rows {bad_rows[:10]} hold NaN or inf (of {len(ref)}); every trajectory needs a "
+                         "finite exact solution, or the loss is NaN")
 
     def grid_of(theta: np.ndarray) -> torch.Tensor:
         w = np.exp(theta - theta.max())
@@ -131,9 +147,14 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
         info["solves"] += 1
         out = solve(model, x, sde, method=m, grid=grid, nfe=nfe, prediction=prediction).x
         err = (out.to(torch.float64).reshape(len(x), -1) - ref).pow(2).mean(1).sqrt()
-        return float(torch.log(err + 1e-12).mean())
+        value = float(torch.log(err + 1e-12).mean())
+        return value if math.isfinite(value) else math.inf  # NaN would compare false everywhere
 
-    starts = [m.default_grid, *[g for g in _STARTS if g != m.default_grid]]
+    # the grid solve() uses without grid= (EMSAdams: quadratic_t for VP, uniform_logrho for EDM / VE), not the class
+    # attribute: loss_default is the error the user would get without calibration
+    _, default_name = m.times(SolveRequest(evaluator=None, x=x, sde=sde, t_start=t_start, t_end=t_end, nfe=nfe))
+    info["default_grid"] = default_name
+    starts = [default_name, *[g for g in _STARTS if g != default_name]]
     scored = []
     for name in starts:
         try:
@@ -146,7 +167,10 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
             scored.append((loss(g), name, g))
         except _Budget:  # max_solves smaller than the number of starting grids
             break
-    info["loss_default"] = scored[0][0]
+    info["loss_default"] = scored[0][0] if scored and scored[0][1] == default_name else math.nan
+    if not scored or not math.isfinite(min(s[0] for s in scored)):
+        raise NumericalError(f"optimize_grid: {m.name} gave a non-finite error on every starting grid "
+                             f"({', '.join(starts)}); the model or the calibration batch is not usable")
     best_loss, best_name, best_grid = min(scored, key=lambda s: s[0])
     info["start"] = best_name
     best = {"loss": best_loss, "grid": best_grid}
@@ -186,28 +210,6 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(repr(obj).encode()).hexdigest()[:32]
 
 
-def model_id(model: Any) -> str:
-    """An identifier of a model: a string is taken as given; a ``torch.nn.Module`` is identified by its class and
-    the SHA-256 of its parameters and buffers (by value: a retrained model gets another id); any other callable by
-    its module and qualified name only (pass a string id for plain functions whose behaviour depends on captured
-    data)."""
-    if isinstance(model, str):
-        if not model:
-            raise ValueError("a model id must be a non-empty string")
-        return model
-    if isinstance(model, torch.nn.Module):
-        h = hashlib.sha256()
-        for k, v in sorted(model.state_dict().items()):
-            h.update(k.encode())
-            h.update(str(v.dtype).encode())
-            h.update(str(tuple(v.shape)).encode())
-            h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-        return f"module:{type(model).__module__}.{type(model).__qualname__}:{h.hexdigest()[:32]}"
-    if callable(model):
-        return f"callable:{getattr(model, '__module__', '?')}.{getattr(model, '__qualname__', type(model).__name__)}"
-    raise TypeError(f"model must be a callable model or a string id; got {type(model).__name__}")
-
-
 def grid_key(model: Any, sde: LinearSDE, method: str | Method | None, nfe: int) -> dict[str, Any]:
     """The key a saved grid is valid for: model id, SDE (its class and a digest of its derivation and window),
     method (name and a digest of its configuration) and NFE."""
@@ -217,31 +219,49 @@ def grid_key(model: Any, sde: LinearSDE, method: str | Method | None, nfe: int) 
             "method_config": _digest(m.key), "nfe": int(nfe)}
 
 
+GRID_MAX_BYTES = 1 << 20
+"""A grid file larger than this (1 MiB) is refused before it is read."""
+
+
+def _grid_sha256(key: dict[str, Any], times: list[float]) -> str:
+    """The digest of a grid file's content: its key and its times (as JSON with sorted keys, exact floats)."""
+    return hashlib.sha256(json.dumps({"key": key, "times": times}, sort_keys=True).encode()).hexdigest()
+
+
 def save_grid(path: str | Path, grid: torch.Tensor, *, model: Any, sde: LinearSDE, method: str | Method | None = None,
               nfe: int) -> Path:
-    """Write ``grid`` (decreasing times) with its key (:func:`grid_key`) as a small JSON file; returns the path."""
+    """Write ``grid`` (decreasing times) with its key (:func:`grid_key`) and the digest of both as a small JSON file
+    (through a temporary file of a random name, then renamed); returns the path."""
     key = grid_key(model, sde, method, nfe)
     t = torch.as_tensor(grid, dtype=torch.float64).flatten()
-    _check_times(t, key, _check_method(method, nfe), str(path))
-    doc = {"format": GRID_FORMAT, "version": GRID_VERSION, "key": key, "times": [float(v) for v in t]}
+    _check_times(t, key, _check_method(method, nfe), sde, str(path))
+    times = [float(v) for v in t]
+    doc = {"format": GRID_FORMAT, "version": GRID_VERSION, "key": key, "times": times,
+           "sha256": _grid_sha256(key, times)}
     path = Path(path)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    write_new(path, lambda f: f.write((json.dumps(doc, indent=1) + "\n").encode()))
     return path
 
 
 def load_grid(path: str | Path, *, model: Any, sde: LinearSDE, method: str | Method | None = None,
-              nfe: int) -> torch.Tensor:
-    """The grid saved at ``path`` for exactly this (model, SDE, method, NFE); a ValueError naming every field that
-    differs otherwise (a grid tuned for one model or method is not valid for another)."""
+              nfe: int, t_start: float | None = None, t_end: float | None = None) -> torch.Tensor:
+    """The grid saved at ``path`` for exactly this (model, SDE, method, NFE); a ValueError naming the file otherwise:
+    every key field that differs (a grid tuned for one model or method is not valid for another), a file that is not
+    a regular file of at most :data:`GRID_MAX_BYTES` or not JSON, times that are not strictly decreasing inside the
+    SDE's domain or do not fit ``nfe``, content that does not match its digest (an edited file). With ``t_start`` /
+    ``t_end`` its ends must be those."""
     path = Path(path)
+    where = f"grid file {str(path)!r}"
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not a saved grid (invalid JSON: {e})") from None
+        doc = read_json(path, "grid file", max_bytes=GRID_MAX_BYTES)
+    except FileNotFoundError:
+        raise ValueError(f"{where}: no such file") from None
+    except ValueError as e:
+        raise ValueError(f"{path} is not a saved grid: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != GRID_FORMAT or not isinstance(doc.get("key"), dict):
-        raise ValueError(f"{path} is not a saved ei_toolkit grid (expected format {GRID_FORMAT!r})")
+        raise ValueError(f"{where} is not a saved ei_toolkit grid (expected format {GRID_FORMAT!r})")
     if doc.get("version") != GRID_VERSION:
-        raise ValueError(f"{path}: unsupported grid file version {doc.get('version')!r} (expected {GRID_VERSION})")
+        raise ValueError(f"{where}: unsupported grid file version {doc.get('version')!r} (expected {GRID_VERSION})")
     want = grid_key(model, sde, method, nfe)
     have = doc["key"]
     diff = [f"{k}: saved {have.get(k)!r}, requested {v!r}" for k, v in want.items() if have.get(k) != v]
@@ -249,17 +269,32 @@ def load_grid(path: str | Path, *, model: Any, sde: LinearSDE, method: str | Met
         raise ValueError(f"the grid in {path} was saved for another configuration; refusing it ("
                          + "; ".join(diff) + ")")
     times = doc.get("times")
-    if not isinstance(times, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not isinstance(times, list) or not all(isinstance(v, float | int) and not isinstance(v, bool)
                                               for v in times):
-        raise ValueError(f"{path}: 'times' must be a list of numbers")
-    t = torch.tensor(times, dtype=torch.float64)
-    _check_times(t, want, _check_method(method, nfe), str(path))
+        raise ValueError(f"{where}: 'times' must be a list of numbers")
+    if len(times) > 100_000:
+        raise ValueError(f"{where}: {len(times)} times; a grid holds at most 100000")
+    try:
+        values = [float(v) for v in times]
+    except OverflowError:
+        raise ValueError(f"{where}: 'times' holds a number out of range") from None
+    if doc.get("sha256") != _grid_sha256(have, values):
+        raise ValueError(f"{where} was edited or is corrupt: its content does not match its digest (sha256); "
+                         "calibrate the grid again")
+    t = torch.tensor(values, dtype=torch.float64)
+    _check_times(t, want, _check_method(method, nfe), sde, where)
+    for name, end, got in (("t_start", t_start, values[0]), ("t_end", t_end, values[-1])):
+        if end is not None and got != float(end):
+            raise ValueError(f"{where}: the grid runs from {values[0]!r} to {values[-1]!r}; {name}={end!r} requested")
     return t
 
 
-def _check_times(t: torch.Tensor, key: dict[str, Any], m: Integrator, where: str) -> None:
+def _check_times(t: torch.Tensor, key: dict[str, Any], m: Integrator, sde: LinearSDE, where: str) -> None:
     if t.numel() < 2 or not bool(torch.isfinite(t).all()) or not bool((t[1:] < t[:-1]).all()):
         raise ValueError(f"{where}: a grid must hold at least 2 finite, strictly decreasing times")
+    if not (float(t[-1]) >= sde.t0 and float(t[0]) <= sde.t_max):
+        raise ValueError(f"{where}: the grid runs from {float(t[0])!r} to {float(t[-1])!r}, outside the SDE's domain "
+                         f"[{sde.t0!r}, {sde.t_max!r}]")
     steps = m.steps_for_nfe(key["nfe"])
     if t.numel() != steps + 1:
         raise ValueError(f"{where}: {t.numel()} times do not fit nfe={key['nfe']} for {m.name!r} ({steps + 1} times "

@@ -11,10 +11,13 @@ lam = -log rho,
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from .errors import NumericalError, positive_int
+from .files import model_id as _model_id
 from .grids import time_grid
 from .integrators.ems import ModelStatistics, _sde_tag
 from .integrators.kernels import half_lambda
@@ -27,12 +30,17 @@ RIDGE = 1e-6
 
 def model_statistics(model: Model, x: torch.Tensor, sde: LinearSDE, *, nodes: int = 200, probes: int = 2,
                      t_start: float | None = None, t_end: float | None = None, prediction: str = "eps",
-                     generator: torch.Generator | None = None, step: float = 1e-3) -> ModelStatistics:
+                     generator: torch.Generator | None = None, step: float = 1e-3,
+                     model_id: str | None = None) -> ModelStatistics:
     """Estimate l, s, b (module docstring) on ``nodes + 1`` nodes uniform in -log rho from ``t_start`` (default
     ``sde.t_max``) to ``t_end`` (default ``sde.t_min``), from the calibration batch ``x`` (states at t_start; a few
     hundred draws of the prior). Costs ``nodes`` batch evaluations for the trajectories (4-point exponential Adams,
     float64 state) and ``(nodes + 1) * (1 + 2 * probes)`` for the statistics. ``step``: the central-difference step
-    relative to the state's RMS. Returns :class:`ModelStatistics` (``.save(path)`` / ``ModelStatistics.load``)."""
+    relative to the state's RMS, at least sqrt(eps) of ``x``'s dtype (below, the difference of the two evaluations is
+    round-off: at a step under eps it is exactly 0). ``model_id``: what the statistics record as their model
+    (default: :func:`ei_toolkit.grid_opt.model_id` of ``model``, the SHA-256 of an nn.Module's weights), checked by
+    ``ModelStatistics.load(..., model=)``. Returns :class:`ModelStatistics` (``.save(path)`` /
+    ``ModelStatistics.load``)."""
     from .sampling import solve
 
     if not isinstance(sde, LinearSDE):
@@ -45,6 +53,12 @@ def model_statistics(model: Model, x: torch.Tensor, sde: LinearSDE, *, nodes: in
         raise ValueError(f"nodes must be at least 4 (the derivative along lam needs them); got {nodes}")
     if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step < 1:
         raise ValueError(f"step must be a number in (0, 1); got {step!r}")
+    floor = math.sqrt(torch.finfo(x.dtype).eps)
+    if step < floor:
+        raise ValueError(f"step={step!r} is below what {x.dtype} resolves: the central differences of the model would "
+                         f"be round-off (0 for a step under eps); use step >= sqrt(eps) = {floor:.3g} (default 1e-3), "
+                         "or a float64 calibration batch")
+    recorded = _model_id(model) if model_id is None else _model_id(model_id)
     t_start = float(sde.t_max if t_start is None else t_start)
     t_end = float(sde.t_min if t_end is None else t_end)
     if not sde.t0 <= t_end < t_start <= sde.t_max:
@@ -91,4 +105,4 @@ def model_statistics(model: Model, x: torch.Tensor, sde: LinearSDE, *, nodes: in
                              "along the calibration trajectories)")
     return ModelStatistics(lam=torch.from_numpy(lam.copy()), l=torch.from_numpy(l_arr), s=torch.from_numpy(s),
                            b=torch.from_numpy(b).reshape(nodes + 1, *x.shape[1:]), sde=_sde_tag(sde),
-                           samples=int(x.shape[0]))
+                           samples=int(x.shape[0]), model=recorded)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,14 @@ from .base import (
 from .kernels import half_lambda
 
 STATS_FORMAT = "ei_toolkit-model-statistics"
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: a content digest (sha256) and the id of the model they were estimated from
+MAX_NODES = 100_000
+"""At most this many nodes of lam in a statistics file."""
+MAX_TABLE_ELEMENTS = 1 << 27
+"""At most this many elements of b (nodes x one sample's elements; 1 GiB in float64) in a statistics file."""
+MAX_STATISTICS_BYTES = MAX_TABLE_ELEMENTS * 8 + (1 << 20)
+"""A statistics file larger than this is refused before it is read."""
+_KEYS = {"format", "version", "sde", "samples", "model", "sha256", "lam", "l", "s", "b"}
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(8)
 
 
@@ -52,8 +60,11 @@ def _sde_tag(sde: Any) -> str:
 @dataclass(frozen=True, eq=False)
 class ModelStatistics:
     """Tables of l, s (scalars) and b (shaped like one sample) on increasing nodes ``lam`` of -log rho, for one SDE
-    (``sde``: its class and a digest of its derivation). Made by :func:`ei_toolkit.model_statistics`; ``samples``
-    is the calibration batch size. ``digest`` identifies the values (plans are cached by it)."""
+    (``sde``: its class and a digest of its derivation) and one model (``model``: the id of the model they were
+    estimated from, :func:`ei_toolkit.grid_opt.model_id`; None if unknown). Made by
+    :func:`ei_toolkit.model_statistics`; ``samples`` is the calibration batch size. ``sha256`` is the digest of
+    the content (values, shapes, SDE, samples, model), kept in the saved file and checked when it is loaded;
+    ``digest`` identifies the values alone (plans are cached by it)."""
 
     lam: torch.Tensor
     l: torch.Tensor  # noqa: E741 (the paper's name)
@@ -61,6 +72,8 @@ class ModelStatistics:
     b: torch.Tensor
     sde: str
     samples: int
+    model: str | None = None
+    sha256: str = field(init=False)
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,47 +88,139 @@ class ModelStatistics:
                 raise ValueError(f"statistics: {name} must hold {k} finite values (one per node of lam)")
             object.__setattr__(self, name, v)
         b = torch.as_tensor(self.b, dtype=torch.float64)
-        if b.ndim < 1 or b.shape[0] != k or not bool(torch.isfinite(b).all()):
+        if b.ndim < 2 or b.shape[0] != k or not bool(torch.isfinite(b).all()):
             raise ValueError(f"statistics: b must be finite, shaped ({k}, *sample shape)")
+        if not isinstance(self.sde, str) or (self.model is not None and (not isinstance(self.model, str)
+                                                                         or not self.model)):
+            raise ValueError("statistics: sde must be a string and model a non-empty string or None")
         object.__setattr__(self, "lam", lam)
         object.__setattr__(self, "b", b.contiguous())
-        h = hashlib.sha256()
-        for v in (self.lam, self.l, self.s, self.b):
-            h.update(v.numpy().tobytes())
-        h.update(repr((tuple(self.b.shape), self.sde, int(self.samples))).encode())
-        object.__setattr__(self, "digest", h.hexdigest()[:24])
+        object.__setattr__(self, "samples", int(self.samples))
+        values, sha = _digests(self.lam, self.l, self.s, self.b, self.sde, self.samples, self.model)
+        object.__setattr__(self, "sha256", sha)
+        object.__setattr__(self, "digest", values)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.b.shape[1:])
 
     def save(self, path: str | Path) -> Path:
-        """Write the tables (torch.save of plain tensors and strings; :meth:`load` reads them with
-        ``weights_only=True``)."""
+        """Write the tables (torch.save of plain tensors and strings, with the content digest ``sha256``;
+        :meth:`load` reads them with ``weights_only=True`` and checks everything, docs/untrusted_files.md)."""
         path = Path(path)
         torch.save({"format": STATS_FORMAT, "version": STATS_VERSION, "sde": self.sde, "samples": int(self.samples),
+                    "model": self.model, "sha256": self.sha256,
                     "lam": self.lam, "l": self.l, "s": self.s, "b": self.b}, path)
         return path
 
     @classmethod
-    def load(cls, path: str | Path, *, sde: Any | None = None) -> ModelStatistics:
-        """The statistics saved at ``path``; with ``sde``, refused (ValueError) unless they were made for it."""
-        doc = torch.load(Path(path), weights_only=True)
-        if not isinstance(doc, dict) or doc.get("format") != STATS_FORMAT:
-            raise ValueError(f"{path} is not saved ei_toolkit model statistics (expected format {STATS_FORMAT!r})")
-        if doc.get("version") != STATS_VERSION:
-            raise ValueError(f"{path}: unsupported statistics version {doc.get('version')!r} (expected "
-                             f"{STATS_VERSION})")
-        stats = cls(lam=doc["lam"], l=doc["l"], s=doc["s"], b=doc["b"], sde=str(doc["sde"]),
-                    samples=int(doc["samples"]))
+    def load(cls, path: str | Path, *, sde: Any | None = None, model: Any | None = None) -> ModelStatistics:
+        """The statistics saved at ``path`` (a regular file; see docs/untrusted_files.md for what is checked before
+        anything is allocated); every failure is a ValueError naming the file. With ``sde`` refused unless they
+        were made for it; with ``model`` (a model or its id string) refused unless they were estimated from it."""
+        stats = _load_checked(Path(path))
         if sde is not None:
             stats.check_sde(sde)
+        if model is not None:
+            stats.check_model(model, where=str(path))
         return stats
 
     def check_sde(self, sde: Any) -> None:
         if _sde_tag(sde) != self.sde:
             raise ValueError(f"these model statistics were estimated for the SDE {self.sde}, not for {_sde_tag(sde)}; "
                              "estimate them again with ei_toolkit.model_statistics for this SDE")
+
+    def check_model(self, model: Any, *, where: str = "these model statistics") -> None:
+        """Refuse (ValueError) unless the statistics were estimated from ``model`` (a model or its id string)."""
+        from ..files import model_id
+
+        want = model_id(model)
+        if self.model is None:
+            raise ValueError(f"{where}: the statistics record no model, so they cannot be checked against {want!r}; "
+                             "estimate them again with ei_toolkit.model_statistics (which records it), or load them "
+                             "without model= to use them unchecked")
+        if self.model != want:
+            raise ValueError(f"{where}: the statistics were estimated from the model {self.model!r}, not from "
+                             f"{want!r}; estimate them again with ei_toolkit.model_statistics for this model")
+
+
+def _digests(lam: torch.Tensor, l: torch.Tensor, s: torch.Tensor, b: torch.Tensor, sde: str,  # noqa: E741
+             samples: int, model: str | None) -> tuple[str, str]:
+    """(the values' digest, 24 hex digits: what a plan depends on; the content's SHA-256, with the model too)."""
+    h = hashlib.sha256()
+    for v in (lam, l, s, b):
+        h.update(v.contiguous().numpy().tobytes())
+    h.update(repr((tuple(b.shape), sde, int(samples))).encode())
+    values = h.hexdigest()[:24]
+    h.update(repr(("model", model)).encode())
+    return values, h.hexdigest()
+
+
+def _load_checked(path: Path) -> ModelStatistics:
+    """Read a statistics file as untrusted input: a regular file of bounded size; a zip whose members are stored
+    (not compressed) and declare no more bytes than the file holds; torch.load with ``weights_only=True``; exactly
+    the expected keys and types; every tensor float64, contiguous, owning exactly its storage, within
+    :data:`MAX_NODES` / :data:`MAX_TABLE_ELEMENTS`; consistent shapes; the content digest."""
+    import zipfile
+
+    from ..files import check_tensor, open_regular
+
+    what = "statistics file"
+    try:
+        f = open_regular(path, what, max_bytes=MAX_STATISTICS_BYTES)
+    except FileNotFoundError:
+        raise ValueError(f"{what} {str(path)!r}: no such file") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            with zipfile.ZipFile(f) as z:
+                members = z.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise ValueError(f"{what} {str(path)!r} is not saved ei_toolkit model statistics (not a torch.save zip "
+                             f"archive: {e})") from None
+        if len(members) > 64 or any(m.compress_type != zipfile.ZIP_STORED for m in members) \
+                or sum(m.file_size for m in members) > size:
+            raise ValueError(f"{what} {str(path)!r} is not saved ei_toolkit model statistics (its zip members are "
+                             "compressed, too many, or declare more bytes than the file holds)")
+        f.seek(0)
+        try:
+            doc = torch.load(f, weights_only=True, map_location="cpu")
+        except Exception as e:  # truncated, text, empty, a refused pickle: torch's own advice does not apply here
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise ValueError(f"{what} {str(path)!r} cannot be read as saved ei_toolkit model statistics "
+                             f"({type(e).__name__}{': ' + first if first else ''})") from None
+    if not isinstance(doc, dict) or doc.get("format") != STATS_FORMAT:
+        raise ValueError(f"{what} {str(path)!r} is not saved ei_toolkit model statistics (expected format "
+                         f"{STATS_FORMAT!r})")
+    if doc.get("version") != STATS_VERSION:
+        raise ValueError(f"{what} {str(path)!r}: unsupported statistics version {doc.get('version')!r} (expected "
+                         f"{STATS_VERSION}; version 1 files carry no digest: estimate them again)")
+    if set(doc) != _KEYS:
+        raise ValueError(f"{what} {str(path)!r}: expected the keys {sorted(_KEYS)}; got {sorted(map(str, doc))}")
+    text_ok = all(isinstance(doc[k], str) and 0 < len(doc[k]) <= 1000 for k in ("sde", "sha256"))
+    model_ok = doc["model"] is None or (isinstance(doc["model"], str) and 0 < len(doc["model"]) <= 1000)
+    if not (text_ok and model_ok):
+        raise ValueError(f"{what} {str(path)!r}: sde, sha256 must be short strings, model a short string or None")
+    samples = doc["samples"]
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 0 < samples < 2**62:
+        raise ValueError(f"{what} {str(path)!r}: samples must be a positive integer; got {samples!r}")
+    where = f"{what} {str(path)!r}"
+    lam = check_tensor(doc["lam"], "lam", where, dtype=torch.float64, ndim=1, max_numel=MAX_NODES)
+    k = lam.numel()
+    tabs = [check_tensor(doc[n], n, where, dtype=torch.float64, ndim=1, max_numel=MAX_NODES) for n in ("l", "s")]
+    b = check_tensor(doc["b"], "b", where, dtype=torch.float64, ndim=range(2, 10), max_numel=MAX_TABLE_ELEMENTS)
+    if any(t.numel() != k for t in tabs) or b.shape[0] != k or min(b.shape) < 1:
+        raise ValueError(f"{where}: lam, l, s must hold one value per node and b be shaped (nodes, *sample shape); "
+                         f"got {k}, {[t.numel() for t in tabs]}, {tuple(b.shape)}")
+    _, sha = _digests(lam, tabs[0], tabs[1], b, doc["sde"], samples, doc["model"])
+    if sha != doc["sha256"]:
+        raise ValueError(f"{where} is corrupt: its content does not match its digest (sha256 {doc['sha256'][:16]}..., "
+                         f"computed {sha[:16]}...); estimate the statistics again or restore the file")
+    try:
+        return ModelStatistics(lam=lam, l=tabs[0], s=tabs[1], b=b, sde=doc["sde"], samples=samples,
+                               model=doc["model"])
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 class _Tables:
@@ -198,6 +303,10 @@ class EMSPlan(PredictorCorrectorPlan):
         surrogate of conditioning.py (a state without sample dimensions: the biases do not change d x_end / d e)."""
         if x.ndim == 1:
             return None
+        if tuple(x.shape[1:]) != tuple(self.beta.shape[1:]):  # a step-by-step driver (a diffusers pipeline) would
+            # otherwise broadcast them onto another sample shape
+            raise ValueError(f"x has samples shaped {tuple(x.shape[1:])}, but these model statistics are for samples "
+                             f"shaped {tuple(self.beta.shape[1:])}")
         cache = self._device_cache
         key = ("bias", x.device, x.dtype)
         hit = cache.get(key)
