@@ -19,13 +19,12 @@ module of its scheduler, and diffusers' loader looks them up there to find how t
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar
 
 import numpy as np
@@ -89,10 +88,53 @@ def _ems_method(method: str, statistics: Any, sde: DiscreteVP) -> EMSAdams:
         raise TypeError(f"statistics must be the path of a saved ModelStatistics file (the config is JSON); got "
                         f"{type(statistics).__name__}")
     path = Path(statistics)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ValueError(f"statistics {str(path)!r}: no such file (a relative path in a saved config is read from "
                          "the scheduler's folder by from_pretrained, otherwise from the working directory)")
-    return EMSAdams.named(method, ModelStatistics.load(path, sde=sde))
+    return EMSAdams.named(method, ModelStatistics.load(path, sde=sde))  # a ValueError naming the file if it is bad
+
+
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
+
+
+def _statistics_in_folder(root: str | os.PathLike, subfolder: str | None, named: Any, hub: dict[str, Any]) -> str:
+    """The real path of the statistics file ``named`` by the config of ``root``/``subfolder`` (a local folder or a
+    hub repo id), refused (ValueError) unless it is a plain relative name inside that folder."""
+    where = f"the scheduler config in {os.fspath(root)!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+    if not isinstance(named, str) or not named or "\\" in named or "\0" in named:
+        raise ValueError(f"{where} names statistics {named!r}; expected a file name relative to the scheduler's "
+                         f"folder, e.g. {STATISTICS_FILE!r}")
+    rel = PurePosixPath(named)
+    if rel.is_absolute() or PureWindowsPath(named).drive or ".." in rel.parts:
+        raise ValueError(f"{where} names statistics {named!r}, outside the scheduler's folder; from_pretrained reads "
+                         f"them from that folder only (an absolute name or '..' is refused): expected e.g. "
+                         f"{STATISTICS_FILE!r}, or pass statistics= yourself")
+    if os.path.isdir(root):
+        folder = Path(root, subfolder or "")
+        real = os.path.realpath(folder / rel)
+        allowed = [os.path.realpath(folder)]
+        parts = Path(allowed[0]).parts
+        if "snapshots" in parts:  # a hub cache snapshot (snapshot_download): its files link to the repo's blobs
+            repo = Path(*parts[: len(parts) - 1 - parts[::-1].index("snapshots")])
+            if (repo / "blobs").is_dir():
+                allowed.append(os.path.realpath(repo / "blobs"))
+        if not any(os.path.commonpath([real, a]) == a for a in allowed):
+            raise ValueError(f"{where} names statistics {named!r}, which leads out of the scheduler's folder (to "
+                             f"{real!r}, through a link); refused")
+        if not os.path.isfile(real):
+            raise ValueError(f"{where} names statistics {named!r}, but {str(folder / rel)!r} is not a file")
+        return real
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(os.fspath(root), rel.name, subfolder="/".join(p for p in (subfolder or "",
+                                                                                          str(rel.parent)) if p
+                                                                             and p != "."), **hub)
+    except Exception as e:  # not in the repo, not in the offline cache, no network
+        raise ValueError(f"{where} names statistics {named!r}, which could not be fetched from the repo "
+                         f"{os.fspath(root)!r} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+                         ) from None
+    return os.path.realpath(path)
 
 
 def _f32(t: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -196,8 +238,9 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
             operator.index(steps_offset)
         except TypeError:
             raise ValueError(f"steps_offset must be an integer; got {steps_offset!r}") from None
-        if thresholding and not (0 < _number("dynamic_thresholding_ratio", dynamic_thresholding_ratio) < 1):
-            raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1); got {dynamic_thresholding_ratio!r}")
+        if thresholding and not (0 <= _number("dynamic_thresholding_ratio", dynamic_thresholding_ratio) <= 1):
+            raise ValueError(f"dynamic_thresholding_ratio must lie in [0, 1] (a quantile, as in diffusers); got "
+                             f"{dynamic_thresholding_ratio!r}")
         if not _number("sample_max_value", sample_max_value) > 0:
             raise ValueError(f"sample_max_value must be positive; got {sample_max_value!r}")
         if not _number("clip_sample_range", clip_sample_range) > 0:
@@ -626,16 +669,20 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None,
                         subfolder: str | None = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
-        """As diffusers' ``from_pretrained``; from a local folder, a relative ``statistics`` path in the config is
-        read from that folder (where :meth:`save_pretrained` put it)."""
+        """As diffusers' ``from_pretrained``. A ``statistics`` file named in the config is read from the scheduler's
+        own folder only (where :meth:`save_pretrained` put it): from a local folder, a relative name inside it (an
+        absolute name, ``..`` or a link leading out of the folder is refused); from a hub repo id, the file of that
+        name in the same repo, revision and subfolder, through huggingface_hub's download and cache
+        (``cache_dir``, ``revision``, ``local_files_only``, ``token`` ... apply), never a path relative to the
+        working directory. ``statistics=`` given here is a path of the caller's and is read as given."""
         if "statistics" not in kwargs and pretrained_model_name_or_path is not None:
-            folder = Path(pretrained_model_name_or_path, subfolder or "")
+            hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
             try:
-                named = json.loads((folder / cls.config_name).read_text()).get("statistics")
-            except (OSError, ValueError, AttributeError):
-                named = None  # not a local folder with a config: diffusers' loader reports that
-            if isinstance(named, str) and not Path(named).is_absolute():
-                kwargs["statistics"] = str(folder / named)
+                named = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder, **hub).get("statistics")
+            except Exception:  # no readable config: diffusers' loader below reports that
+                named = None
+            if named is not None:
+                kwargs["statistics"] = _statistics_in_folder(pretrained_model_name_or_path, subfolder, named, hub)
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder,
                                        return_unused_kwargs=return_unused_kwargs, **kwargs)
 
