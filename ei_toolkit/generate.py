@@ -34,6 +34,7 @@ import json
 import math
 import operator
 import os
+import stat
 import struct
 import time
 import warnings
@@ -48,6 +49,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import NumericalError, positive_int
+from .files import open_regular, read_json, temp_files, write_new
 from .integrators import Integrator, Method, get_integrator
 from .model import Model
 from .sampling import DEFAULT_MATRIX_METHOD, default_method, describe_defaults, guidance_scale_of, solve
@@ -59,14 +61,34 @@ SHARD_PATTERN = "shard-*.npz"
 DEFAULT_BATCH = 256
 DEFAULT_BLOCK = 64
 DEFAULT_SHARD_SIZE = 1000
+LOCK = ".ei_toolkit-generate.lock"
+"""The lock file a run holds (``fcntl.flock``, exclusive) from its first check to its last shard; it holds the pid."""
+MAX_SHARDS = 1_000_000
+"""A manifest (or a generate call) may declare at most this many shards."""
+MAX_SAMPLE_ELEMENTS = 1 << 26
+"""At most this many elements per sample (the product of ``shape``)."""
+MAX_SHARD_BYTES = 1 << 32
+"""At most this many bytes of float32 samples per shard (4 GiB): what reading one shard may allocate."""
+MANIFEST_MAX_BYTES = 1 << 20
+"""A manifest larger than this (1 MiB) is refused before it is read."""
+_NPY_SLACK = 1 << 16  # bytes a member may hold beyond its array's data (the .npy header)
 
 
 class ShardConfigError(ValueError):
-    """The output directory holds samples of another configuration (or shards without a manifest)."""
+    """The output directory holds samples of another configuration (or shards without a manifest), or another run
+    is writing into it."""
+
+
+class ShardLockError(ShardConfigError):
+    """Another ``generate`` run holds the output directory's lock."""
 
 
 class ShardError(RuntimeError):
     """Shards are missing or corrupt where a complete set is needed (evaluation, loading)."""
+
+
+class ManifestError(ShardError, ValueError):
+    """The manifest is missing, unreadable or not a valid ei_toolkit.generate manifest (names the file)."""
 
 
 def shard_name(k: int) -> str:
@@ -199,78 +221,154 @@ def _version() -> str:
 def _read_manifest(out_dir: Path) -> dict[str, Any]:
     path = out_dir / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        manifest = read_json(path, "manifest", max_bytes=MANIFEST_MAX_BYTES)
     except FileNotFoundError:
-        raise ShardError(f"{path} is missing: {out_dir} holds no generated samples") from None
+        raise ManifestError(f"{path} is missing: {out_dir} holds no generated samples") from None
     except (OSError, ValueError) as e:
-        raise ShardError(f"{path} is unreadable ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "config" not in manifest:
-        raise ShardError(f"{path} is not a manifest of ei_toolkit.generate (format {FORMAT!r})")
+        raise ManifestError(f"{path} is unreadable ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("config"),
+                                                                                            dict):
+        raise ManifestError(f"{path} is not a manifest of ei_toolkit.generate (format {FORMAT!r} with a config)")
+    _check_layout(manifest["config"], str(path))
     return manifest
 
 
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(file)`` to a temporary file in the same directory, fsync it, rename it over
-    ``path`` and fsync the directory: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _check_layout(config: dict[str, Any], where: str) -> tuple[int, int, tuple[int, ...]]:
+    """(n, shard_size, shape) of a configuration, checked: positive integers, at most :data:`MAX_SHARDS` shards,
+    :data:`MAX_SAMPLE_ELEMENTS` per sample and :data:`MAX_SHARD_BYTES` per shard; a ManifestError otherwise."""
+    n, size, shape = config.get("n"), config.get("shard_size"), config.get("shape")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if not is_int(n) or not is_int(size):
+        raise ManifestError(f"{where}: n and shard_size must be positive integers; got n={n!r}, shard_size={size!r}")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 8 or not all(is_int(v) for v in shape):
+        raise ManifestError(f"{where}: shape must be a list of 1 to 8 positive integers; got {shape!r}")
+    elements = math.prod(shape)
+    shards = -(-n // size)
+    if shards > MAX_SHARDS:
+        raise ManifestError(f"{where}: n={n} in shards of {size} makes {shards} shards, more than {MAX_SHARDS}; use "
+                            "larger shards")
+    if elements > MAX_SAMPLE_ELEMENTS or min(size, n) * elements * 4 > MAX_SHARD_BYTES:
+        raise ManifestError(f"{where}: shards of {min(size, n)} samples of shape {tuple(shape)} exceed "
+                            f"{MAX_SHARD_BYTES} bytes (or a sample {MAX_SAMPLE_ELEMENTS} elements); use smaller shards")
+    return n, size, tuple(shape)
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """SHA-256 of a configuration (canonical JSON): written into every shard and checked when it is read, so a
+    shard of another run, model or configuration is never kept as valid."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _write_shard(path: Path, index: np.ndarray, x: np.ndarray, digest: str) -> None:
+    write_new(path, lambda f: np.savez(f, index=index, x=x, config=np.array(digest, dtype="<U64")))
+
+
+class _BadShard(Exception):
+    pass
+
+
+def _member(z: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """Array ``name`` of a shard: its declared size, .npy header, dtype and shape checked before its data is read."""
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(path.parent, os.O_RDONLY)
+        info = z.getinfo(name)
+    except KeyError:
+        raise _BadShard(f"no array {name[:-4]!r}") from None
+    nbytes = math.prod(shape) * dtype.itemsize
+    if info.file_size > nbytes + _NPY_SLACK:
+        raise _BadShard(f"{name} declares {info.file_size} bytes, expected {nbytes} of data (+ its header)")
+    with z.open(info) as m:
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            version = np.lib.format.read_magic(m)
+            read = np.lib.format.read_array_header_2_0 if version == (2, 0) else np.lib.format.read_array_header_1_0
+            got_shape, fortran, got_dtype = read(m, max_header_size=_NPY_SLACK)
+        except (ValueError, SyntaxError, TypeError) as e:
+            raise _BadShard(f"{name} is not a .npy array ({e})") from None
+        if got_dtype != dtype or tuple(got_shape) != shape or (fortran and len(shape) > 1):
+            raise _BadShard(f"{name[:-4]} is {got_dtype} {tuple(got_shape)}, expected {dtype} {shape}")
+        data = m.read(nbytes)
+        if len(data) != nbytes or m.read(1):  # reading to the end checks the CRC
+            raise _BadShard(f"{name} holds {len(data)} bytes of data, expected {nbytes}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
 
 
-def _write_shard(path: Path, index: np.ndarray, x: np.ndarray) -> None:
-    _write_atomic(path, lambda f: np.savez(f, index=index, x=x))
-
-
-def check_shard(path: Path, expected: range, shape: Sequence[int]) -> str | None:
-    """Why the shard at ``path`` is not valid (``None`` if it is): unreadable or bad zip (CRC), missing arrays,
-    other indices than ``expected``, another shape or dtype, NaN or inf."""
+def _read_shard(path: Path, expected: range, shape: Sequence[int], digest: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(index, x) of the shard at ``path``, read as untrusted input (a regular file, bounded sizes; see
+    :func:`check_shard`); _BadShard with the reason, FileNotFoundError if missing."""
+    rows = len(expected)
+    xshape = (rows, *map(int, shape))
+    limit = rows * 8 + math.prod(xshape) * 4 + 4 * _NPY_SLACK
     try:
-        with np.load(path, allow_pickle=False) as z:
-            index, x = z["index"], z["x"]
+        f = open_regular(path, "shard", max_bytes=limit)
+    except ValueError as e:
+        raise _BadShard(str(e).replace(f"shard {str(path)!r} ", "")) from None
+    with f:
+        try:
+            with zipfile.ZipFile(f) as z:
+                names = sorted(z.namelist())
+                wanted = ["index.npy", "x.npy"] + (["config.npy"] if digest is not None else [])
+                if len(names) > 3 or not set(wanted) <= set(names) or not set(names) <= {"index.npy", "x.npy",
+                                                                                          "config.npy"}:
+                    raise _BadShard(f"holds {names[:5]}, expected {sorted(wanted)}")
+                if digest is not None:
+                    got = _member(z, "config.npy", np.dtype("<U64"), ())
+                    if str(got) != digest:
+                        raise _BadShard("written by another configuration (its configuration digest differs from "
+                                        "the manifest's)")
+                index = _member(z, "index.npy", np.dtype("<i8"), (rows,))
+                x = _member(z, "x.npy", np.dtype("<f4"), xshape)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+            raise _BadShard(f"unreadable: {type(e).__name__}: {e}") from None
+    if not np.array_equal(index, np.arange(expected.start, expected.stop, dtype=np.int64)):
+        raise _BadShard(f"index is not {expected.start}..{expected.stop - 1} (int64)")
+    if not np.isfinite(x).all():
+        raise _BadShard("x holds NaN or inf")
+    return index, x
+
+
+def check_shard(path: Path, expected: range, shape: Sequence[int], config_digest: str | None = None) -> str | None:
+    """Why the shard at ``path`` is not valid (``None`` if it is): missing; not a regular file (a link, a FIFO) or
+    larger than its arrays need; not a zip (npz) of exactly ``index``, ``x`` (and ``config`` when
+    ``config_digest`` is given); a member declaring more bytes than its array needs; another dtype or shape in an
+    array's header (checked before its data is read); a bad CRC; other indices than ``expected``; NaN or inf; a
+    configuration digest other than ``config_digest``."""
+    try:
+        _read_shard(Path(path), expected, shape, config_digest)
     except FileNotFoundError:
         return "missing"
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        return f"unreadable: {type(e).__name__}: {e}"
-    if index.dtype != np.int64 or index.shape != (len(expected),) or not np.array_equal(
-            index, np.arange(expected.start, expected.stop, dtype=np.int64)):
-        return f"index is not {expected.start}..{expected.stop - 1} (int64)"
-    if x.dtype != np.float32 or x.shape != (len(expected), *shape):
-        return f"x is {x.dtype} {x.shape}, expected float32 {(len(expected), *shape)}"
-    if not np.isfinite(x).all():
-        return "x holds NaN or inf"
+    except _BadShard as e:
+        return str(e)
     return None
 
 
-def _scan(out_dir: Path, shards: Sequence[int], shard_size: int, n: int, shape: Sequence[int]) -> dict[int, str]:
-    """{shard: reason} for those of ``shards`` that are missing or bad."""
+def _scan(out_dir: Path, shards: Sequence[int], shard_size: int, n: int, shape: Sequence[int],
+          digest: str | None) -> dict[int, str]:
+    """{shard: reason} for those of ``shards`` that are missing or bad (one directory listing finds the missing)."""
+    try:
+        present = {e.name for e in os.scandir(out_dir)}
+    except FileNotFoundError:
+        present = set()
     todo = {}
     for k in shards:
-        why = check_shard(out_dir / shard_name(k), shard_indices(k, shard_size, n), shape)
+        name = shard_name(k)
+        why = "missing" if name not in present else check_shard(out_dir / name, shard_indices(k, shard_size, n),
+                                                                shape, digest)
         if why is not None:
             todo[k] = why
     return todo
 
 
 def verify_shards(out_dir: str | Path) -> ShardReport:
-    """Check every shard the manifest of ``out_dir`` promises (see :func:`check_shard`)."""
+    """Check every shard the manifest of ``out_dir`` promises (see :func:`check_shard`), against the manifest's
+    configuration digest. A manifest that is not valid (types, positive integers, at most :data:`MAX_SHARDS`
+    shards of at most :data:`MAX_SHARD_BYTES`) raises :class:`ManifestError` (a ValueError naming it)."""
     out_dir = Path(out_dir)
     config = _read_manifest(out_dir)["config"]
-    n, size, shape = config["n"], config["shard_size"], config["shape"]
-    shards = range(math.ceil(n / size))
-    problems = _scan(out_dir, shards, size, n, shape)
+    n, size, shape = _check_layout(config, str(out_dir / MANIFEST))
+    shards = range(-(-n // size))
+    problems = _scan(out_dir, shards, size, n, shape, config_digest(config))
     return ShardReport(n=n, shard_size=size, valid=[k for k in shards if k not in problems],
                        missing=[k for k, why in problems.items() if why == "missing"],
                        bad={k: why for k, why in problems.items() if why != "missing"})
@@ -282,9 +380,13 @@ def iter_shards(out_dir: str | Path):
     report = verify_shards(out_dir)
     if not report.complete:
         raise ShardError(f"{out_dir}: {report.describe()}; rerun the same generate command to complete it")
+    config = _read_manifest(out_dir)["config"]
+    shape, digest = tuple(config["shape"]), config_digest(config)
     for k in report.valid:
-        with np.load(out_dir / shard_name(k), allow_pickle=False) as z:
-            yield z["index"], z["x"]
+        try:
+            yield _read_shard(out_dir / shard_name(k), shard_indices(k, report.shard_size, report.n), shape, digest)
+        except (FileNotFoundError, _BadShard) as e:
+            raise ShardError(f"{out_dir / shard_name(k)} changed while it was read ({e or 'missing'})") from None
 
 
 def load_shards(out_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -448,6 +550,10 @@ def generate(
     n, batch = positive_int("n", n), positive_int("batch", batch)
     block, shard_size = positive_int("block", block), positive_int("shard_size", shard_size)
     seed = _check_seed(seed)
+    try:
+        _check_layout({"n": n, "shard_size": shard_size, "shape": list(shape)}, "generate")
+    except ManifestError as e:
+        raise ValueError(str(e)) from None
     out_dir = Path(out_dir)
     matrix = isinstance(sde, MatrixLinearSDE)
     if method is None and not matrix:  # sample()'s default for this budget, with its grid
@@ -572,61 +678,123 @@ class _Job:
         return out
 
 
+class _Lock:
+    """An exclusive ``fcntl.flock`` on ``out_dir/LOCK`` (created if missing, never removed), holding the owner's pid
+    for the message a second run gets. The kernel drops the lock when its process dies: a killed run leaves no
+    stale lock."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no locking (docs/untrusted_files.md)
+            return
+        path = out_dir / LOCK
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as e:
+            raise ShardConfigError(f"{path}: cannot open the lock file ({e.strerror or e}); is it a link?") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ShardConfigError(f"{path} is not a regular file; remove it")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                raise ShardLockError(f"{out_dir}: another generate run (pid {owner}) is writing into this directory; "
+                                     "nothing was changed: wait for it to finish, or write to another directory"
+                                     ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+
 def _prepare(out_dir: Path, config: dict[str, Any], group: _Group, batch: int) -> None:
-    """Rank 0: create ``out_dir``, check the manifest against ``config`` (or write it), remove stale temporary
-    files of killed runs."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Rank 0, holding the lock: check the manifest against ``config`` (or write it; an existing manifest is never
+    replaced), remove temporary files of killed runs."""
     path = out_dir / MANIFEST
     has_shards = any(out_dir.glob(SHARD_PATTERN))
-    if path.exists():
-        old = _read_manifest(out_dir)["config"]
+    if os.path.lexists(path):
+        try:
+            old = _read_manifest(out_dir)["config"]
+        except ManifestError as e:
+            raise ShardConfigError(f"{e}; nothing was changed: write to another directory, or delete it") from None
         if old != config:
             diff = [f"{k}: {old.get(k)!r} there, {config.get(k)!r} now" for k in sorted(set(old) | set(config))
                     if old.get(k) != config.get(k)]
-            if has_shards:
-                raise ShardConfigError(f"{out_dir} holds samples of another configuration ({'; '.join(diff)}); "
-                                       f"nothing was changed: write to another directory, or delete this one")
-            warnings.warn(f"{path}: replacing the manifest of a run that wrote no shard ({'; '.join(diff)})",
-                          RuntimeWarning, stacklevel=3)
-        else:
-            config = None  # the same configuration: keep the manifest as it is
+            what = "samples" if has_shards else "the manifest (no shards yet)"
+            raise ShardConfigError(f"{out_dir} holds {what} of another configuration ({'; '.join(diff)}); nothing was "
+                                   f"changed: write to another directory, or delete this one")
+        config = None  # the same configuration: keep the manifest as it is
     elif has_shards:
         raise ShardConfigError(f"{out_dir} holds shards but no {MANIFEST}: their configuration is unknown; nothing "
                                f"was changed: write to another directory")
-    for stale in out_dir.glob(".shard-*.npz.tmp-*"):
+    # temporary files of killed runs (this run holds the lock: no live run is writing them)
+    stale = [*temp_files(out_dir, "shard-*.npz"), *temp_files(out_dir, MANIFEST),
+             *out_dir.glob(".shard-*.npz.tmp-*"), *out_dir.glob(f".{MANIFEST}.tmp-*")]  # the last two: older names
+    for p in stale:
         with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
+            if not p.is_dir() or p.is_symlink():
+                p.unlink()
     if config is not None:
         manifest = {"format": FORMAT, "config": config,
                     "created": {"utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "world_size": group.world,
                                 "batch": batch, "torch": torch.__version__}}
-        _write_atomic(path, lambda f: f.write((json.dumps(manifest, indent=1) + "\n").encode()))
+        if not write_new(path, lambda f: f.write((json.dumps(manifest, indent=1) + "\n").encode()), replace=False):
+            raise ShardConfigError(f"{path} appeared while this run prepared it (a run of an older version without "
+                                   "the lock?); nothing was changed: rerun")
 
 
 def _run(group: _Group, job: _Job, out_dir: Path, batch: int, model_id: str | None, progress: bool,
          start: float) -> GenerateResult:
-    # 1. rank 0 checks or writes the manifest; every rank learns the outcome (and raises the same error)
+    # 1. rank 0 takes the directory's lock for the whole run and checks or writes the manifest; every rank learns
+    # the outcome (and raises the same error) and the configuration digest its shards carry
     status: tuple[str, str] = ("ok", "")
-    if group.rank == 0:
-        try:
-            _prepare(out_dir, job.config(model_id), group, batch)
-        except ShardConfigError as e:
-            status = ("config", str(e))
-        except Exception as e:
-            if group.world == 1:
-                raise
-            status = ("error", f"{type(e).__name__}: {e}")
-    status = group.broadcast(status)
-    if status[0] == "config":
-        raise ShardConfigError(status[1])
-    if status[0] == "error":
-        raise RuntimeError(f"generate: rank 0 could not prepare {out_dir}: {status[1]}")
+    digest = ""
+    lock: _Lock | None = None
+    try:
+        if group.rank == 0:
+            try:
+                config = job.config(model_id)  # a bad model_id fails here, before the directory is created
+                digest = config_digest(config)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                lock = _Lock(out_dir)
+                _prepare(out_dir, config, group, batch)
+            except ShardLockError as e:
+                status = ("lock", str(e))
+            except ShardConfigError as e:
+                status = ("config", str(e))
+            except Exception as e:
+                if group.world == 1:
+                    raise
+                status = ("error", f"{type(e).__name__}: {e}")
+        status, digest = group.broadcast((status, digest))
+        if status[0] in ("config", "lock"):
+            raise (ShardLockError if status[0] == "lock" else ShardConfigError)(status[1])
+        if status[0] == "error":
+            raise RuntimeError(f"generate: rank 0 could not prepare {out_dir}: {status[1]}")
+        return _work(group, job, out_dir, batch, progress, start, digest)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _work(group: _Group, job: _Job, out_dir: Path, batch: int, progress: bool, start: float,
+          digest: str) -> GenerateResult:
     # 2. every rank checks its share of the existing shards; the missing or bad ones are dealt round-robin
     n, size = job.n, job.shard_size
     n_shards = math.ceil(n / size)
     out_dir.mkdir(parents=True, exist_ok=True)  # on other nodes, where the directory may be local
-    found = _scan(out_dir, range(group.rank, n_shards, group.world), size, n, job.shape)
+    found = _scan(out_dir, range(group.rank, n_shards, group.world), size, n, job.shape, digest)
     todo_map: dict[int, str] = {}
     for part in group.all_gather(found):
         todo_map.update(part)
@@ -656,7 +824,7 @@ def _run(group: _Group, job: _Job, out_dir: Path, batch: int, model_id: str | No
             if failure is None and r < len(mine):
                 try:
                     out = job.sample(mine[r])
-                    written += _collect(out_dir, pending, [i for b in mine[r] for i in b], out, size, n)
+                    written += _collect(out_dir, pending, [i for b in mine[r] for i in b], out, size, n, digest)
                     done = len(out)
                 except Exception as e:
                     failure = e
@@ -680,7 +848,7 @@ def _run(group: _Group, job: _Job, out_dir: Path, batch: int, model_id: str | No
 
 
 def _collect(out_dir: Path, pending: dict[int, list[np.ndarray]], indices: list[int], out: np.ndarray,
-             shard_size: int, n: int) -> list[int]:
+             shard_size: int, n: int, digest: str) -> list[int]:
     """File the batch's samples under their shards; write each shard that is now whole. Returns those written."""
     written = []
     ids = np.asarray(indices, dtype=np.int64)
@@ -690,7 +858,7 @@ def _collect(out_dir: Path, pending: dict[int, list[np.ndarray]], indices: list[
         rows = shard_indices(k, shard_size, n)
         if sum(len(p) for p in pending[k]) == len(rows):
             x = np.concatenate(pending.pop(k)).astype(np.float32, copy=False)
-            _write_shard(out_dir / shard_name(k), np.arange(rows.start, rows.stop, dtype=np.int64), x)
+            _write_shard(out_dir / shard_name(k), np.arange(rows.start, rows.stop, dtype=np.int64), x, digest)
             written.append(k)
     return written
 

@@ -16,7 +16,7 @@ import torch
 
 import ei_toolkit as ei
 from ei_toolkit.__main__ import main
-from ei_toolkit.generate import ShardConfigError, ShardError, initial_noise, shard_name
+from ei_toolkit.generate import LOCK, ShardConfigError, ShardError, initial_noise, shard_name
 from ei_toolkit.metrics import FeatureStatistics, digits_frechet_distance, feature_statistics, frechet_distance
 from ei_toolkit.models import load_digits_model
 
@@ -133,7 +133,7 @@ def test_a_crash_mid_run_leaves_whole_shards_and_the_rerun_finishes(tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         ei.generate(crashing, SDE, (1, 8, 8), 40, tmp_path, batch=8, **SMALL)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["manifest.json", shard_name(0), shard_name(1)], names  # no temporary or half files
+    assert names == [LOCK, "manifest.json", shard_name(0), shard_name(1)], names  # no temporary or half files
     assert ei.verify_shards(tmp_path).valid == [0, 1]
     model = Counting()
     result = ei.generate(model, SDE, (1, 8, 8), 40, tmp_path, batch=8, **SMALL)
@@ -192,7 +192,7 @@ def test_a_killed_process_leaves_whole_shards_and_the_rerun_regenerates_only_the
     assert sorted(result.written) == sorted(set(range(20)) - set(survivors))
     assert model.samples == 10 * (20 - len(survivors)) * 4 + PROBE
     assert all(mtimes(out)[shard_name(k)] == before[shard_name(k)] for k in survivors)
-    assert not list(out.glob(".*.tmp-*"))  # a temporary file of the killed run is removed
+    assert not list(out.glob(".*.tmp*"))  # a temporary file of the killed run is removed
     assert ei.verify_shards(out).complete
 
 
@@ -220,10 +220,11 @@ def test_a_rerun_with_another_configuration_is_refused_and_changes_nothing(tmp_p
 def test_corrupt_shards_are_detected(tmp_path):
     ei.generate(load_digits_model(), SDE, (1, 8, 8), 40, tmp_path, batch=20, **SMALL)
     with np.load(tmp_path / shard_name(0)) as z:
-        index, x = z["index"], z["x"]
-    np.savez(tmp_path / shard_name(0), index=index, x=np.where(np.arange(10)[:, None, None, None] == 3, np.nan, x))
-    np.savez(tmp_path / shard_name(1), index=index + 10 + 1, x=x)  # wrong indices
-    np.savez(tmp_path / shard_name(2), index=index + 20, x=x[:, :, :4])  # wrong shape
+        index, x, config = z["index"], z["x"], z["config"]  # config: the digest of the run's configuration
+    nan = np.where(np.arange(10)[:, None, None, None] == 3, np.nan, x)
+    np.savez(tmp_path / shard_name(0), index=index, x=nan, config=config)
+    np.savez(tmp_path / shard_name(1), index=index + 10 + 1, x=x, config=config)  # wrong indices
+    np.savez(tmp_path / shard_name(2), index=index + 20, x=x[:, :, :4], config=config)  # wrong shape
     raw = bytearray((tmp_path / shard_name(3)).read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # one flipped byte inside the data: the zip CRC check catches it
     (tmp_path / shard_name(3)).write_bytes(bytes(raw))
