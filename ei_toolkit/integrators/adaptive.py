@@ -50,7 +50,13 @@ from .kernels import lagrange_integrals
 FORMS = ("x0", "eps")
 CONTROLLERS = ("pi", "i")
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
-_DEFAULTS: dict[str, Any] = {"rtol": 1e-3, "atol": 1e-3, "max_nfe": None, "h_init": None, "order": 4, "form": "x0",
+DEFAULT_MAX_NFE = 10_000
+"""The cap on model evaluations when ``options`` give no ``max_nfe``: 40x what rtol = 1e-7 takes on the benchmark
+mixtures (250-300), so a runaway solve (a tolerance the model's noise cannot meet) stops with NFEBudgetExceeded."""
+RTOL_FLOOR_EPS = 10
+"""``rtol`` must be at least this many machine epsilons of the working dtype (the state's; see :func:`rtol_floor`)."""
+_DEFAULTS: dict[str, Any] = {"rtol": 1e-3, "atol": 1e-3, "max_nfe": DEFAULT_MAX_NFE, "h_init": None, "order": 4,
+                             "form": "x0",
                              "safety": 0.9, "min_factor": 0.2, "max_factor": 3.0, "controller": "pi",
                              "max_rejections": 50, "corrector": True}
 OPTIONS = tuple(_DEFAULTS)
@@ -63,6 +69,15 @@ def lam_weights(nodes: np.ndarray, h: float, form: str) -> np.ndarray:
     u = 0.5 * h * (_GL_X + 1.0)
     kern = np.exp((-1.0 if form == "x0" else 1.0) * (h - u)) * (0.5 * h * _GL_W)
     return np.array([float(w) for w in lagrange_integrals(np.asarray(nodes, dtype=np.float64), u, kern)])
+
+
+def rtol_floor(dtype: torch.dtype) -> float:
+    """The smallest ``rtol`` the working dtype can meet: 10 eps. The error estimate is the difference of two
+    formulas evaluated in that dtype, each a sum of a few terms of size ~|y|, so it carries round-off of a few
+    eps |y| whatever the step; against a tolerance rtol |y| that is noise of a few eps / rtol. At rtol = 10 eps it is
+    a few tenths of the tolerance (the controller still converges); below, the steps shrink until they underflow or
+    the solve runs for hours (float32: 10 eps = 1.2e-6; float64: 2.2e-15)."""
+    return RTOL_FLOOR_EPS * torch.finfo(dtype).eps
 
 
 def _positive(name: str, v: Any, *, zero: bool = False) -> float:
@@ -85,7 +100,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
     o["atol"] = _positive("atol", o["atol"], zero=True)
     if o["max_nfe"] is not None and (isinstance(o["max_nfe"], bool) or not isinstance(o["max_nfe"], int)
                                      or o["max_nfe"] < 2):
-        raise ValueError(f"options['max_nfe'] must be an integer >= 2 or None; got {o['max_nfe']!r}")
+        raise ValueError(f"options['max_nfe'] must be an integer >= 2 or None (no cap; the default is "
+                         f"{DEFAULT_MAX_NFE}); got {o['max_nfe']!r}")
     if o["h_init"] is not None:
         o["h_init"] = _positive("h_init", o["h_init"])
     if isinstance(o["order"], bool) or not isinstance(o["order"], int) or o["order"] not in (2, 3, 4):
@@ -114,10 +130,11 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
 class Adaptive(Method):
     """Exponential Adams embedded pair in lam = -log rho with PI step-size control (see the module docstring).
 
-    ``options``: ``rtol``, ``atol`` (tolerances on y = x / alpha; default 1e-3), ``max_nfe`` (raise
-    :class:`~ei_toolkit.NFEBudgetExceeded` rather than exceed it), ``h_init`` (first step in lam; default from the
-    first-step heuristic), ``order`` (p = 4, default: the 4-point formula with the 3-point one embedded; 3; or 2:
-    the 2-point formula with DDIM),
+    ``options``: ``rtol``, ``atol`` (tolerances on y = x / alpha; default 1e-3; ``rtol`` at least
+    :func:`rtol_floor` of the state's dtype, 10 eps), ``max_nfe`` (raise :class:`~ei_toolkit.NFEBudgetExceeded`
+    rather than exceed it; default :data:`DEFAULT_MAX_NFE` = 10000, None for no cap), ``h_init`` (first step in
+    lam; default from the first-step heuristic), ``order`` (p = 4, default: the 4-point formula with the 3-point
+    one embedded; 3; or 2: the 2-point formula with DDIM),
     ``form`` (``"x0"``, default, or ``"eps"``), ``safety``, ``min_factor``, ``max_factor`` (bounds on h_new / h),
     ``controller`` (``"pi"`` or ``"i"``), ``max_rejections`` (consecutive rejections before giving up),
     ``corrector`` (default True: correct each accepted step with the evaluation at its end, no extra evaluation).
@@ -156,6 +173,11 @@ class Adaptive(Method):
             raise ValueError("method 'adaptive' chooses its own steps: nfe/grid do not apply; set options={'rtol': "
                              "..., 'atol': ..., 'max_nfe': ...}")
         o = self.options
+        floor = rtol_floor(request.x.dtype)
+        if o["rtol"] < floor:
+            raise ValueError(f"options['rtol']={o['rtol']:.3g} is below what {request.x.dtype} can meet: the error "
+                             f"estimate carries round-off of a few eps, so rtol must be at least 10 eps = {floor:.3g}; "
+                             "loosen rtol or solve in float64 (dtype=torch.float64)")
         start = time.perf_counter()
         sde, ev, form = request.sde, request.evaluator, o["form"]
         t_start, t_end = request.t_start, request.t_end
