@@ -91,8 +91,9 @@ def check_tensor(t: Any, name: str, where: str, *, dtype: torch.dtype, ndim: Seq
         raise ValueError(f"{where}: {name} must be a tensor; got {type(t).__name__}")
     dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     if t.layout != torch.strided or t.device.type != "cpu" or t.dtype != dtype or t.ndim not in dims:
-        raise ValueError(f"{where}: {name} must be a dense CPU {dtype} tensor with {' or '.join(map(str, dims))} "
-                         f"dimension(s); got {t.layout} {t.device.type} {t.dtype} with {t.ndim}")
+        want = str(dims[0]) if len(dims) == 1 else f"{min(dims)} to {max(dims)}"
+        raise ValueError(f"{where}: {name} must be a dense CPU {dtype} tensor with {want} dimension(s); got a "
+                         f"{t.layout} {t.device.type} {t.dtype} tensor with {t.ndim}")
     if any(s < 0 for s in t.shape) or t.numel() > max_numel:
         raise ValueError(f"{where}: {name} has shape {tuple(t.shape)}, more than the {max_numel} elements allowed")
     storage = t.untyped_storage()

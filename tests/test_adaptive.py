@@ -152,3 +152,34 @@ def test_solve_to_rho_zero_ends_with_the_data_prediction():
     assert sol.times[-1] == -1.0 and sol.times[-2] == sde.t_min and counted.calls == sol.nfe
     fine = ei.sample(model, x, sde, method="logrhoab3", nfe=200, t_end=-1.0)
     assert err(sol.x, fine.double()) < 1e-3
+
+
+@pytest.mark.parametrize(("dtype", "floor"), [(torch.float32, 1.19e-6), (torch.float64, 2.22e-15)])
+def test_a_tolerance_below_the_working_precision_is_refused(setup, dtype, floor):
+    """Issue 24: rtol 1e-14 on a float32 state ran past 146,870 evaluations in 60 s (hours to go). rtol must be at
+    least 10 eps of the state's dtype (the error estimate's round-off)."""
+    from ei_toolkit.integrators.adaptive import rtol_floor
+
+    sde, _, model, x, _ = setup
+    assert rtol_floor(dtype) == pytest.approx(floor, rel=1e-2)
+    counted = Counting(model)
+    with pytest.raises(ValueError, match=rf"rtol'\]=.* is below what {dtype} can meet.*10 eps = "):
+        ei.solve(counted, x.to(dtype), sde, method="adaptive", options={"rtol": floor / 2, "atol": floor / 2})
+    assert counted.calls == 0
+    ei.solve(model, x.to(dtype), sde, method="adaptive", options={"rtol": 1e-5, "atol": 1e-5})
+
+
+def test_evaluations_are_capped_by_default(setup):
+    """Issue 24: without max_nfe a noisy model at a tight tolerance ran for hours; the default cap stops it."""
+    from ei_toolkit.integrators.adaptive import DEFAULT_MAX_NFE, Adaptive
+
+    assert Adaptive().options["max_nfe"] == DEFAULT_MAX_NFE == 10_000
+    sde, _, model, x, _ = setup
+    assert Adaptive(max_nfe=None).options["max_nfe"] is None  # no cap, on request
+    gen = torch.Generator().manual_seed(0)
+
+    def noisy(y, t):
+        return model(y, t) + 1e-6 * torch.randn(y.shape, generator=gen, dtype=y.dtype)
+
+    with pytest.raises(ei.NFEBudgetExceeded, match="max_nfe=300"):
+        ei.solve(noisy, x, sde, method="adaptive", options={"rtol": 1e-10, "atol": 1e-10, "max_nfe": 300})

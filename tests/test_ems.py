@@ -190,3 +190,58 @@ def test_named_methods(mixture_stats):
         assert m.name == name and m.points == int(name[12]) + 1 and m.corrector == name.endswith("-pc")
     with pytest.raises(ValueError, match="unknown EMS method 'ems-logrhoab4'"):
         ei.EMSAdams.named("ems-logrhoab4", st)
+
+
+def test_statistics_record_their_model_and_refuse_another(tmp_path):
+    """Issue 25: statistics carry the id of the model they were estimated from (the SHA-256 of an nn.Module's
+    weights); loading them for another model, or a retrained one, is refused."""
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2).double()
+
+        def forward(self, y, t):
+            return self.lin(y)
+
+    sde = ei.VPSDE()
+    net = Net()
+    x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    st = ei.model_statistics(net, x, sde, nodes=8, t_end=0.1, model_id="linear-a")
+    assert st.model == "linear-a"
+    path = st.save(tmp_path / "stats.pt")
+    assert ei.ModelStatistics.load(path, model="linear-a").model == "linear-a"
+    with pytest.raises(ValueError, match=r"stats\.pt.*estimated from the model 'linear-a', not from 'linear-b'"):
+        ei.ModelStatistics.load(path, sde=sde, model="linear-b")
+    module_stats = ei.model_statistics(net, x, sde, nodes=8, t_end=0.1)
+    assert module_stats.model.startswith("module:") and "Net:" in module_stats.model
+    path = module_stats.save(tmp_path / "module.pt")
+    ei.ModelStatistics.load(path, model=net)
+    with torch.no_grad():
+        net.lin.weight.add_(0.01)  # retrained
+    with pytest.raises(ValueError, match="estimated from the model 'module:"):
+        ei.ModelStatistics.load(path, model=net)
+    unknown = _constant_stats(sde, 0.0, -1.0).save(tmp_path / "unknown.pt")
+    with pytest.raises(ValueError, match="record no model"):
+        ei.ModelStatistics.load(unknown, model=net)
+
+
+def test_a_central_difference_step_below_the_precision_is_refused():
+    """Issue 24: step=1e-9 on a float32 batch gave x + delta v == x, so l = 0 at every node, silently."""
+    sde = ei.VPSDE()
+    mix = get_problem("gmm2d")
+    x = mix.sample_marginal(sde, sde.t_max, 8, torch.Generator().manual_seed(0)).float()
+    with pytest.raises(ValueError, match=r"step=1e-09 is below what torch.float32 resolves.*sqrt\(eps\) = 0.000345"):
+        ei.model_statistics(mix.eps_model(sde), x, sde, nodes=8, step=1e-9)
+    st = ei.model_statistics(mix.eps_model(sde), x.double(), sde, nodes=8, step=1e-6, t_end=0.1)  # fine in float64
+    assert bool((st.l != 0).any())
+
+
+def test_a_changed_value_in_a_statistics_file_is_reported_as_corrupt(tmp_path, mixture_stats):
+    """Issue 24: a flipped exponent bit used to surface as a NumericalError blamed on the model output."""
+    _, _, st = mixture_stats
+    raw = bytearray(st.save(tmp_path / "stats.pt").read_bytes())
+    at = raw.find(st.b.numpy().tobytes())
+    raw[at + 8 * 7 + 6] ^= 0x40  # one exponent bit of one value of b
+    (tmp_path / "flipped.pt").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"flipped\.pt"):
+        ei.ModelStatistics.load(tmp_path / "flipped.pt")

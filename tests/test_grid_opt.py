@@ -107,3 +107,58 @@ def test_a_module_model_is_keyed_by_its_weights(tmp_path):
         net.weight.add_(1.0)
     with pytest.raises(ValueError, match="model: saved 'module:"):
         ei.load_grid(path, model=net, sde=sde, nfe=5)
+
+
+def test_a_reference_with_a_nan_row_is_refused():
+    """Issue 24: one NaN row made the loss NaN everywhere, and a grid came back with loss NaN."""
+    sde = ei.VPSDE()
+    mix = get_problem("gmm2d")
+    x = mix.sample_marginal(sde, sde.t_max, 4, torch.Generator().manual_seed(0))
+    ref = x.clone()
+    ref[2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"reference: rows \[2\] hold NaN or inf"):
+        ei.optimize_grid(mix.eps_model(sde), x, sde, nfe=5, reference=ref, max_solves=5)
+
+
+def test_loss_default_is_on_the_grid_solve_uses():
+    """Issue 24: for EMS on a VE SDE solve() uses uniform_logrho (vp_or_logrho), but loss_default was computed on
+    the class attribute's quadratic_t, overstating the gain."""
+    from ei_toolkit.integrators.ems import _sde_tag
+
+    sde = ei.VESDE()
+    mix = get_problem("gmm2d")
+    x = mix.sample_marginal(sde, sde.t_max, 8, torch.Generator().manual_seed(0))
+    n = 9
+    ends = sde.rho(torch.tensor([sde.t_max, sde.t_min], dtype=torch.float64))
+    lam = torch.linspace(-float(ends[0].log()), -float(ends[1].log()), n, dtype=torch.float64)
+    st = ei.ModelStatistics(lam=lam, l=torch.zeros(n), s=torch.full((n,), -1.0), b=torch.zeros(n, 2), sde=_sde_tag(sde),
+                            samples=1)
+    method = ei.EMSAdams(st, 2)
+    model = mix.eps_model(sde)
+    ref = mix.reference(sde, x, sde.t_max, sde.t_min)
+    _, info = ei.optimize_grid(model, x, sde, method=method, nfe=5, reference=ref, max_solves=4, return_info=True)
+    assert info["default_grid"] == "uniform_logrho"
+    out = ei.solve(model, x, sde, method=method, nfe=5).x  # no grid=: the default
+    err = (out.double() - ref.double()).reshape(len(x), -1).pow(2).mean(1).sqrt()
+    assert info["loss_default"] == pytest.approx(float(torch.log(err + 1e-12).mean()), rel=1e-9, abs=1e-12)
+
+
+def test_a_grid_file_is_checked_against_its_digest_and_ends(tmp_path):
+    """Issue 24: a grid whose ends were edited (999 -> 600) was accepted; parse errors were not wrapped."""
+    sde = ei.DiscreteVP.linear()
+    grid = ei.time_grid(sde, "uniform_logrho", 5, sde.t_max, sde.t0)
+    path = ei.save_grid(tmp_path / "g.json", grid, model="m", sde=sde, method="logrhoab2", nfe=5)
+    kw = {"model": "m", "sde": sde, "method": "logrhoab2", "nfe": 5}
+    assert torch.equal(ei.load_grid(path, t_start=sde.t_max, t_end=sde.t0, **kw), grid)
+    with pytest.raises(ValueError, match=r"runs from 999.0 to -1.0; t_end=0 requested"):
+        ei.load_grid(path, t_end=0, **kw)
+    doc = json.loads(path.read_text())
+    doc["times"][0] = 600.0
+    (tmp_path / "edited.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"edited\.json' was edited or is corrupt"):
+        ei.load_grid(tmp_path / "edited.json", **kw)
+    for name, content in (("deep.json", b"[" * 100_000), ("latin.json", b"\xff\xfe{}"),
+                          ("big.json", b'{"times": [' + b"9" * 5000 + b"]}")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+            ei.load_grid(tmp_path / name, **kw)

@@ -505,3 +505,28 @@ def test_ems_options_are_checked(ems_statistics, tmp_path):
         EIScheduler(method="ems-logrhoab1", statistics=str(path), beta_schedule="scaled_linear")
     with pytest.raises(TypeError, match="statistics must be the path"):
         EIScheduler(method="ems-logrhoab1", statistics=stats)
+
+
+def test_ems_step_refuses_samples_of_another_shape(ems_statistics):
+    """Issue 24: statistics for samples of shape (4,) were broadcast onto (1, 4) samples step by step (ei.solve
+    refused them); now step() refuses them too."""
+    _, _, path = ems_statistics
+    sched = EIScheduler(method="ems-logrhoab1", statistics=str(path))
+    sched.set_timesteps(5)
+    x = torch.randn(2, 1, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"samples shaped \(1, 4\), but these model statistics are for samples shaped"
+                                         r" \(4,\)"):
+        for t in sched.timesteps:
+            x = sched.step(torch.zeros_like(x), t, x).prev_sample
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_dynamic_thresholding_ratio_takes_diffusers_range(ratio):
+    """diffusers takes any quantile in [0, 1]; 0 was refused. The data prediction matches diffusers' rule."""
+    sched = EIScheduler(prediction_type="sample", thresholding=True, dynamic_thresholding_ratio=ratio,
+                        sample_max_value=2.0)
+    x0 = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1)) * 4
+    theirs = diffusers.DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=ratio, sample_max_value=2.0)
+    torch.testing.assert_close(sched._threshold(x0), theirs._threshold_sample(x0))
+    with pytest.raises(ValueError, match=r"dynamic_thresholding_ratio must lie in \[0, 1\]"):
+        EIScheduler(thresholding=True, dynamic_thresholding_ratio=ratio + 1.5)

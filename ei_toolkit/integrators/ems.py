@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +186,10 @@ def _load_checked(path: Path) -> ModelStatistics:
         f.seek(0)
         try:
             doc = torch.load(f, weights_only=True, map_location="cpu")
-        except Exception as e:  # truncated, text, empty, a refused pickle: torch's own advice does not apply here
+        except pickle.UnpicklingError:  # torch's message advises weights_only=False: never for a file of unknown origin
+            raise ValueError(f"{what} {str(path)!r} was refused by the weights-only unpickler: it holds objects other "
+                             "than tensors and plain data, which saved statistics never do") from None
+        except Exception as e:  # truncated, text, empty
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise ValueError(f"{what} {str(path)!r} cannot be read as saved ei_toolkit model statistics "
                              f"({type(e).__name__}{': ' + first if first else ''})") from None
