@@ -12,10 +12,14 @@ number of processes on one kind of hardware. Adaptive black-box methods (``torch
 their steps from the whole batch and are refused.
 
 Shards: shard k holds indices [k S, min((k + 1) S, n)) for the fixed shard size S, whatever the world size; the
-shards still to do are dealt round-robin to the ranks. A shard is written to a temporary file in the same directory,
-fsynced and renamed (``os.replace``), so a killed run leaves whole shards only. A rerun checks every shard (readable
-zip, the expected indices, shape and dtype, finite values) and regenerates the missing or bad ones; a rerun with a
-different configuration into the same directory is refused (:class:`ShardConfigError`) and changes nothing.
+shards still to do are dealt round-robin to the ranks. A shard is written to a temporary file of a random name in the
+same directory (``O_EXCL | O_NOFOLLOW``), fsynced and renamed (``os.replace``), so a killed run leaves whole shards
+only. A rerun checks every shard (a regular file, a zip of bounded members, the expected indices, shape and dtype read
+from each header before its data, finite values, the configuration digest every shard carries) and regenerates the
+missing or bad ones; a rerun with a different configuration into the same directory is refused
+(:class:`ShardConfigError`) and changes nothing: an existing manifest is never replaced. Rank 0 holds an exclusive
+lock on the directory (``fcntl.flock``) for the whole run, so a second run into it is refused
+(:class:`ShardLockError`). Shard directories are untrusted input: docs/untrusted_files.md.
 
 Processes: run plainly, one process. Under ``torchrun`` or ``accelerate launch`` (which set ``WORLD_SIZE``,
 ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) the process group is initialised from those variables

@@ -36,6 +36,7 @@ from .errors import NumericalError
 from .files import model_id, read_json, write_new
 from .grids import time_grid
 from .integrators import Integrator, Method, get_integrator
+from .integrators.adaptive import DEFAULT_MAX_NFE
 from .integrators.base import SolveRequest
 from .model import Model
 from .sampling import DEFAULT_METHOD, default_method, solve
@@ -76,8 +77,9 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
     ``method`` defaults to the sampler's default for ``nfe`` (:func:`ei_toolkit.sampling.default_method`).
     ``reference``: the exact solution at t_end for ``x`` if you have it; otherwise it is computed once by method
     ``"adaptive"`` at ``reference_rtol`` with at most ``reference_max_nfe`` evaluations (default
-    ``max(1000, max_solves * nfe)``: the reference costs at most what the optimiser may spend, or 1000; rtol 1e-7
-    takes 250-300 on the mixtures); a reference with a non-finite row is refused. ``max_solves`` bounds the
+    ``max(10000, max_solves * nfe)``: adaptive's default cap, or what the optimiser may spend if more; rtol 1e-7
+    takes 250-300 on the mixtures and about 2500 on the shipped float32 digits model); a reference with a non-finite
+    row is refused. ``max_solves`` bounds the
     optimiser's solves (each ``nfe`` model evaluations on the batch).
     With ``return_info=True`` returns ``(grid, info)``: the objective at the method's default grid for this SDE
     (the grid ``solve`` uses without ``grid=``; its name is ``default_grid``) and at the result (``loss_default``,
@@ -96,7 +98,7 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
     if isinstance(max_solves, bool) or not isinstance(max_solves, int) or max_solves < 1:
         raise ValueError(f"max_solves must be a positive integer; got {max_solves!r}")
     if reference_max_nfe is None:
-        reference_max_nfe = max(1000, max_solves * nfe)
+        reference_max_nfe = max(DEFAULT_MAX_NFE, max_solves * nfe)
     if isinstance(reference_max_nfe, bool) or not isinstance(reference_max_nfe, int) or reference_max_nfe < 2:
         raise ValueError(f"reference_max_nfe must be an integer >= 2 or None; got {reference_max_nfe!r}")
     t_start = float(sde.t_max if t_start is None else t_start)
