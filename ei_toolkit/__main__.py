@@ -1,18 +1,24 @@
-"""Command line: ``ei-toolkit`` / ``python -m ei_toolkit``.
+"""Command line: ``ei-toolkit`` / ``python -m ei_toolkit`` (bare: the help).
 
-``compare`` (the default) measures accuracy per model evaluation on a Gaussian-mixture problem against the
-exact ODE solution, for our integrators, prints the tables and writes a plot; the same comparison against
-diffusers and k-diffusion is the benchmark script ``python benchmarks/compare.py`` (same options).
+``compare`` measures accuracy per model evaluation on a Gaussian-mixture problem against the exact ODE solution,
+for our integrators, prints the tables and writes a plot (matplotlib: the ``bench`` extra); the same comparison
+against diffusers and k-diffusion is the benchmark script ``python benchmarks/compare.py`` (same options).
 ``describe`` derives a built-in or user SDE and prints its closed forms, how each was obtained, and a
 numerical self-check. ``sample`` draws digits from the shipped model; ``calibrate`` fits that model's statistics and
-an EMS grid once (a folder that ``sample --calibration`` then uses).
+an EMS grid once (a folder, by default in the user cache, that ``sample --calibration`` then uses).
+
+Every command runs torch on one intra-op thread unless ``--threads`` or ``OMP_NUM_THREADS`` says otherwise: the
+shipped models are small, and on a shared machine extra threads only wait for each other.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,14 +60,76 @@ def finite_float(text: str) -> float:
     return v
 
 
+def check_writable(arg: str, path: Path, folder: bool = False) -> None:
+    """A :class:`UsageError` unless ``path`` (a file, or with ``folder`` a folder, created if missing) can be
+    written, checked by creating and removing a temporary file where it would go: before any work is done."""
+    if folder and path.exists() and not path.is_dir():
+        raise UsageError(f"{arg} {str(path)!r} is a file; give a folder (created if missing)")
+    if not folder and path.is_dir():
+        raise UsageError(f"{arg} {str(path)!r} is a directory; give a file name")
+    where = path if folder and path.is_dir() else path.parent
+    if not where.is_dir():
+        raise UsageError(f"{arg} {str(path)!r}: the directory {str(where)!r} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+        if not folder and path.exists():
+            with open(path, "ab"):  # appends nothing: the file is left as it is
+                pass
+    except OSError as exc:
+        raise UsageError(f"{arg} {str(path)!r}: cannot write there ({exc.strerror or exc})") from None
+
+
 def writable_path(arg: str, path: str) -> Path:
-    """``path`` as a Path whose directory exists (nothing is created)."""
+    """``path`` as a Path to a file that can be written, in a directory that exists (nothing is created)."""
     p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{arg} {path!r} is a directory; give a file name")
-    if not p.parent.is_dir():
-        raise UsageError(f"{arg} {path!r}: the directory {str(p.parent)!r} does not exist")
+    check_writable(arg, p)
     return p
+
+
+def unknown(arg: str, kind: str, name: str, valid: Sequence[str]) -> UsageError:
+    """The usage error for an unknown ``name``: the valid ones, and the closest if one is close."""
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return UsageError(f"{arg}: unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}{hint}")
+
+
+def check_method(arg: str, name: str) -> str:
+    """``name`` if it names an integrator, else :func:`ei_toolkit.integrators.get_integrator`'s message (the valid
+    names and the closest) as a usage error for ``arg``."""
+    from ei_toolkit.integrators import get_integrator
+
+    try:
+        get_integrator(name)
+    except ValueError as exc:
+        raise UsageError(f"{arg}: {exc}") from None
+    return name
+
+
+def require_matplotlib(command: str) -> None:
+    """A one-line :class:`UsageError` before any work when matplotlib (the ``bench`` extra) is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError(f"{command} draws its plot with matplotlib, which is not installed: "
+                         "pip install 'ei_toolkit[bench]'") from None
+
+
+def default_calibration_dir() -> Path:
+    """Where ``calibrate`` writes by default: ``$XDG_CACHE_HOME/ei_toolkit/digits_calibration`` (``~/.cache`` when
+    XDG_CACHE_HOME is unset)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "ei_toolkit" / "digits_calibration"
+
+
+def set_threads(threads: int | None) -> int:
+    """torch's intra-op threads for a command: ``threads`` if given, else 1 unless OMP_NUM_THREADS is set (then
+    torch's own reading of it stands). Returns the number in use."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
 
 
 def parse_params(items: Sequence[str]) -> dict[str, float]:
@@ -159,17 +227,17 @@ def compare_command(args: argparse.Namespace, peers: Mapping[str, Peer] | None =
     from ei_toolkit import GRIDS, INTEGRATORS, Integrator, compare
     from ei_toolkit.testing import PROBLEMS
 
+    require_matplotlib("compare")
     planned = [n for n, m in INTEGRATORS.items() if isinstance(m, Integrator)]
     methods = planned if args.methods == ["all"] else args.methods
     for m in methods:
-        if m not in INTEGRATORS:
-            raise UsageError(f"--methods: unknown method {m!r}; valid methods: {', '.join(INTEGRATORS)}")
+        check_method("--methods", m)
     grids = list(GRIDS) if args.grids == ["all"] else args.grids
     for g in grids or []:
         if g not in GRIDS:
-            raise UsageError(f"--grids: unknown grid {g!r}; valid grids: {', '.join(GRIDS)}")
+            raise unknown("--grids", "grid", g, list(GRIDS))
     if args.problem not in PROBLEMS:
-        raise UsageError(f"--problem: unknown problem {args.problem!r}; valid problems: {', '.join(PROBLEMS)}")
+        raise unknown("--problem", "problem", args.problem, list(PROBLEMS))
     writable_path("--out", args.out)
     sde = make_sde(args.sde)
     if peers is None:
@@ -208,10 +276,10 @@ def sample_command(args: argparse.Namespace) -> int:
         kw = {"method": method, "grid": grid}
         where = f"the grid calibrated in {args.calibration}"
     else:
-        if args.method is not None and args.method not in ei.INTEGRATORS:
-            raise UsageError(f"--method: unknown method {args.method!r}; valid methods: {', '.join(ei.INTEGRATORS)}")
+        if args.method is not None:
+            check_method("--method", args.method)
         if args.grid is not None and args.grid not in ei.GRIDS:
-            raise UsageError(f"--grid: unknown grid {args.grid!r}; valid grids: {', '.join(ei.GRIDS)}")
+            raise unknown("--grid", "grid", args.grid, list(ei.GRIDS))
         noisy = args.lam is not None or args.eta is not None
         if noisy and (args.method is None or not ei.INTEGRATORS[args.method].stochastic):
             raise UsageError("--lam/--eta set the noise of a stochastic method: use them with --method sddim")
@@ -258,11 +326,16 @@ def calibrate_command(args: argparse.Namespace) -> int:
     import ei_toolkit as ei
     from ei_toolkit.models import load_digits_model
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {args.out!r} is a file; give a folder (created if missing)")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out {args.out!r}: the directory {str(out.parent)!r} does not exist")
+    if args.out is None:  # the user cache: its parents are created, as a cache's are
+        out = default_calibration_dir()
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the calibration cache {str(out.parent)!r} ({exc.strerror or exc}); give "
+                             "--out DIR") from None
+    else:
+        out = Path(args.out)
+    check_writable("--out", out, folder=True)
     name = _ems_name(args.method or ("ems-logrhoab2-pc" if args.nfe >= 20 else "ems-logrhoab1-pc"))
     model, sde = load_digits_model(), ei.DiscreteVP.linear()
     gen = torch.Generator().manual_seed(args.seed)
@@ -321,9 +394,14 @@ def _calibrated(folder: str, nfe: int, method_name: str | None, model, sde):  # 
 def main(argv: list[str] | None = None) -> int:
     from ei_toolkit.sampling import describe_defaults
 
-    parser = argparse.ArgumentParser(prog="ei-toolkit", description="Exponential integrators for diffusion models.")
-    sub = parser.add_subparsers(dest="command")
-    c = sub.add_parser("compare", help=f"accuracy vs NFE of our integrators (default; with peers: {PEER_COMPARISON})",
+    parser = argparse.ArgumentParser(
+        prog="ei-toolkit", description="Exponential integrators for diffusion models.",
+        epilog="Threads: every command runs torch on one intra-op thread (the shipped models are small; on a shared "
+               "machine more threads only wait for each other) unless OMP_NUM_THREADS is set or --threads N is given "
+               "after the command. Options without a command (ei-toolkit --nfe 5 ...) run compare, as before.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    c = sub.add_parser("compare", help=f"accuracy vs NFE of our integrators, tables and a plot (with peers: "
+                                       f"{PEER_COMPARISON})",
                        epilog=f"The comparison against diffusers and k-diffusion: {PEER_COMPARISON} (same options).")
     add_compare_options(c)
     c.add_argument("--no-peers", action="store_true", help="no effect: kept for old command lines (no peers here)")
@@ -342,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     sp_.add_argument("--seed", type=int, default=0, help="seed of the initial noise and of sddim's noise (default: 0)")
     sp_.add_argument("--out", default="digits.png", help="PNG to write; its directory must exist (default: digits.png)")
     sp_.add_argument("--calibration", default=None, metavar="DIR",
-                     help="a folder written by ei-toolkit calibrate: its EMS method and grid for --nfe (default: none)")
+                     help="a folder written by ei-toolkit calibrate (its --out, by default "
+                          f"{default_calibration_dir()}): its EMS method and grid for --nfe (default: none)")
     sp_.set_defaults(func=sample_command)
     cal = sub.add_parser("calibrate", help="fit the shipped digits model's statistics and an EMS grid once, for "
                                            "sample --calibration")
@@ -357,8 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--max-solves", type=positive_int, default=200,
                      help="bound on the grid optimiser's solves, each --nfe evaluations (default: 200)")
     cal.add_argument("--seed", type=int, default=12345, help="seed of the calibration draws (default: 12345)")
-    cal.add_argument("--out", default="digits_calibration",
-                     help="folder to write (created; default: digits_calibration)")
+    cal.add_argument("--out", default=None, metavar="DIR",
+                     help="folder to write (created if missing; default: the user cache, "
+                          "$XDG_CACHE_HOME/ei_toolkit/digits_calibration or ~/.cache/ei_toolkit/digits_calibration; "
+                          f"here {default_calibration_dir()})")
     cal.set_defaults(func=calibrate_command)
     p = sub.add_parser("describe", help="derive an SDE and show its closed forms")
     p.add_argument("--sde", default=None, help=f"built-in SDE: {', '.join(BUILTIN_SDES)} (default: vp, unless "
@@ -373,10 +454,19 @@ def main(argv: list[str] | None = None) -> int:
     from ei_toolkit.generate import add_subcommands  # generate, evaluate (sharded, torchrun-ready)
 
     add_subcommands(sub)
+    for command in sub.choices.values():
+        if not any("--threads" in a.option_strings for a in command._actions):
+            command.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                                 help="torch intra-op threads (default: 1, or torch's reading of OMP_NUM_THREADS "
+                                      "when that is set)")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
-        argv = ["compare", *argv]  # the default command
+    if not argv:
+        parser.print_help()
+        return 0
+    if argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["compare", *argv]  # options without a command: compare, for old command lines
     args = parser.parse_args(argv)
+    set_threads(getattr(args, "threads", None))
     try:
         return args.func(args)
     except (UsageError, ValueError, TypeError, NumericalError, KeyError) as exc:

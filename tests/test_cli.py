@@ -201,3 +201,116 @@ def test_the_shipped_models_name_a_bad_input_shape(shape):
             net(x) if name == "DigitsClassifier" else net(x, torch.tensor(10.0))
     with pytest.raises(ValueError, match=r"DigitsEps: t must hold one time or one per sample \(2\); got 3 times"):
         DigitsEps()(torch.zeros(2, 1, 8, 8), torch.zeros(3))
+
+
+def test_bare_command_prints_the_help(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ei-toolkit") and "compare" in out and "calibrate" in out and "--threads" in out
+
+
+def test_compare_without_matplotlib_says_what_to_install_before_any_work(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    code, err = run_main(["compare", "--n", "4", "--nfe", "5", "--out", str(tmp_path / "c.png")], capsys)
+    assert code == 2 and "pip install 'ei_toolkit[bench]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["sample", "--method", "logrhoab"], "did you mean 'logrhoab3'?"),
+    (["sample", "--method", "DDIM"], "did you mean 'ddim'?"),
+    (["sample", "--grid", "quadratic"], "did you mean 'quadratic_t'?"),
+    (["compare", "--methods", "ddim", "sdim"], "did you mean 'sddim'?"),
+    (["compare", "--problem", "gmm64sharp"], "did you mean 'gmm64-sharp'?"),
+])
+def test_typos_get_a_did_you_mean(argv, hint, capsys):
+    code, err = run_main(argv, capsys)
+    assert code == 2 and err.rstrip().endswith(hint), err
+
+
+def test_get_integrator_suggests_the_closest_name():
+    import torch
+
+    import ei_toolkit as ei
+    from ei_toolkit.integrators import get_integrator
+
+    with pytest.raises(ValueError, match=r"unknown method 'rhork_heun'; valid methods: ddim.*mean 'rhork-heun'\?"):
+        get_integrator("rhork_heun")
+    with pytest.raises(ValueError, match=r"unknown torchdiffeq method 'dopri'.*did you mean 'torchdiffeq:dopri"):
+        get_integrator("torchdiffeq:dopri")
+    with pytest.raises(ValueError, match=r"valid methods: [^?]*$"):  # nothing close: no guess
+        get_integrator("xyzzy")
+    with pytest.raises(ValueError, match=r"did you mean 'tab3'"):
+        ei.sample(lambda x, t: x, torch.zeros(2, 1), ei.VPSDE(), method="tab4")
+
+
+def _read_only_dir(tmp_path):
+    import os
+    from pathlib import Path
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").touch()
+    except OSError:
+        return ro
+    (ro / "probe").unlink()  # root writes anywhere: a directory no one can create files in
+    if os.path.isdir("/proc"):
+        return Path("/proc")
+    pytest.skip("no directory here that this user cannot write to")
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "--n", "2", "--out", "{ro}/d.png"],
+    ["compare", "--n", "4", "--nfe", "5", "--out", "{ro}/c.png"],
+    ["calibrate", "--nfe", "5", "--out", "{ro}/cal"],
+])
+def test_read_only_outputs_are_refused_before_the_work(argv, tmp_path, monkeypatch, capsys):
+    from ei_toolkit import compare, models
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the output was checked")
+
+    monkeypatch.setattr(models, "load_digits_model", no_work)
+    monkeypatch.setattr(compare, "run_comparison", no_work)
+    ro = _read_only_dir(tmp_path)
+    code, err = run_main([a.format(ro=ro) for a in argv], capsys)
+    assert code == 2 and f"--out '{ro}/" in err and "cannot write there" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_calibrate_writes_to_the_user_cache_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    small = ["--draws", "8", "--nodes", "8", "--grid-draws", "2", "--max-solves", "3"]
+    assert main(["calibrate", "--nfe", "5", *small]) == 0
+    folder = tmp_path / "cache" / "ei_toolkit" / "digits_calibration"
+    assert (folder / "statistics.pt").is_file() and (folder / "grid-ems-logrhoab1-pc-nfe5.json").is_file()
+    assert f"ei-toolkit sample --calibration {folder} --nfe 5" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing in the working directory
+
+
+def test_threads_default_to_one_unless_asked(monkeypatch, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        assert main(["describe", "--sde", "vp"]) == 0 and torch.get_num_threads() == 1
+        assert main(["describe", "--sde", "vp", "--threads", "2"]) == 0 and torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's setting stands
+        assert main(["describe", "--sde", "vp"]) == 0 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+
+
+def test_the_roundoff_warning_suggests_a_grid_other_than_the_one_in_use(tmp_path, capsys):
+    from ei_toolkit.errors import RoundoffWarning
+
+    with pytest.warns(RoundoffWarning) as record:
+        assert main(["sample", "--n", "2", "--nfe", "4", "--out", str(tmp_path / "d.png")]) == 0
+    text = str(record[0].message)
+    assert "on the uniform_logrho grid" in text and "e.g. uniform_logrho" not in text and "e.g. quadratic_t" in text
+    capsys.readouterr()

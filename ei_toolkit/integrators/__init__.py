@@ -49,10 +49,17 @@ def get_integrator(name: str | Method) -> Method:
     if not isinstance(name, str):
         raise TypeError(f"method must be a name or an ei_toolkit.integrators.Method; got {type(name).__name__}")
     if name not in INTEGRATORS:
+        import difflib
+
         if name.startswith("torchdiffeq:"):
-            raise ValueError(f"unknown torchdiffeq method {name.split(':', 1)[1]!r}; valid: "
-                             f"{', '.join(TORCHDIFFEQ_METHODS)}")
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(INTEGRATORS)}")
+            bare = name.split(":", 1)[1]
+            close = difflib.get_close_matches(bare, TORCHDIFFEQ_METHODS, n=1)
+            hint = f"; did you mean 'torchdiffeq:{close[0]}'?" if close else ""
+            raise ValueError(f"unknown torchdiffeq method {bare!r}; valid: {', '.join(TORCHDIFFEQ_METHODS)}{hint}")
+        close = difflib.get_close_matches(name, list(INTEGRATORS), n=1) or difflib.get_close_matches(
+            name.lower(), list(INTEGRATORS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""  # last, where the eye lands after the list
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(INTEGRATORS)}{hint}")
     return INTEGRATORS[name]
 
 

@@ -87,16 +87,17 @@ def check_roundoff(plan: Plan, sde: Any, model_dtype: torch.dtype, method: str, 
     gain = roundoff_gain(plan, sde, prediction)
     dtype = str(model_dtype).removeprefix("torch.")
     wider = "x.double()" if model_dtype == torch.float32 else "x.float()"
+    other = "quadratic_t" if grid == "uniform_logrho" else "uniform_logrho"  # a grid other than the one in use
     if u * gain > TOLERANCE:
         raise NumericalError(
             f"{method} on the {grid} grid with nfe={nfe} amplifies the {dtype} round-off of the model's input and "
             f"output about {gain:.2g}-fold (estimated error {u * gain:.2g} of the data scale): the result would be "
-            f"noise. Use more steps, another grid (e.g. uniform_logrho) or method, or call the model in a wider "
+            f"noise. Use more steps, another grid (e.g. {other}) or method, or call the model in a wider "
             f"dtype ({wider})")
     if gain > WARN_GAIN:
         warnings.warn(RoundoffWarning(
             f"{method} on the {grid} grid with nfe={nfe} amplifies the {dtype} round-off of the model's input and "
             f"output about {gain:.2g}-fold: expect errors of about {u * gain:.2g} of the data scale from rounding "
-            f"alone. Another grid (e.g. uniform_logrho) or method, or a wider model dtype ({wider}), avoids it"),
+            f"alone. More steps, another grid (e.g. {other}) or method, or a wider model dtype ({wider}) avoids it"),
             stacklevel=4)
     return gain
