@@ -10,6 +10,7 @@ from .grid_opt import load_grid, optimize_grid, save_grid
 from .grids import GRIDS, time_grid
 from .integrators import INTEGRATORS, Integrator, Method, register
 from .integrators.ems import EMSAdams, ModelStatistics
+from .inversion import invert
 from .model import ModelEvaluator
 from .sampling import sample, solve
 from .sde import CLD, EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, LinearSDE, MatrixLinearSDE, SubVPSDE, SymbolicForms
@@ -50,6 +51,7 @@ __all__ = [
     "generate",
     "grids",
     "integrators",
+    "invert",
     "load_grid",
     "load_shards",
     "model_statistics",

@@ -1,7 +1,8 @@
 """Time grids for sampling: small named functions, freely combined with any integrator.
 
-Each returns a float64 CPU tensor of ``steps + 1`` strictly decreasing times from ``t_start`` to ``t_end``
-in the SDE's own units (fractional times for discrete schedules: there is no rounding, so no duplicate
+Each returns a float64 CPU tensor of ``steps + 1`` strictly monotone times from ``t_start`` to ``t_end`` in the
+SDE's own units: decreasing for sampling (noise to data), increasing for inversion (data to noise, the same
+formulas with the ends swapped) (fractional times for discrete schedules: there is no rounding, so no duplicate
 timesteps at any step count). A power law with exponent k in a variable v (t or rho),
 v_i = (v_start^(1/k) + i/N (v_end^(1/k) - v_start^(1/k)))^k, gives ``uniform_t`` (k=1), ``quadratic_t``
 (k=2, the DEIS default for tAB), ``uniform_rho`` (k=1 in rho) and ``karras`` (k=7 in rho, Karras et al.
@@ -68,17 +69,22 @@ def karras(sde: LinearSDE, steps: int, t_start: float, t_end: float, p: float = 
 
 def uniform_logrho(sde: LinearSDE, steps: int, t_start: float, t_end: float) -> torch.Tensor:
     """Uniform in log rho (the half-log-SNR lambda = -log rho of DPM-Solver). To the data time (rho = 0),
-    the first steps - 1 steps are uniform in log rho down to rho(sde.t_min) and the last goes to rho = 0."""
+    the first steps - 1 steps are uniform in log rho down to rho(sde.t_min) and the last goes to rho = 0; from the
+    data time (an inversion started at rho = 0) the first step goes to rho(sde.t_min), the others are uniform."""
     r = sde.rho(torch.tensor([t_start, t_end], dtype=torch.float64))
-    if r[1] > 0:
+    if r[0] > 0 and r[1] > 0:
         lr = torch.linspace(r[0].log().item(), r[1].log().item(), steps + 1, dtype=torch.float64)
         return _in_rho(sde, lr.exp(), t_start, t_end)
     if steps == 1:
         return torch.tensor([t_start, t_end], dtype=torch.float64)
-    if not sde.t_min > t_end or not sde.t_min < t_start:
-        raise ValueError("uniform_logrho to rho = 0 needs t_end < sde.t_min < t_start")
-    inner = uniform_logrho(sde, steps - 1, t_start, sde.t_min)
-    return torch.cat([inner, torch.tensor([t_end], dtype=torch.float64)])
+    lo, hi = min(t_start, t_end), max(t_start, t_end)
+    if not lo < sde.t_min < hi:
+        raise ValueError("uniform_logrho to or from rho = 0 needs the data time and sde.t_min < the other end")
+    if r[1] == 0:
+        inner = uniform_logrho(sde, steps - 1, t_start, sde.t_min)
+        return torch.cat([inner, torch.tensor([t_end], dtype=torch.float64)])
+    inner = uniform_logrho(sde, steps - 1, sde.t_min, t_end)
+    return torch.cat([torch.tensor([t_start], dtype=torch.float64), inner])
 
 
 GRIDS: dict[str, GridFn] = {
@@ -103,17 +109,19 @@ def time_grid(sde: LinearSDE, grid: str | torch.Tensor, steps: int, t_start: flo
     """The grid ``grid`` (a name from :data:`GRIDS`, or an explicit tensor of times) with ``steps`` steps.
 
     Raises a clear error for an unknown name, and a :class:`NumericalError` if the result is not strictly
-    decreasing (which no built-in grid produces, at any step count).
+    monotone from ``t_start`` to ``t_end`` (which no built-in grid produces, at any step count). An explicit grid
+    may run either way: decreasing (sampling) or increasing (inversion).
     """
     matrix = bool(getattr(sde, "is_matrix", False))
     if isinstance(grid, torch.Tensor) or not isinstance(grid, str):
         t = torch.as_tensor(grid, dtype=torch.float64).flatten().cpu()
         if t.numel() < 2:
             raise ValueError(f"an explicit grid needs at least 2 times; got {t.numel()}")
-        _check_decreasing(t, "an explicit grid", ValueError)
+        _check_monotone(t, "an explicit grid", ValueError, increasing=bool(t[-1] > t[0]))
         lo, hi = (sde.t_min if matrix else sde.t0), sde.t_max
-        if t[0] > hi + 1e-12 or t[-1] < lo - 1e-12:
-            raise ValueError(f"grid times must lie in the SDE's domain [{lo:g}, {hi:g}]; got [{t[-1]:g}, {t[0]:g}]")
+        first, last = float(t.min()), float(t.max())
+        if last > hi + 1e-12 or first < lo - 1e-12:
+            raise ValueError(f"grid times must lie in the SDE's domain [{lo:g}, {hi:g}]; got [{first:g}, {last:g}]")
         return t
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; valid grids: {', '.join(GRIDS)} (or an explicit tensor of times)")
@@ -123,15 +131,17 @@ def time_grid(sde: LinearSDE, grid: str | torch.Tensor, steps: int, t_start: flo
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer; got {steps!r}")
     t = GRIDS[grid](sde, steps, t_start, t_end, **options)
-    _check_decreasing(t, f"the {grid} grid with {steps} steps")
+    _check_monotone(t, f"the {grid} grid with {steps} steps", increasing=t_end > t_start)
     return t
 
 
-def _check_decreasing(t: torch.Tensor, what: str, error: type[Exception] = NumericalError) -> None:
+def _check_monotone(t: torch.Tensor, what: str, error: type[Exception] = NumericalError, *,
+                    increasing: bool = False) -> None:
     if not torch.isfinite(t).all():
         raise error(f"{what} contains non-finite times: {t.tolist()}")
     d = t[1:] - t[:-1]
-    if not (d < 0).all():
-        i = int((d >= 0).nonzero()[0])
-        raise error(f"{what} must be strictly decreasing (no duplicates); times {i} and {i + 1} are "
-                             f"{t[i].item()!r} and {t[i + 1].item()!r}")
+    bad = d <= 0 if increasing else d >= 0
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise error(f"{what} must be strictly {'increasing' if increasing else 'decreasing'} (no duplicates); "
+                    f"times {i} and {i + 1} are {t[i].item()!r} and {t[i + 1].item()!r}")

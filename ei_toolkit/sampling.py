@@ -73,6 +73,18 @@ def default_method(nfe: int | None = None, *, guidance_scale: float | None = Non
     return next(name for top, name in DEFAULTS_BY_NFE if top is None or n <= top), DEFAULT_GRID
 
 
+# The forward direction (data to noise: ei.invert, ei.log_likelihood) has its own default, chosen by
+# benchmarks/bench_inversion.py on the encodings of the mixtures (benchmarks/results/inversion.md).
+INVERSION_DEFAULTS_BY_NFE: tuple[tuple[int | None, str], ...] = ((None, DEFAULT_METHOD),)
+INVERSION_GRID = DEFAULT_GRID
+
+
+def default_inversion_method(nfe: int | None = None) -> tuple[str, str]:
+    """The default (method, grid) of a forward solve (t_start < t_end) with ``nfe`` evaluations (None: 10)."""
+    n = 10 if nfe is None else positive_int("nfe", nfe)
+    return next(name for top, name in INVERSION_DEFAULTS_BY_NFE if top is None or n <= top), INVERSION_GRID
+
+
 def guidance_scale_of(model: object) -> float | None:
     """The classifier-free guidance scale a model declares (attribute ``guidance_scale``; None if it declares
     none): :func:`ei_toolkit.diffusion.classifier_free_guidance` sets it."""
@@ -155,8 +167,11 @@ def solve(
             raise ValueError(f"an explicit grid needs at least 2 times; got {times.numel()}")
         t_start, t_end = float(times[0]), float(times[-1])
     if method is None and not matrix:  # the default depends on the budget: nfe, or the explicit grid's steps
-        method, default_grid = default_method(len(times) - 1 if explicit and nfe is None else nfe,
-                                              guidance_scale=guidance_scale_of(model), sde=sde)
+        budget = len(times) - 1 if explicit and nfe is None else nfe
+        if t_start is not None and t_end is not None and t_start < t_end:  # forward: the inversion default
+            method, default_grid = default_inversion_method(budget)
+        else:
+            method, default_grid = default_method(budget, guidance_scale=guidance_scale_of(model), sde=sde)
         grid = default_grid if grid is None else grid
     chosen = get_integrator(method if method is not None else DEFAULT_MATRIX_METHOD)
     chosen = chosen.configure(lam=lam, eta=eta, options=options)
@@ -166,15 +181,24 @@ def solve(
     check_generator(generator, x.shape[0])
     if not explicit:
         t_terminal = getattr(sde, "t_terminal", None)  # zero terminal SNR: sampling starts at infinite noise
-        t_start = (sde.t_max if t_terminal is None else t_terminal) if t_start is None else t_start
-        t_end = (sde.t_min if t_end is None else t_end)
-        if not t_start > t_end:
-            raise ValueError(f"t_start must be greater than t_end (sampling runs backwards in time); got "
+        forward = t_start is not None and t_end is not None and t_start < t_end
+        if not forward:
+            t_start = (sde.t_max if t_terminal is None else t_terminal) if t_start is None else t_start
+            t_end = (sde.t_min if t_end is None else t_end)
+        if t_start == t_end:
+            raise ValueError(f"t_start and t_end must differ (t_start > t_end samples, t_start < t_end inverts); got "
+                             f"both {t_start}")
+        if not forward and t_start < t_end:
+            raise ValueError(f"t_start must be greater than t_end (sampling runs backwards in time; to integrate "
+                             f"forward, from data to noise, give both t_start < t_end or use ei.invert); got "
                              f"t_start={t_start}, t_end={t_end}")
         lo = sde.t_min if matrix else sde.t0
         for name, v in (("t_start", t_start), ("t_end", t_end)):
             if not lo <= v <= sde.t_max and not (name == "t_start" and v == getattr(sde, "t_terminal", None)):
                 raise ValueError(f"{name} must lie in the SDE's domain [{lo:g}, {sde.t_max:g}]; got {v}")
+    forward = t_end > t_start
+    if forward:
+        _check_forward(chosen, sde, t_start)
     evaluator = ModelEvaluator(model, sde, prediction, clip_x0=clip_x0, dynamic_threshold=dynamic_threshold,
                                model_dtype=x.dtype)
     x_max = abs_max(x)  # one synchronisation: finiteness, and the scale the divergence check starts from
@@ -227,13 +251,29 @@ def _check_divergence(method: Method, request: SolveRequest, model_dtype: torch.
         return  # a start at infinite noise (zero terminal SNR): no finite bound
     ends = torch.tensor([request.t_start, request.t_end], dtype=torch.float64)
     alpha, rho = request.sde.alpha(ends).tolist(), request.sde.rho(ends).tolist()
-    if not (alpha[0] > 0 and alpha[1] > 0 and math.isfinite(rho[0])):
+    if not (alpha[0] > 0 and alpha[1] > 0 and math.isfinite(rho[0]) and math.isfinite(rho[1])):
         return
-    bound = start_max / alpha[0] + EPS_BOUND * max(rho[0] - rho[1], 0.0)
+    bound = start_max / alpha[0] + EPS_BOUND * abs(rho[0] - rho[1])  # either direction
     if end_max / alpha[1] > bound:
         raise NumericalError(f"{_describe(method, request, model_dtype)}: the result diverged: max |x / alpha| = "
                              f"{end_max / alpha[1]:.3g} at t = {request.t_end:g}, beyond the {bound:.3g} the ODE can "
                              f"reach from x (|eps| <= {EPS_BOUND:g}); use more steps or another method or grid")
+
+
+def _check_forward(method: Method, sde: LinearSDE | MatrixLinearSDE, t_start: float) -> None:
+    """What a forward solve (t_start < t_end: data to noise, the probability-flow ODE run as an encoder) refuses:
+    stochastic methods (the reverse SDE runs toward the data only) and adaptive steps (their controller steps toward
+    the data); a start below ``sde.t_min`` (the model is evaluated where a forward step starts, and the data time
+    rho = 0 is outside its domain)."""
+    if t_start < sde.t_min:
+        raise ValueError(f"a forward solve starts where the model is defined: t_start must be >= sde.t_min = "
+                         f"{sde.t_min:g}; got {t_start:g}")
+    if method.stochastic:
+        raise ValueError(f"{method.name!r} is stochastic: the reverse SDE runs from noise to data only; integrate "
+                         f"forward (t_start < t_end) with a deterministic method")
+    if getattr(method, "name", None) == "adaptive":
+        raise ValueError("method='adaptive' integrates toward the data only; integrate forward (t_start < t_end) "
+                         "with a fixed-grid method (e.g. the default) or 'torchdiffeq:dopri5'")
 
 
 def _describe(method: Method, request: SolveRequest, model_dtype: torch.dtype) -> str:

@@ -38,7 +38,8 @@ def _exact_states(sde: Any, mix: Any, problem: str, x: torch.Tensor, grids: Sequ
     key = (sde.key, problem, config)
     hit = _REFERENCES.get(key)
     if hit is None:
-        times = sorted({v for g in grids for v in g[1:].tolist()}, reverse=True)
+        forward = float(grids[0][-1]) > float(grids[0][0])
+        times = sorted({v for g in grids for v in g[1:].tolist()}, reverse=not forward)
         tol = 1e-12 if getattr(sde, "is_matrix", False) else 1e-13  # matrix: scipy calls per evaluation; 1e-12
         hit = dict(zip(times, mix.reference(sde, x, float(grids[0][0]), times, rtol=tol, atol=tol), strict=True))
         _REFERENCES[key] = hit
@@ -72,11 +73,13 @@ class ConvergenceResult:
 def convergence_order(method: str | Method, *, sde: Any = None, problem: str = "gmm2d",
                       steps: Sequence[int] = (64, 128, 256, 512), t_start: float | None = None,
                       t_end: float | None = None, grid: str | None = None, exact_start: bool = True,
-                      batch: int = 8, seed: int = 0) -> ConvergenceResult:
+                      batch: int = 8, seed: int = 0, forward: bool = False) -> ConvergenceResult:
     """Fit the order of convergence of ``method`` (see the module docstring). Defaults: the VP SDE on t in
     [1, 0.1] with a uniform log-rho grid (the method's ``convergence_grid`` and window [1, 0.85] if it declares one,
     e.g. iPNDM's uniform rho); matrix methods given a matrix ``sde`` use a uniform t grid. Deterministic methods
-    only: the grid must have a fixed number of steps."""
+    only: the grid must have a fixed number of steps. ``t_start < t_end`` measures the forward (inversion)
+    direction, from an exact sample of the marginal at ``t_start``; ``forward=True`` is the default window
+    mirrored."""
     m = get_integrator(method)
     if m.stochastic:
         raise ValueError(f"convergence_order measures deterministic methods; {m.name!r} is stochastic")
@@ -88,6 +91,10 @@ def convergence_order(method: str | Method, *, sde: Any = None, problem: str = "
     special = getattr(m, "convergence_grid", None)
     t0 = sde.t_max if t_start is None else float(t_start)
     t1 = (0.85 if special == "uniform_rho" else 0.1) if t_end is None else float(t_end)
+    if forward:
+        if t_start is not None or t_end is not None:
+            raise ValueError("forward=True mirrors the default window; for another one give t_start < t_end")
+        t0, t1 = t1, t0
     grid = grid or ("uniform_t" if matrix else special or "uniform_logrho")
     model = mix.eps_model(sde)
     x = mix.sample_marginal(sde, t0, batch, torch.Generator().manual_seed(seed))

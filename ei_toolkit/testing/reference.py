@@ -18,15 +18,17 @@ def reference_solution(model: Model, sde: Any, x: torch.Tensor, t_start: float, 
     """x at ``t_end`` from x at ``t_start`` by DOP853 (order 8, scipy) on the package's probability-flow vector field
     (:class:`~ei_toolkit.FlowODE`) in its best-conditioned frame: log rho for scalar SDEs (rho(t_end) must be > 0),
     y = Psi(t0, t) u for matrix SDEs. Float64. A sequence of decreasing end times gives the state at each, stacked
-    time-first, from one solve."""
+    time-first, from one solve; increasing end times above ``t_start`` integrate forward (data to noise)."""
     many = not isinstance(t_end, (int, float))
     ends = [float(v) for v in (t_end if many else [t_end])]
     ts = torch.tensor([float(t_start), *ends], dtype=torch.float64)
-    if not bool((ts[1:] < ts[:-1]).all()):
-        raise ValueError("reference_solution(): end times must be decreasing and below t_start")
+    if not (bool((ts[1:] < ts[:-1]).all()) or bool((ts[1:] > ts[:-1]).all())):
+        raise ValueError("reference_solution(): end times must be monotone away from t_start: decreasing below it "
+                         "(sampling) or increasing above it (inversion)")
     matrix = bool(getattr(sde, "is_matrix", False))
-    if not matrix and not sde.rho(ts[-1]) > 0:
-        raise ValueError("reference_solution(): t_end must have rho > 0 (the log-rho frame is singular at rho = 0)")
+    if not matrix and not bool((sde.rho(ts) > 0).all()):
+        raise ValueError("reference_solution(): every time must have rho > 0 (the log-rho frame is singular at "
+                         "rho = 0)")
     func = FlowODE(model, sde, "y" if matrix else "logrho", prediction)
     taus = func.tau(ts).tolist()
     x64 = x.to(torch.float64)
