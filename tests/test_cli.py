@@ -314,3 +314,14 @@ def test_the_roundoff_warning_suggests_a_grid_other_than_the_one_in_use(tmp_path
     text = str(record[0].message)
     assert "on the uniform_logrho grid" in text and "e.g. uniform_logrho" not in text and "e.g. quadratic_t" in text
     capsys.readouterr()
+
+
+def test_the_benchmark_compare_script_reports_usage_errors_in_one_line(tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compare.py"
+    res = subprocess.run([sys.executable, str(script), "--no-peers", "--methods", "logrhoab"], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.strip().endswith("'logrhoab3'?")
+    assert not list(tmp_path.iterdir())
