@@ -343,7 +343,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     stats_path = out / STATISTICS_NAME
     with torch.no_grad():
         if stats_path.is_file():
-            stats = ei.ModelStatistics.load(stats_path, sde=sde)
+            stats = ei.ModelStatistics.load(stats_path, sde=sde, model=model)
             print(f"statistics: {stats_path} (kept; delete it to estimate them again)")
         else:
             xs = torch.randn(args.draws, 1, 8, 8, generator=gen)
@@ -373,7 +373,7 @@ def _calibrated(folder: str, nfe: int, method_name: str | None, model, sde):  # 
     if not (d / STATISTICS_NAME).is_file():
         raise UsageError(f"--calibration {folder!r}: no {STATISTICS_NAME} there; run ei-toolkit calibrate --out "
                          f"{folder} first")
-    stats = ei.ModelStatistics.load(d / STATISTICS_NAME, sde=sde)
+    stats = ei.ModelStatistics.load(d / STATISTICS_NAME, sde=sde, model=model)
     grids = sorted(d.glob(f"grid-*-nfe{nfe}.json"))
     names = [g.name[len("grid-"):-len(f"-nfe{nfe}.json")] for g in grids]
     if method_name is None:
