@@ -227,21 +227,21 @@ def figure(rows: Sequence[Row], highlight: Sequence[str] | None = None):  # retu
             pts = [(r.nfe, r.median) for r in rows if r.problem == p and r.sampler == s and r.nfe_used == r.nfe]
             if pts:
                 (line,) = ax.plot(*zip(*pts, strict=True), "-", marker=MARKERS[i % len(MARKERS)], ms=4, lw=1.2,
-                                  color=colours[i % len(colours)], alpha=0.85, zorder=3, label=s)
+                                  color=colours[i % len(colours)], alpha=0.85, zorder=6, label=s)
                 handles.setdefault(s, line)
         env = [(n, best(rows, p, n, True)) for n in nfes]
         penv = [(n, best(rows, p, n, False)) for n in nfes]
         if any(r for _, r in penv):
             (line,) = ax.plot([n for n, r in penv if r], [r.median for n, r in penv if r], "--", color="#b2182b",
-                              lw=2.6, zorder=4, label="best peer at each NFE")
+                              lw=3, zorder=4, label="best peer at each NFE")
             handles["best peer"] = line
-        (line,) = ax.plot([n for n, r in env if r], [r.median for n, r in env if r], "-", color="black", lw=2.6,
+        (line,) = ax.plot([n for n, r in env if r], [r.median for n, r in env if r], "-", color="black", lw=3.2,
                           zorder=5, label="ei_toolkit best at each NFE")
         handles["ours best"] = line
         for (n, a), (_, b) in zip(env, penv, strict=True):
             if a and b:
                 ax.annotate(f"{a.median / b.median:.2f}x", (n, min(a.median, b.median)), xytext=(0, -11),
-                            textcoords="offset points", ha="center", va="top", fontsize=7.5, zorder=6)
+                            textcoords="offset points", ha="center", va="top", fontsize=7.5, zorder=7)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(nfes, [str(n) for n in nfes])
