@@ -45,15 +45,19 @@ def digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_out(out: Path) -> None:
-    """Refuse, before any training, an ``--out`` whose directory is missing or not writable, or that is a folder."""
-    import os
+    """Refuse, before any training, an ``--out`` that is a folder or cannot be written (its directory is missing or
+    read-only: checked by creating and removing a temporary file there)."""
+    import tempfile
 
     if out.is_dir():
         raise SystemExit(f"--out {str(out)!r} is a directory; give a file name")
     if not out.parent.is_dir():
         raise SystemExit(f"--out {str(out)!r}: the directory {str(out.parent)!r} does not exist")
-    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise SystemExit(f"--out {str(out)!r}: not writable")
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        raise SystemExit(f"--out {str(out)!r}: cannot write there ({exc.strerror or exc})") from None
 
 
 def fit(model: torch.nn.Module, draw: Callable[[int], tuple[torch.Tensor, tuple]], steps: int, batch: int,

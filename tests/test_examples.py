@@ -62,4 +62,13 @@ def test_a_training_script_refuses_a_bad_out_before_training(name, tmp_path):
     pytest.importorskip("sklearn")
     res = run_example(name, ["--out", str(tmp_path / "missing" / "w.pt")], tmp_path)
     assert res.returncode != 0 and "does not exist" in res.stderr and "step" not in res.stdout
-    assert res.stderr.strip().splitlines()[-1].startswith("--out ")
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith("--out ")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.access(ro, os.W_OK):  # root writes anywhere: a directory no one can create files in
+        ro = Path("/proc")
+    if not ro.is_dir():
+        pytest.skip("no directory here that this user cannot write to")
+    res = run_example(name, ["--out", str(ro / "w.pt")], tmp_path)
+    assert res.returncode != 0 and "cannot write there" in res.stderr and "step" not in res.stdout
