@@ -11,6 +11,7 @@ from .grids import GRIDS, time_grid
 from .integrators import INTEGRATORS, Integrator, Method, register
 from .integrators.ems import EMSAdams, ModelStatistics
 from .inversion import invert
+from .likelihood import log_likelihood
 from .model import ModelEvaluator
 from .sampling import sample, solve
 from .sde import CLD, EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, LinearSDE, MatrixLinearSDE, SubVPSDE, SymbolicForms
@@ -54,6 +55,7 @@ __all__ = [
     "invert",
     "load_grid",
     "load_shards",
+    "log_likelihood",
     "model_statistics",
     "odeint",
     "optimize_grid",
