@@ -11,17 +11,17 @@ ODE, so ``sample(invert(x0))`` differs from ``x0`` by both their errors (the dri
 report). ``exact=True`` removes it: it returns the x_T from which :func:`ei_toolkit.sample` with the same method, nfe
 and grid reproduces x0 to a tolerance. Hong et al. ("On Exact Inversion of DPM-Solvers", CVPR 2024) solve each
 step's implicit equation; a multistep method couples every step to its predecessors' evaluations (and a
-predictor-corrector or singlestep method evaluates at states that exist only inside a step), so here the implicit
-equation is the whole sampler: find x with F(x) = x0, F the sampler (t_end -> t_start). The forward solve G with the
-same method is an approximate inverse (G(F(x)) = x + O(h^p)), which gives the defect-correction iteration
-
-    x_{k+1} = x_k - beta_k (G(F(x_k)) - G(x0)),    x_0 = G(x0),
-
-whose error contracts by the factor |I - G'F'| = O(h^p) per iteration (two solves, 2 nfe evaluations). Each sample
-keeps its own step factor beta (halved when its residual |F(x) - x0| / |x0| grows, doubled back to 1 when it falls),
-and the iteration stops when every sample's residual is below ``tol``; a sample that does not converge within
-``max_iter`` iterations raises :class:`~ei_toolkit.NumericalError`. The evaluations are counted in
-``Solution.stats``.
+predictor-corrector or singlestep method evaluates at states that exist only inside a step), so here the equation is
+the whole sampler, F(x) = x0 with F the sampler (t_end -> t_start), solved by Newton's method per sample
+(Jacobian-free Newton-Krylov: Knoll & Keyes, J. Comput. Phys. 2004): each Newton direction solves F'(x) d = F(x) - x0
+by GMRES (Saad & Schultz 1986) to a relative residual of :data:`FORCING`, right-preconditioned by the forward solve G
+with the same method (an approximate inverse: G(F(x)) = x + O(h^p)), with the products F'(x) G'(F(x)) v by forward
+differences of one encoder and one sampler solve each; a backtracking line search per sample (beta = 1, 1/2, ...)
+keeps every accepted step a decrease of the relative residual |F(x) - x0| / |x0|. The start is G(x0). Where the
+method's own forward solve diverges (strong extrapolation over long steps), DDIM on the same grid points is the
+start and preconditioner. A sample whose residual no step lowers, also after one retry with four times the Krylov
+vectors and a tighter forcing term, raises :class:`~ei_toolkit.NumericalError` (as does ``max_iter``); the
+evaluations of every solve are counted in ``Solution.nfe`` (``stats``: iterations, krylov, residual, encoder).
 """
 
 from __future__ import annotations
@@ -34,14 +34,19 @@ from typing import Any
 import torch
 
 from .errors import NumericalError, positive_int
-from .integrators import Method
+from .integrators import Method, get_integrator
+from .integrators.base import cached_grid
 from .model import Model
-from .sampling import _check_time, _working_dtype, default_inversion_method, solve
+from .sampling import DEFAULT_MATRIX_METHOD, _check_time, _working_dtype, default_inversion_method, solve
 from .sde import LinearSDE, MatrixLinearSDE
 from .solution import Solution
 
 MAX_ITER = 50
-"""Default cap on the defect-correction iterations of an exact inversion (each costs two solves)."""
+"""Default cap on the Newton iterations of an exact inversion."""
+KRYLOV = 20
+"""Default cap on the GMRES iterations per Newton iteration (each costs one sampler and one encoder solve)."""
+FORCING = 0.1
+"""Newton's direction is accepted once GMRES has reduced the linearised residual to this fraction of |r|."""
 MIN_BETA = 2.0**-10
 """A sample whose step factor falls below this without its residual falling has stalled: reported."""
 
@@ -67,6 +72,7 @@ def invert(
     t_end: float | None = None,
     tol: float | None = None,
     max_iter: int = MAX_ITER,
+    krylov: int = KRYLOV,
     options: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
@@ -105,43 +111,78 @@ def invert(
         budget = nfe if nfe is not None or forward_grid is None else len(forward_grid) - 1
         method, named = default_inversion_method(budget)
         grid = named if grid is None else grid
+    if exact:  # checked before any work
+        tol = default_tolerance(_working_dtype(x0, dtype)) if tol is None else _positive_float("tol", tol)
+        max_iter = positive_int("max_iter", max_iter)
+        krylov = positive_int("krylov", krylov)
     common: dict[str, Any] = dict(method=method, nfe=nfe, prediction=prediction, options=options, dtype=dtype)
+    model = _Counted(model)  # every evaluation, those of a solve that fails included
     ends_fwd = {} if forward_grid is not None else {"t_start": lo, "t_end": hi}
     fwd_grid = forward_grid if forward_grid is not None else grid
-    encoded = solve(model, x0, sde, grid=fwd_grid, progress=progress and not exact,
-                    trajectory=trajectory and not exact, **ends_fwd, **common)
+    try:
+        encoded = solve(model, x0, sde, grid=fwd_grid, progress=progress and not exact,
+                        trajectory=trajectory and not exact, **ends_fwd, **common)
+    except NumericalError:
+        if not exact:
+            raise
+        encoded = None
     if not exact:
         encoded.stats["seconds"] = time.perf_counter() - start
         return encoded if solution else encoded.x
-    work = _working_dtype(x0, dtype)
-    tol = default_tolerance(work) if tol is None else _positive_float("tol", tol)
-    max_iter = positive_int("max_iter", max_iter)
     ends_rev = {} if reverse_grid is not None else {"t_start": hi, "t_end": lo}
     rev_grid = reverse_grid if reverse_grid is not None else grid
 
     def sampler(x: torch.Tensor) -> Solution:  # F: noise end -> data end
         return solve(model, x, sde, grid=rev_grid, **ends_rev, **common)
 
-    def encoder(x: torch.Tensor) -> Solution:  # G: data end -> noise end
-        return solve(model, x, sde, grid=fwd_grid, **ends_fwd, **common)
+    ddim_grid = fwd_grid
+    if fwd_grid is None or isinstance(fwd_grid, str):  # the same grid points, for DDIM
+        chosen = get_integrator(common["method"] if common["method"] is not None else DEFAULT_MATRIX_METHOD)
+        steps = chosen.steps_for_nfe(10 if nfe is None else nfe)
+        ddim_grid = cached_grid(sde, fwd_grid or chosen.default_grid, steps, hi, lo).flip(0)
+    fallback = [encoded is None]
 
-    return _exact(sampler, encoder, x0, encoded, tol, max_iter, progress, solution, start)
+    def encoder(x: torch.Tensor) -> Solution:  # G: data end -> noise end
+        """The method's own forward solve; where it diverges (strong extrapolation over long steps), DDIM on the
+        same grid points from then on: the start and preconditioner only need to be near the inverse."""
+        if not fallback[0]:
+            try:
+                return solve(model, x, sde, grid=fwd_grid, **ends_fwd, **common)
+            except NumericalError:
+                fallback[0] = True
+        return solve(model, x, sde, grid=ddim_grid, **{**common, "method": "ddim", "nfe": None})
+
+    if encoded is None:
+        encoded = encoder(x0)
+        encoded.method = str(get_integrator(common["method"] or DEFAULT_MATRIX_METHOD).name)
+    out = _exact(sampler, encoder, x0, encoded, tol, max_iter, krylov, progress, solution, start)
+    encoded.nfe = encoded.stats["nfe"] = model.calls
+    encoded.stats["encoder"] = "ddim" if fallback[0] else encoded.method
+    return out
 
 
 def _exact(sampler: Any, encoder: Any, x0: torch.Tensor, encoded: Solution, tol: float, max_iter: int,
-           progress: bool, solution: bool, start: float) -> torch.Tensor | Solution:
-    """The defect-correction iteration of the module docstring."""
-    x0w = x0.to(encoded.x.dtype)
-    g0 = encoded.x  # G(x0): the first iterate and the fixed point's reference
-    x = g0
-    nfe = encoded.nfe
-    scale = _norms(x0w).clamp_min(torch.finfo(x0w.dtype).tiny)
-    sol = sampler(x)
-    nfe += sol.nfe
-    residual = _norms(sol.x - x0w) / scale
-    beta = torch.ones_like(residual)
+           krylov: int, progress: bool, solution: bool, start: float) -> torch.Tensor | Solution:
+    """Newton's method on F(x) = x0 with GMRES, right-preconditioned by the forward solve (module docstring)."""
+    work = encoded.x.dtype
+    x0w = x0.to(work)
+    def run(fn: Any, x: torch.Tensor, tolerate: bool = False) -> torch.Tensor:
+        try:
+            sol = fn(x)
+        except NumericalError:
+            if not tolerate:
+                raise
+            return torch.full_like(x, math.nan)  # a trial point the sampler cannot integrate: no better
+        return sol.x
+
+    x = encoded.x  # G(x0): the start
+    fx = run(sampler, x)
+    scale = _norms(x0w).clamp_min(torch.finfo(torch.float64).tiny)
+    residual = _norms(fx - x0w) / scale
+    root = math.sqrt(torch.finfo(work).eps)  # finite-difference steps: half the working digits
     shape = (-1,) + (1,) * (x0.ndim - 1)
-    iterations = 0
+    iterations = inner = 0
+    width = krylov
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -150,31 +191,35 @@ def _exact(sampler: Any, encoder: Any, x0: torch.Tensor, encoded: Solution, tol:
     try:
         while bool((residual > tol).any()):
             if iterations == max_iter:
-                worst = float(residual.max())
                 raise NumericalError(
                     f"exact inversion with {encoded.method} did not converge in max_iter={max_iter} iterations: the "
-                    f"round trip's relative residual is {worst:.3g} > tol={tol:g} for "
-                    f"{int((residual > tol).sum())} of {len(residual)} samples; raise max_iter or tol, or use more "
-                    "steps (the iteration contracts by the method's own error per iteration)")
+                    f"round trip's relative residual is {float(residual.max()):.3g} > tol={tol:g} for "
+                    f"{int((residual > tol).sum())} of {len(residual)} samples; raise max_iter or tol")
             iterations += 1
-            back = encoder(sol.x)  # G(F(x))
-            trial = x - beta.view(shape).to(x.dtype) * (back.x - g0)
-            sol_trial = sampler(trial)
-            nfe += back.nfe + sol_trial.nfe
-            res_trial = _norms(sol_trial.x - x0w) / scale
-            better = (res_trial < residual) & torch.isfinite(res_trial)
-            keep = better.view(shape)
-            x = torch.where(keep, trial, x)
-            sol.x = torch.where(keep, sol_trial.x, sol.x)
-            residual = torch.where(better, res_trial, residual)
-            beta = torch.where(better, (2 * beta).clamp_max(1.0), beta / 2)
-            stalled = (beta < MIN_BETA) & (residual > tol)
-            if bool(stalled.any()):
+            g_fx = run(encoder, fx)
+
+            def operator(v: torch.Tensor, fx: torch.Tensor = fx, g_fx: torch.Tensor = g_fx, x: torch.Tensor = x
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                """(J M v, M v) by forward differences: M = G'(F(x)), J = F'(x)."""
+                e1 = (root * (1 + _norms(fx))).to(work).view(shape)
+                mv = (run(encoder, fx + e1 * v) - g_fx) / e1
+                e2 = (root * (1 + _norms(x)) / _norms(mv).clamp_min(1e-300)).to(work).view(shape)
+                return (run(sampler, x + e2 * mv) - fx) / e2, mv
+
+            direction, k = _gmres(operator, fx - x0w, width, FORCING if width == krylov else FORCING**2)
+            inner += k
+            x, fx, residual, stuck = _line_search(run, sampler, x, fx, direction, x0w, scale, residual, tol, shape)
+            if bool(stuck.any()):
+                if width == krylov:  # one retry from the new point with a wider, tighter Krylov solve
+                    width = 4 * krylov
+                    continue
                 raise NumericalError(
                     f"exact inversion with {encoded.method} stalled after {iterations} iterations: the round trip's "
-                    f"relative residual stays at {float(residual[stalled].max()):.3g} > tol={tol:g} for "
-                    f"{int(stalled.sum())} samples (the sampler is not invertible there at this tolerance: the "
-                    "model's round-off or a non-invertible step, e.g. clipping); raise tol or use float64")
+                    f"relative residual stays at {float(residual[stuck].max()):.3g} > tol={tol:g} for "
+                    f"{int(stuck.sum())} samples (no step along Newton's direction lowers it, also with {width} "
+                    "Krylov vectors: the model's round-off, or a sampler that is not invertible there, e.g. "
+                    "clipping or too few steps); raise tol, use float64 or more steps")
+            width = krylov
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(residual=f"{float(residual.max()):.2g}")
@@ -182,11 +227,85 @@ def _exact(sampler: Any, encoder: Any, x0: torch.Tensor, encoded: Solution, tol:
         if bar is not None:
             bar.close()
     encoded.x = x
-    encoded.nfe = nfe
     encoded.trajectory = None
-    encoded.stats.update(nfe=nfe, iterations=iterations, residual=float(residual.max()), tol=tol, exact=True,
-                         seconds=time.perf_counter() - start)
+    encoded.stats.update(iterations=iterations, krylov=inner, residual=float(residual.max()),
+                         tol=tol, exact=True, seconds=time.perf_counter() - start)
     return encoded if solution else x
+
+
+def _gmres(operator: Any, r: torch.Tensor, m: int, forcing: float) -> tuple[torch.Tensor, int]:
+    """Per-sample GMRES for (J M) z = r from z = 0, stopped when every sample's linear residual is below
+    ``forcing`` |r| or after ``m`` iterations; returns (M z, iterations). The Krylov vectors of the batch are
+    orthogonalised per sample (modified Gram-Schmidt), the small least-squares problems solved batched."""
+    b = r.shape[0]
+    beta = _norms(r)
+    basis = [r / beta.clamp_min(1e-300).to(r.dtype).view((-1,) + (1,) * (r.ndim - 1))]
+    images: list[torch.Tensor] = []
+    h = torch.zeros(b, m + 1, m, dtype=torch.float64)
+    y = torch.zeros(b, 0, dtype=torch.float64)
+    k = 0
+    for j in range(m):
+        k = j + 1
+        w, mv = operator(basis[j])
+        images.append(mv)
+        for i in range(j + 1):
+            hij = _dots(w, basis[i])
+            h[:, i, j] = hij
+            w = w - hij.to(w.dtype).view((-1,) + (1,) * (w.ndim - 1)) * basis[i]
+        h[:, j + 1, j] = _norms(w)
+        basis.append(w / h[:, j + 1, j].clamp_min(1e-300).to(w.dtype).view((-1,) + (1,) * (w.ndim - 1)))
+        rhs = torch.zeros(b, j + 2, 1, dtype=torch.float64)
+        rhs[:, 0, 0] = beta
+        hj = h[:, : j + 2, : j + 1]
+        y = torch.linalg.lstsq(hj, rhs).solution  # (b, j + 1, 1)
+        left = torch.linalg.vector_norm(rhs - hj @ y, dim=(1, 2))
+        y = y[:, :, 0]
+        if bool((left <= forcing * beta).all()):
+            break
+    out = torch.zeros_like(r)
+    for j, mv in enumerate(images):
+        out = out + y[:, j].to(r.dtype).view((-1,) + (1,) * (r.ndim - 1)) * mv
+    return out, k
+
+
+def _line_search(run: Any, sampler: Any, x: torch.Tensor, fx: torch.Tensor, direction: torch.Tensor,
+                 x0w: torch.Tensor, scale: torch.Tensor, residual: torch.Tensor, tol: float, shape: tuple
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x - beta d with beta = 1, 1/2, ... per sample until its residual falls (samples already within ``tol``
+    stay); returns the new x, F(x), residuals, and the samples whose residual did not fall by beta = MIN_BETA."""
+    searching = residual > tol
+    beta = torch.ones_like(residual)
+    while bool(searching.any()) and float(beta.min()) >= MIN_BETA:
+        trial = x - beta.to(x.dtype).view(shape) * direction
+        f_trial = run(sampler, trial, True)
+        res_trial = _norms(f_trial - x0w) / scale
+        better = searching & (res_trial < residual) & torch.isfinite(res_trial)
+        keep = better.view(shape)
+        x = torch.where(keep, trial, x)
+        fx = torch.where(keep, f_trial, fx)
+        residual = torch.where(better, res_trial, residual)
+        searching = searching & ~better
+        beta = beta / 2
+    return x, fx, residual, searching
+
+
+def _dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample inner products (float64)."""
+    return (a.reshape(a.shape[0], -1).to(torch.float64) * b.reshape(b.shape[0], -1).to(torch.float64)).sum(1)
+
+
+class _Counted:
+    """``model`` with a count of its calls; other attributes (e.g. ``guidance_scale``) read through."""
+
+    def __init__(self, model: Model) -> None:
+        self.model, self.calls = model, 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.model(x, t)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
 
 
 def _norms(x: torch.Tensor) -> torch.Tensor:

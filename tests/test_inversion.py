@@ -90,29 +90,39 @@ def test_ddim_inversion_equals_diffusers_ddim_inverse_scheduler_step_for_step():
         torch.testing.assert_close(ours.trajectory[k], states[k], rtol=1e-5, atol=1e-5)
 
 
+def _budget(name, nfe):
+    """The smallest budget >= nfe the method can spend (a multiple of its evaluations per step)."""
+    k = ei.INTEGRATORS[name].evals_per_step
+    return -(-nfe // k) * k
+
+
+@pytest.mark.parametrize("nfe", [10, 50])
 @pytest.mark.parametrize("name", ORDERED)
-def test_exact_inversion_round_trip_at_nfe_50(mixture, name):
-    """sample(invert(x0, exact=True)) equals x0 to <= 1e-6 relative in float64, for every deterministic method."""
+def test_exact_inversion_round_trip(mixture, name, nfe):
+    """sample(invert(x0, exact=True)) equals x0 to <= 1e-6 relative in float64, for every deterministic method at
+    NFE 10 and 50 (the next multiple of a method's evaluations per step), where the naive inversion drifts; every
+    model evaluation is counted."""
     sde, _, model, x0 = mixture
-    nfe = 50 - 50 % ei.INTEGRATORS[name].evals_per_step
-    sol = ei.invert(model, x0, sde, method=name, nfe=nfe, exact=True, solution=True)
+    nfe = _budget(name, nfe)
+    calls = []
+
+    def counted(x, t):
+        calls.append(1)
+        return model(x, t)
+
+    sol = ei.invert(counted, x0, sde, method=name, nfe=nfe, exact=True, solution=True)
+    assert sol.nfe == len(calls) == sol.stats["nfe"] and sol.stats["exact"]
+    assert sol.stats["residual"] <= sol.stats["tol"] and sol.stats["iterations"] >= 1
     back = ei.sample(model, sol.x, sde, method=name, nfe=nfe, t_start=sde.t_max, t_end=sde.t_min)
-    rel = (back - x0).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)
-    assert float(rel.max()) <= 1e-6, float(rel.max())
-    assert sol.stats["exact"] and sol.stats["residual"] <= sol.stats["tol"]
-    assert sol.nfe == nfe * (2 + 2 * sol.stats["iterations"])  # G(x0) and F of it, then G and F per iteration
-    naive = ei.invert(model, x0, sde, method=name, nfe=nfe)
-    drift = (ei.sample(model, naive, sde, method=name, nfe=nfe, t_start=sde.t_max, t_end=sde.t_min) - x0)
-    assert float(drift.flatten(1).norm(dim=1).max()) > float((back - x0).flatten(1).norm(dim=1).max())
-
-
-@pytest.mark.parametrize("name", ["ddim", "logrhoab1", "logrhoab2", "x0-logrhoab0-pc", "x0-rhoab1", "rhork-euler"])
-def test_exact_inversion_round_trip_at_nfe_10(mixture, name):
-    sde, _, model, x0 = mixture
-    x_t = ei.invert(model, x0, sde, method=name, nfe=10, exact=True, max_iter=100)
-    back = ei.sample(model, x_t, sde, method=name, nfe=10, t_start=sde.t_max, t_end=sde.t_min)
-    rel = (back - x0).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)
-    assert float(rel.max()) <= 1e-6, float(rel.max())
+    err = (back - x0).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)
+    assert float(err.max()) <= 1e-6, float(err.max())
+    try:  # the naive inversion drifts, or (rhoab3 at NFE 10: its own forward solve diverges) fails outright
+        naive = ei.invert(model, x0, sde, method=name, nfe=nfe)
+    except ei.NumericalError:
+        assert sol.stats["encoder"] == "ddim"  # then DDIM on the same points started and preconditioned Newton
+        return
+    drift = ei.sample(model, naive, sde, method=name, nfe=nfe, t_start=sde.t_max, t_end=sde.t_min) - x0
+    assert float((drift.flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)).max()) > 1e-6
 
 
 def test_exact_inversion_in_float32_meets_its_default_tolerance(mixture):
@@ -130,7 +140,8 @@ def test_iteration_cap_and_non_convergence_are_reported(mixture):
     with pytest.raises(ei.NumericalError, match=r"did not converge in max_iter=1 iterations: the round trip's "
                                                 r"relative residual is .* > tol=1e-10"):
         ei.invert(model, x0, sde, method="ddim", nfe=10, exact=True, tol=1e-10, max_iter=1)
-    with pytest.raises(ei.NumericalError, match=r"stalled after \d+ iterations: .* > tol=1e-30"):
+    with pytest.raises(ei.NumericalError, match=r"stalled after \d+ iterations: .* > tol=1e-30 .* also with 80 "
+                                                r"Krylov vectors"):
         ei.invert(model, x0, sde, method="logrhoab2", nfe=20, exact=True, tol=1e-30, max_iter=1000)
 
 
@@ -142,6 +153,8 @@ def test_bad_arguments_name_what_was_expected(mixture):
         ei.invert(model, x0, sde, exact=True, tol=-1)
     with pytest.raises(ValueError, match=r"max_iter must be a positive integer; got 0"):
         ei.invert(model, x0, sde, exact=True, max_iter=0)
+    with pytest.raises(ValueError, match=r"krylov must be a positive integer; got 0"):
+        ei.invert(model, x0, sde, exact=True, krylov=0)
     with pytest.raises(TypeError, match=r"exact must be True or False"):
         ei.invert(model, x0, sde, exact="yes")
     with pytest.raises(ValueError, match=r"'sddim' is stochastic: the reverse SDE runs from noise to data only"):
