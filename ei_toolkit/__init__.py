@@ -14,7 +14,19 @@ from .inversion import invert
 from .likelihood import log_likelihood
 from .model import ModelEvaluator
 from .sampling import sample, solve
-from .sde import CLD, EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, LinearSDE, MatrixLinearSDE, SubVPSDE, SymbolicForms
+from .sde import (
+    CLD,
+    EDM,
+    VESDE,
+    VPSDE,
+    CosineVPSDE,
+    DiscreteVP,
+    LinearSDE,
+    MatrixLinearSDE,
+    RectifiedFlow,
+    SubVPSDE,
+    SymbolicForms,
+)
 from .solution import Solution
 from .statistics import model_statistics
 
@@ -39,6 +51,7 @@ __all__ = [
     "ModelStatistics",
     "NFEBudgetExceeded",
     "NumericalError",
+    "RectifiedFlow",
     "ReverseSDE",
     "RoundoffWarning",
     "Solution",

@@ -3,7 +3,8 @@ prediction x0, x0 thresholding, and :class:`ModelEvaluator`, which calls a model
 converts it (docs/math.md section 7).
 
 A model is any callable ``model(x, t)``: ``x`` a batch (batch first), ``t`` a 1-D tensor of the batch size in
-the SDE's own time units; it returns a tensor shaped like ``x`` holding eps, x0, v or the score.
+the SDE's own time units; it returns a tensor shaped like ``x`` holding eps, x0, v, the score or, for rectified flow
+(:class:`~ei_toolkit.RectifiedFlow`), the velocity ``flow``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     pass
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-PREDICTIONS = ("eps", "x0", "v", "score")
+PREDICTIONS = ("eps", "x0", "v", "score", "flow")
 TARGETS = ("eps", "x0")  # what an integrator consumes
 Scalar = torch.Tensor | float
 
@@ -30,6 +31,19 @@ def check_prediction(prediction: str) -> str:
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
     return prediction
+
+
+def check_flow_sde(sde: Any, times: torch.Tensor | None = None) -> None:
+    """prediction='flow' (the velocity z - x0 of rectified flow) needs alpha + sigma = 1 at the evaluation times."""
+    if getattr(sde, "is_matrix", False):
+        raise ValueError("prediction='flow' needs a scalar SDE with alpha + sigma = 1 (ei.RectifiedFlow())")
+    if times is None or not len(times):
+        return
+    t = times.to(torch.float64)
+    a, s = sde.alpha_sigma(t) if hasattr(sde, "alpha_sigma") else (sde.alpha(t), sde.sigma(t))
+    if not bool(((a + s - 1).abs() <= 1e-9).all()):
+        raise ValueError("prediction='flow' (the velocity dx/dt = z - x0 of a flow-matching model) needs the "
+                         "rectified-flow path alpha = 1 - t, sigma = t: use ei.RectifiedFlow()")
 
 
 def to_eps(prediction: str, out: torch.Tensor, x: torch.Tensor, alpha: Scalar, sigma: Scalar) -> torch.Tensor:
@@ -42,6 +56,8 @@ def to_eps(prediction: str, out: torch.Tensor, x: torch.Tensor, alpha: Scalar, s
         return out * -sigma
     if prediction == "v":  # v = alpha eps - sigma x0 with alpha^2 + sigma^2 = 1
         return out * alpha + x * sigma
+    if prediction == "flow":  # velocity u = eps - x0 with alpha + sigma = 1 (rectified flow): eps = x + alpha u
+        return x + out * alpha
     raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
 
 
@@ -55,6 +71,8 @@ def to_x0(prediction: str, out: torch.Tensor, x: torch.Tensor, alpha: Scalar, si
         return (x + (sigma * sigma) * out) / alpha
     if prediction == "v":
         return x * alpha - out * sigma
+    if prediction == "flow":  # x0 = x - sigma u (Liu et al. 2023; diffusers' flow_prediction)
+        return x - out * sigma
     raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
 
 
@@ -132,6 +150,8 @@ class ModelEvaluator:
                                                  or dynamic_threshold is not None):
             raise ValueError(f"matrix SDEs take eps-models (eps = -R_t^T score) without x0 thresholding; got "
                              f"prediction={prediction!r}, clip_x0={clip_x0!r}, dynamic_threshold={dynamic_threshold!r}")
+        if prediction == "flow":
+            check_flow_sde(sde, torch.tensor([sde.t_min, sde.t_max], dtype=torch.float64))
         self.model, self.sde, self.prediction = model, sde, prediction
         self.clip_x0, self.dynamic_threshold = clip_x0, dynamic_threshold
         self.model_dtype = model_dtype
@@ -199,6 +219,8 @@ class ModelEvaluator:
         t_dev, alpha, sigma, vp = _times_on(self.sde, times, x.device, _time_dtype(x.dtype))
         if self.prediction == "v" and not vp:
             raise ValueError("prediction='v' needs a variance-preserving SDE (alpha^2 + sigma^2 = 1)")
+        if self.prediction == "flow":
+            check_flow_sde(self.sde, times)
         batch = x.shape[0]
         plain = alpha is None or (self.prediction == target and self.clip_x0 is None
                                   and self.dynamic_threshold is None)

@@ -197,7 +197,8 @@ def solve(
                              f"t_start={t_start}, t_end={t_end}")
         lo = sde.t_min if matrix else sde.t0
         for name, v in (("t_start", t_start), ("t_end", t_end)):
-            if not lo <= v <= sde.t_max and not (name == "t_start" and v == getattr(sde, "t_terminal", None)):
+            terminal = v == getattr(sde, "t_terminal", None)  # infinite noise: a start, or an encoding's end
+            if not lo <= v <= sde.t_max and not (terminal and (name == "t_start") != forward):
                 raise ValueError(f"{name} must lie in the SDE's domain [{lo:g}, {sde.t_max:g}]; got {v}")
     forward = t_end > t_start
     if forward:
@@ -216,6 +217,13 @@ def solve(
         gains: list[float | None] = []
         sol = solve_from_infinite_noise(chosen, request,
                                         check=lambda m, r: gains.append(_check_roundoff(m, r, x.dtype)))
+        gain = max((g for g in gains if g is not None), default=None)
+    elif t_end == getattr(sde, "t_terminal", None):  # hook: an encoding's last step, into rho = inf
+        from .diffusion.zero_snr import solve_to_infinite_noise
+
+        gains = []
+        sol = solve_to_infinite_noise(chosen, request,
+                                      check=lambda m, r: gains.append(_check_roundoff(m, r, x.dtype)))
         gain = max((g for g in gains if g is not None), default=None)
     else:
         gain = _check_roundoff(chosen, request, x.dtype)
@@ -250,8 +258,8 @@ def _check_divergence(method: Method, request: SolveRequest, model_dtype: torch.
     """Report a run whose result the ODE cannot reach. In y = x / alpha the flow is dy/drho = eps (docs/math.md
     section 3), so |y_end| <= |y_start| + (rho_start - rho_end) max|eps| elementwise; with |eps| <= EPS_BOUND a
     larger result means the integrator diverged (a finite but astronomically wrong state is not returned)."""
-    if request.t_start == getattr(request.sde, "t_terminal", None):
-        return  # a start at infinite noise (zero terminal SNR): no finite bound
+    if getattr(request.sde, "t_terminal", None) in (request.t_start, request.t_end):
+        return  # a start at (or an encoding to) infinite noise: no finite bound
     ends = torch.tensor([request.t_start, request.t_end], dtype=torch.float64)
     alpha, rho = request.sde.alpha(ends).tolist(), request.sde.rho(ends).tolist()
     if not (alpha[0] > 0 and alpha[1] > 0 and math.isfinite(rho[0]) and math.isfinite(rho[1])):

@@ -14,6 +14,16 @@ stochastic DDIM e = 0 when lambda > 0 and e = sqrt(1 - eta^2) for DDIM's eta. Th
 method's own, on the finite part of the schedule, started afresh (a multistep method cannot extrapolate through
 rho = inf). This module is the hook that :func:`ei_toolkit.solve` calls when ``t_start`` is ``sde.t_terminal``;
 :class:`~ei_toolkit.diffusion.EIScheduler` takes the same first step.
+
+Two families end at infinite noise: :class:`~ei_toolkit.DiscreteVP` with zero terminal SNR (t_terminal = N - 1) and
+:class:`~ei_toolkit.RectifiedFlow` (t_terminal = 1, alpha = 1 - t: Liu et al. 2023, Esser et al. 2024), whose
+velocity model gives x0 = x - v at t = 1; there the step above is exactly Euler's on dx/dt = v from t = 1. Both keep
+``sde.t_max`` as the last finite time (grids are laid from it, then their first point is moved to t_terminal).
+
+The other direction (:func:`solve_to_infinite_noise`, an encoding with ``t_end = sde.t_terminal``) ends with the
+one-point eps-form step x_b = Psi x_a + alpha_b (rho_b - rho_a) eps(x_a) in the limit alpha_b -> 0, where
+Psi = alpha_b / alpha_a -> 0 and alpha_b rho_b = sigma_b: x_b = sigma_b eps(x_a), the noise the model sees in x_a
+(for rectified flow, z = x_a + (1 - t_a) v).
 """
 
 from __future__ import annotations
@@ -60,11 +70,24 @@ def infinite_noise_step(x: torch.Tensor, x0: torch.Tensor, alpha_next: float, si
     return out
 
 
+TERMINAL_PREDICTIONS = ("x0", "v", "flow")
+"""The predictions whose data prediction is defined at alpha = 0 (x0 = -v for VP v-models, x - v for flow models)."""
+
+
 def check_prediction(prediction: str) -> None:
-    if prediction not in ("x0", "v"):
+    if prediction not in TERMINAL_PREDICTIONS:
         raise ValueError(f"sampling from zero terminal SNR (alpha = 0 at t_terminal) needs a model that predicts x0 "
                          f"or v: prediction={prediction!r} gives x0 = (x - sigma eps) / alpha, undefined at alpha = 0 "
-                         "(Lin et al. 2024 train such models with v-prediction); or start below t_terminal")
+                         "(Lin et al. 2024 train such models with v-prediction; a rectified-flow model's velocity is "
+                         "prediction='flow'); or start below t_terminal")
+
+
+def alpha_sigma_at(sde: Any, t: float) -> tuple[float, float]:
+    """alpha(t), sigma(t) as Python floats, t_terminal included (alpha = 0 there)."""
+    if t == getattr(sde, "t_terminal", None):
+        return 0.0, 1.0
+    t64 = torch.tensor([t], dtype=torch.float64)
+    return float(sde.alpha(t64)), float(sde.sigma(t64))
 
 
 def terminal_grid(grid: torch.Tensor, t_terminal: float) -> torch.Tensor:
@@ -114,8 +137,7 @@ def solve_from_infinite_noise(method: Method, request: SolveRequest,
         rest = full[1:]
     t1 = float(rest[0]) if rest is not None else sde.t_max
     x = request.x
-    t64 = torch.tensor([t1], dtype=torch.float64)
-    a1, s1 = float(sde.alpha(t64)), float(sde.sigma(t64))
+    a1, s1 = alpha_sigma_at(sde, t1)
     nfe0 = ev.nfe
     x0 = ev(x, t_terminal, "x0", alpha=0.0, sigma=1.0)
     z = gaussian_noise(request.generator)(0, x) if e != 1.0 else None
@@ -139,3 +161,59 @@ def solve_from_infinite_noise(method: Method, request: SolveRequest,
                 else None)
     return Solution(x=out, times=times, eval_times=evals, nfe=ev.nfe - nfe0, method=method.name, grid=grid_name,
                     trajectory=traj, stats={"seconds": time.perf_counter() - start, "start": "infinite noise"})
+
+
+def solve_to_infinite_noise(method: Method, request: SolveRequest,
+                            check: Callable[[Method, SolveRequest], None] | None = None) -> Solution:
+    """Solve the forward ``request`` (``t_start`` < ``t_end`` = ``request.sde.t_terminal``, an encoding to pure noise)
+    with ``method`` up to the grid's last finite time t_a, then take the exact last step x_b = sigma_b eps(x_a)
+    (module docstring): one more model evaluation, counted in ``nfe``. A named grid is laid from ``t_start`` to
+    ``sde.t_max`` and its last point moved to t_terminal, the mirror of the sampling grid from infinite noise.
+    ``check(method, body)`` vets the request on the finite part before it runs."""
+    from ..integrators import Integrator
+    from ..integrators.base import cached_grid
+    from ..solution import Solution
+
+    start = time.perf_counter()
+    sde, ev = request.sde, request.evaluator
+    t_terminal = float(sde.t_terminal)
+    nfe = request.nfe
+    grid_name = "explicit"
+    if request.explicit_grid:
+        times = torch.as_tensor(request.grid, dtype=torch.float64).flatten()
+        if float(times[-1]) != t_terminal:
+            raise ValueError("an explicit grid to infinite noise must end at sde.t_terminal")
+        body = times[:-1]
+    elif isinstance(method, Integrator):
+        total = 10 if nfe is None else positive_int("nfe", nfe)
+        try:
+            steps = 1 if total == 1 else 1 + method.steps_for_nfe(total - 1)
+        except ValueError as exc:
+            raise ValueError(f"nfe={total} to infinite noise: {total - 1} evaluations for {method.name!r}, then one "
+                             f"for the last step: {exc}") from None
+        grid_name = request.grid or method.default_grid
+        body = cached_grid(sde, grid_name, steps, request.t_start, sde.t_max)[:-1]
+    else:
+        raise ValueError(f"{getattr(method, 'name', method)!r} chooses its own steps; an encoding to infinite noise "
+                         "(t_end = sde.t_terminal) needs a fixed-grid method")
+    nfe0 = ev.nfe
+    x = request.x
+    if len(body) < 2:  # a single step from t_start straight to infinite noise
+        times_run, evals = body, torch.empty(0, dtype=torch.float64)
+        traj_head = x[None] if request.trajectory else None
+    else:
+        sub = dataclasses.replace(request, t_end=float(body[-1]), grid=body, nfe=None)
+        if check is not None:
+            check(method, sub)
+        sol = method.solve(sub)
+        x, times_run, evals = sol.x, sol.times.to(torch.float64), sol.eval_times.to(torch.float64)
+        traj_head = sol.trajectory if request.trajectory else None
+    t_a = float(body[-1])
+    a_a, s_a = alpha_sigma_at(sde, t_a)
+    out = ev(x, t_a, "eps", alpha=a_a, sigma=s_a)  # x_b = sigma_b eps(x_a), sigma_b = sigma(t_terminal) = 1
+    ev.check()
+    times = torch.cat([times_run, torch.tensor([t_terminal], dtype=torch.float64)])
+    evals = torch.cat([evals, torch.tensor([t_a], dtype=torch.float64)])
+    traj = torch.cat([traj_head, out[None]]) if traj_head is not None else None
+    return Solution(x=out, times=times, eval_times=evals, nfe=ev.nfe - nfe0, method=method.name, grid=grid_name,
+                    trajectory=traj, stats={"seconds": time.perf_counter() - start, "end": "infinite noise"})

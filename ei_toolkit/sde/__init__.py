@@ -1,6 +1,6 @@
 """The symbolic linear-SDE layer, the built-in diffusion SDEs, and matrix (gDDIM) SDEs."""
 
-from .builtins import EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, SubVPSDE
+from .builtins import EDM, VESDE, VPSDE, CosineVPSDE, DiscreteVP, RectifiedFlow, SubVPSDE
 from .linear import LinearSDE, SymbolicForms
 from .matrix import CLD, MatrixLinearSDE
 
@@ -13,6 +13,7 @@ __all__ = [
     "DiscreteVP",
     "LinearSDE",
     "MatrixLinearSDE",
+    "RectifiedFlow",
     "SubVPSDE",
     "SymbolicForms",
 ]

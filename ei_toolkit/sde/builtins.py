@@ -98,6 +98,46 @@ class EDM(LinearSDE):
         self.parameters = {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
+class RectifiedFlow(LinearSDE):
+    """Rectified flow / flow matching (Liu et al., "Flow Straight and Fast", ICLR 2023; Lipman et al., "Flow Matching
+    for Generative Modeling", ICLR 2023; Esser et al., "Scaling Rectified Flow Transformers" (SD3), ICML 2024):
+    x_t = (1 - t) x0 + t z, so alpha = 1 - t, sigma = t, rho = t / (1 - t), F = -1 / (1 - t),
+    G^2 = 2 t / (1 - t), on t in [0, 1]. Time is sigma, what flow models are conditioned on (diffusers passes
+    1000 sigma as the timestep).
+
+    Zero SNR at t = 1: :attr:`t_terminal` = 1 is the time of pure noise (alpha = 0, rho = inf), where sampling starts
+    by default through the exact first step of :mod:`ei_toolkit.diffusion.zero_snr` (the Euler step of the velocity
+    ODE from t = 1, which is exact there for frozen x0). The SDE's domain ends at ``t_max`` (default 1 - 1e-4,
+    rho = 9999), the last finite-rho time: grids are laid from it and their first point moved to 1. ``t_min``
+    (default 1e-3, diffusers' smallest sigma for 1000 training steps) is the model's smallest time; t0 = 0 is the
+    data, reached by a last step into rho = 0 with ``t_end=0``. A velocity model, v = dx/dt = z - x0, is
+    ``prediction="flow"`` (x0 = x - t v, eps = x + (1 - t) v: docs/math.md section 7).
+    """
+
+    t_terminal: float = 1.0
+
+    def __init__(self, *, t_min: float = 1e-3, t_max: float = 1.0 - 1e-4):
+        if isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not 0 < t_max < 1:
+            raise ValueError(f"t_max must lie in (0, 1): alpha = 1 - t vanishes at t = 1, the terminal time where "
+                             f"sampling starts; got {t_max!r}")
+        self._init_marginals("t", "1 - t", log_alpha=None, t_max=float(t_max), t_min=t_min, t0=0.0)
+        self.parameters = {}
+
+    @property
+    def key(self) -> Hashable:
+        return (*super().key, ("t_terminal", self.t_terminal))
+
+    def alpha_sigma(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha = 1 - t and sigma = t on [0, 1], t_terminal = 1 included; float64 for Python numbers, else t's dtype
+        and device."""
+        t = self._time(t)
+        self._check_range(t, self.t0, self.t_terminal, "t", "[t0, t_terminal]")
+        return 1 - t, t.clone()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(t_min={self.t_min:g}, t_max={self.t_max:g})"
+
+
 class DiscreteVP(LinearSDE):
     """A DDPM-style tabulated VP schedule, in the model's own time units.
 

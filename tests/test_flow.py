@@ -1,0 +1,259 @@
+"""Rectified flow as a first-class family (issue 21): ei.RectifiedFlow (alpha = 1 - t, sigma = t; Liu et al. 2023,
+Lipman et al. 2023, Esser et al. 2024), the velocity prediction ``"flow"``, the start at t = 1 (rho = inf) and the
+encoding's end there, against diffusers' flow schedulers and the exact velocity of Gaussian mixtures."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import ei_toolkit as ei
+from ei_toolkit.integrators import Integrator
+from ei_toolkit.model import to_eps, to_x0
+from ei_toolkit.testing import convergence_order
+from ei_toolkit.testing.problems import get_problem
+
+ORDERED = [n for n, m in ei.INTEGRATORS.items() if isinstance(m, Integrator) and not m.stochastic]
+F32 = torch.finfo(torch.float32).eps
+
+
+@pytest.fixture(scope="module")
+def flow():
+    return ei.RectifiedFlow()
+
+
+@pytest.fixture(scope="module")
+def gmm2d():
+    return get_problem("gmm2d")
+
+
+def _noise(n=64, d=2, dtype=torch.float64, seed=0):
+    return torch.randn(n, d, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+# -- the SDE and the prediction ------------------------------------------------------------------------------------
+
+
+def test_rectified_flow_is_the_linear_path_in_closed_form(flow):
+    t = torch.tensor([0.0, 0.001, 0.25, 0.5, 0.9, 0.9999], dtype=torch.float64)
+    torch.testing.assert_close(flow.alpha(t), 1 - t, rtol=0, atol=1e-15)
+    torch.testing.assert_close(flow.sigma(t), t, rtol=0, atol=1e-15)
+    torch.testing.assert_close(flow.rho(t), t / (1 - t), rtol=1e-14, atol=0)
+    inner = t[1:]
+    torch.testing.assert_close(flow.drift(inner), -1 / (1 - inner), rtol=1e-14, atol=0)
+    torch.testing.assert_close(flow.diffusion(inner) ** 2, 2 * inner / (1 - inner), rtol=1e-13, atol=0)
+    torch.testing.assert_close(flow.t_of_rho(flow.rho(inner)), inner, rtol=1e-13, atol=0)
+    assert (flow.t0, flow.t_min, flow.t_terminal) == (0.0, 1e-3, 1.0)
+    assert flow.t_max == 1 - 1e-4 and abs(flow.rho_max - 9999) < 1e-6
+    a, s = flow.alpha_sigma(torch.tensor([0.5, 1.0], dtype=torch.float64))
+    assert a.tolist() == [0.5, 0.0] and s.tolist() == [0.5, 1.0]
+    assert ei.RectifiedFlow().key == flow.key != ei.RectifiedFlow(t_max=0.999).key
+    with pytest.raises(ValueError, match=r"t_max must lie in \(0, 1\)"):
+        ei.RectifiedFlow(t_max=1.0)
+
+
+def test_flow_prediction_converts_exactly_to_eps_and_x0(flow):
+    """x = (1 - t) x0 + t z and v = z - x0 give x0 = x - t v and eps = z = x + (1 - t) v (float64: the
+    identities hold to a few ulp of |x| ~ 3)."""
+    g = torch.Generator().manual_seed(3)
+    x0, z = torch.randn(32, 5, dtype=torch.float64, generator=g), torch.randn(32, 5, dtype=torch.float64, generator=g)
+    for t in (0.0, 0.1, 0.5, 0.97, 1.0):
+        x = (1 - t) * x0 + t * z
+        torch.testing.assert_close(to_x0("flow", z - x0, x, 1 - t, t), x0, rtol=0, atol=1e-14)
+        torch.testing.assert_close(to_eps("flow", z - x0, x, 1 - t, t), z, rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="needs the rectified-flow path"):
+        ei.sample(lambda x, t: x, _noise(), ei.VPSDE(), prediction="flow", nfe=4)
+
+
+def test_the_mixture_velocity_is_the_exact_eps_minus_the_posterior_mean(flow, gmm2d):
+    v, eps = gmm2d.flow_model(flow), gmm2d.eps_model(flow)
+    x = _noise(128)
+    for t in (0.01, 0.3, 0.9):
+        tt = torch.full((128,), t, dtype=torch.float64)
+        torch.testing.assert_close(to_eps("flow", v(x, tt), x, 1 - t, t), eps(x, tt), rtol=0, atol=1e-13)
+    # at t = 1 the posterior mean is the data mean: v = x - E[x0]
+    mean = (gmm2d.weights[:, None] * gmm2d.means).sum(0)
+    torch.testing.assert_close(v(x, torch.ones(128, dtype=torch.float64)), x - mean, rtol=0, atol=1e-14)
+
+
+# -- identities with diffusers' flow schedulers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+@pytest.mark.parametrize("steps", [4, 28])
+def test_one_point_method_is_flow_match_euler_step_for_step(flow, gmm2d, shift, steps):
+    """ddim from t = 1 (the exact step from rho = inf, then one-point steps) on FlowMatchEulerDiscreteScheduler's
+    sigmas is its Euler step x + (sigma_next - sigma) v, state by state. diffusers steps in float32: each step rounds
+    |x| <= ~3 to float32 in a few operations, so states agree to ~4 steps' accumulated ulp: atol = 8 steps * eps * 4."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
+    sched.set_timesteps(steps)
+    v = gmm2d.flow_model(flow)
+    x = _noise(dtype=torch.float32)
+    ours = ei.solve(v, x, flow, method="ddim", grid=sched.sigmas.double(), prediction="flow", trajectory=True)
+    assert ours.nfe == steps and float(ours.times[0]) == 1.0 and ours.stats["start"] == "infinite noise"
+    y, theirs = x, [x]
+    for t, s in zip(sched.timesteps, sched.sigmas[:-1], strict=True):
+        assert abs(float(t) - 1000 * float(s)) < 1e-3  # timesteps are model units: 1000 sigma
+        y = sched.step(v(y, torch.full((len(y),), float(s))), t, y).prev_sample
+        theirs.append(y)
+    torch.testing.assert_close(ours.trajectory, torch.stack(theirs), rtol=0, atol=8 * steps * F32 * 4)
+
+
+@pytest.mark.parametrize("steps", [6, 20])
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_x0_midpoint_method_is_dpm_solver_2m_with_flow_sigmas(flow, gmm2d, steps, shift):
+    """x0-logrhoab1-mid (two points in log rho, the polynomial frozen at the step's middle: DPM-Solver++(2M)) on
+    DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction")'s sigmas equals its 2M
+    steps. Its lower_order_final (and final_sigmas_type="zero" at any step count) makes the last step first order:
+    ours is too, since no polynomial in log rho reaches rho = 0 (the step into the data is the one-point step), so
+    no separate '-lof' method is needed. diffusers keeps sigma, alpha and log-SNR in float32 (its sigmas tensor):
+    coefficients carry ~1e-7 relative error per step, so atol = steps * 1e-7 * |x| (<= 3) * 2."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                  flow_shift=shift, solver_order=2)
+    sched.set_timesteps(steps)
+    v = gmm2d.flow_model(flow)
+    x = _noise()
+    grid = sched.sigmas.double()
+    assert 0 < float(grid[0]) < flow.t_max  # DPM-Solver's flow sigmas start at 1 - 1/N, inside the domain
+    ours = ei.solve(v, x, flow, method="x0-logrhoab1-mid", grid=grid, prediction="flow", trajectory=True)
+    y, theirs = x, [x]
+    for t, s in zip(sched.timesteps, sched.sigmas[:-1], strict=True):
+        y = sched.step(v(y, torch.full((len(y),), float(s), dtype=torch.float64)), t, y).prev_sample
+        theirs.append(y)
+    torch.testing.assert_close(ours.trajectory, torch.stack(theirs), rtol=0, atol=steps * 1e-7 * 3 * 2)
+
+
+# -- convergence -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ORDERED)
+def test_every_method_reaches_its_order_on_rectified_flow(flow, name):
+    """On the window t = 0.9 -> 0.1 (rho 9 -> 0.11, finite) under rectified flow; iPNDM, whose order needs equal
+    rho steps, on 0.9 -> 0.7 (its uniform-rho grid is steep over a wider window, as on 1 -> 0.85 under VP)."""
+    end = 0.7 if name == "ipndm" else 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ei.RoundoffWarning)
+        convergence_order(name, sde=flow, t_start=0.9, t_end=end).check()
+
+
+@pytest.mark.parametrize("method", [None, "ddim", "logrhoab2", "x0-logrhoab2", "x0-logrhoab1-mid", "logrhoss3",
+                                    "rhork-heun", "x0-logrhoab1-mid-pc-lof", "ipndm", "euler"])
+def test_sampling_from_pure_noise_converges_to_the_exact_flow(flow, gmm2d, method):
+    """From t = 1 (x = z) to the data (t_end = 0) with the exact mixture velocity: the result converges to the
+    rectified-flow ODE's solution (DOP853 on dx/dt = v at 1e-11), at least first order in the number of steps."""
+    v = gmm2d.flow_model(flow)
+    x = _noise()
+    ref = gmm2d.flow_reference(x, 1.0, 0.0)
+    kw = {} if method is None else {"method": method}
+    m = ei.INTEGRATORS[method] if method else None
+    per = getattr(m, "evals_per_step", 1) or 1
+    errors = []
+    for steps in (12, 48):
+        nfe = steps * per if per > 1 else steps
+        sol = ei.solve(v, x, flow, prediction="flow", nfe=nfe + (1 if per > 1 else 0), t_end=0.0, **kw)
+        assert float(sol.times[0]) == 1.0 and float(sol.times[-1]) == 0.0
+        errors.append(float((sol.x - ref).abs().max()))
+    assert errors[1] < errors[0] / 3 and errors[1] < 0.05, errors
+
+
+def test_a_float32_flow_model_samples_from_pure_noise(flow, gmm2d):
+    v = gmm2d.flow_model(flow)
+    x = _noise(dtype=torch.float32)
+    out = ei.sample(v, x, flow, prediction="flow", nfe=20, t_end=0.0)
+    ref = gmm2d.flow_reference(x.double(), 1.0, 0.0)
+    assert out.dtype == torch.float32 and float((out.double() - ref).abs().max()) < 0.05
+    # one step from pure noise to the data is x0 = x - v(x, 1): the data mean
+    mean = (gmm2d.weights[:, None] * gmm2d.means).sum(0)
+    one = ei.sample(v, x.double(), flow, prediction="flow", nfe=1, t_end=0.0, method="ddim")
+    torch.testing.assert_close(one, mean.expand(64, 2), rtol=0, atol=1e-14)
+
+
+def test_eps_and_x0_models_start_below_pure_noise_only(flow, gmm2d):
+    with pytest.raises(ValueError, match="needs a model that predicts x0 or v"):
+        ei.sample(gmm2d.eps_model(flow), _noise(), flow, nfe=5)
+    out = ei.sample(gmm2d.eps_model(flow), _noise(), flow, nfe=10, t_start=flow.t_max, t_end=0.0)
+    assert torch.isfinite(out).all()
+
+
+# -- EMS, calibrated grids, stochastic sampling, generate ------------------------------------------------------------
+
+
+def test_ems_with_flow_statistics_beats_its_plain_method(flow):
+    """model_statistics of a velocity model (prediction="flow"), then EMS from pure noise: on gmm16 at NFE 10 the
+    fitted linear part cuts the error of DDIM and of the two-point method (measured 0.44x and 0.36x; asserted 0.7x)."""
+    mix = get_problem("gmm16")
+    v = mix.flow_model(flow)
+    stats = ei.model_statistics(v, _noise(256, 16, seed=5), flow, prediction="flow", nodes=60)
+    x = _noise(128, 16)
+    ref = mix.flow_reference(x, 1.0, 0.0)
+    for name, plain in (("ems-logrhoab0", "ddim"), ("ems-logrhoab1", "logrhoab1")):
+        ems = ei.sample(v, x, flow, method=ei.EMSAdams.named(name, stats), nfe=10, prediction="flow", t_end=0.0,
+                        grid="quadratic_t")
+        base = ei.sample(v, x, flow, method=plain, nfe=10, prediction="flow", t_end=0.0, grid="quadratic_t")
+        e_ems, e_base = float((ems - ref).norm(dim=1).mean()), float((base - ref).norm(dim=1).mean())
+        assert e_ems < 0.7 * e_base, (name, e_ems, e_base)
+
+
+def test_optimize_grid_on_a_flow_model(flow, gmm2d):
+    v = gmm2d.flow_model(flow)
+    cal = _noise(64, seed=6) * flow.t_max  # states at t_max ~ the prior
+    grid, info = ei.optimize_grid(v, cal, flow, method="x0-logrhoab2", nfe=6, prediction="flow", max_solves=40,
+                                  return_info=True)
+    assert float(grid[0]) == flow.t_max and len(grid) == 7 and info["loss"] <= info["loss_default"]
+
+
+def test_stochastic_ddim_from_pure_noise_forgets_x(flow, gmm2d):
+    """lam > 0: the first step from rho = inf draws fresh noise (zero_snr.terminal_mixing = 0); same generator,
+    different x: the same sample."""
+    v = gmm2d.flow_model(flow)
+    x = _noise()
+    a = ei.sample(v, x, flow, prediction="flow", method="sddim", lam=1.0, nfe=3,
+                  generator=torch.Generator().manual_seed(1))
+    b = ei.sample(v, 2 * x, flow, prediction="flow", method="sddim", lam=1.0, nfe=3,
+                  generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b)
+
+
+def test_generate_samples_a_flow_model(flow, gmm2d, tmp_path):
+    v = gmm2d.flow_model(flow)
+    res = ei.generate(v, flow, (2,), 16, tmp_path / "out", nfe=8, prediction="flow", t_end=0.0, progress=False,
+                      model_id="gmm2d-flow")
+    index, data = ei.load_shards(tmp_path / "out")
+    assert index.tolist() == list(range(16)) and data.shape == (16, 2) and np.isfinite(data).all() and res is not None
+
+
+# -- inversion ---------------------------------------------------------------------------------------------------------
+
+
+def test_invert_a_flow_model_to_t_max_and_to_pure_noise(flow, gmm2d):
+    """Encodings from t_min converge to the rectified-flow ODE's; to t = 1 the last step is the exact one into
+    rho = inf, x_b = sigma_b eps(x_a) = x_a + (1 - t_a) v (one more evaluation)."""
+    v = gmm2d.flow_model(flow)
+    z = _noise()
+    data = gmm2d.flow_reference(z, 1.0, flow.t_min)
+    errors = []
+    for nfe in (20, 80):
+        sol = ei.invert(v, data, flow, prediction="flow", nfe=nfe, t_end=1.0, solution=True)
+        assert sol.nfe == nfe and float(sol.times[-1]) == 1.0 and sol.stats["end"] == "infinite noise"
+        errors.append(float((sol.x - z).abs().max()))
+    assert errors[1] < errors[0] / 10 and errors[1] < 0.01, errors
+    at_max = ei.invert(v, data, flow, prediction="flow", nfe=80)
+    ref = gmm2d.flow_reference(data, flow.t_min, flow.t_max)
+    assert float((at_max - ref).abs().max()) < 0.01
+    # one step from t_a straight to pure noise: z = x + (1 - t_a) v(x, t_a)
+    one = ei.invert(v, data, flow, prediction="flow", nfe=1, method="ddim", t_end=1.0)
+    tt = torch.full((64,), flow.t_min, dtype=torch.float64)
+    torch.testing.assert_close(one, data + (1 - flow.t_min) * v(data, tt), rtol=0, atol=1e-13)
+
+
+def test_round_trip_through_pure_noise(flow, gmm2d):
+    """sample(invert(x0)) with 40 evaluations each way returns x0 to the two discretisation errors."""
+    v = gmm2d.flow_model(flow)
+    data = gmm2d.flow_reference(_noise(), 1.0, flow.t_min)
+    z = ei.invert(v, data, flow, prediction="flow", nfe=40, t_end=1.0)
+    back = ei.sample(v, z, flow, prediction="flow", nfe=40)
+    assert float((back - data).abs().max()) < 0.05
+    assert np.isfinite(back.numpy()).all()
