@@ -2,7 +2,7 @@
 as the flagship client (Zhang & Chen, "Fast Sampling of Diffusion Models with Exponential Integrator",
 ICLR 2023)."""
 
-from . import adapters, diffusion, grids, integrators
+from . import adapters, diffusion, grids, integrators, k_samplers
 from .adapters import FlowODE, NFEBudgetExceeded, ReverseSDE, brownian_motion, odeint, sdeint
 from .errors import NumericalError, RoundoffWarning
 from .generate import evaluate_shards, generate, load_shards, verify_shards
@@ -66,6 +66,7 @@ __all__ = [
     "grids",
     "integrators",
     "invert",
+    "k_samplers",
     "load_grid",
     "load_shards",
     "log_likelihood",
@@ -88,4 +89,8 @@ def __getattr__(name: str) -> object:
         from .diffusion.scheduler import EIScheduler
 
         return EIScheduler
+    if name == "EIInverseScheduler":
+        from .diffusion.inverse_scheduler import EIInverseScheduler
+
+        return EIInverseScheduler
     raise AttributeError(f"module 'ei_toolkit' has no attribute {name!r}")

@@ -6,7 +6,7 @@ from typing import Any
 from ..model import threshold_x0
 from .guidance import classifier_free_guidance
 
-__all__ = ["EIScheduler", "EISchedulerOutput", "classifier_free_guidance", "from_diffusers",
+__all__ = ["EIInverseScheduler", "EIScheduler", "EISchedulerOutput", "classifier_free_guidance", "from_diffusers",
            "sde_from_scheduler_config", "threshold_x0"]
 
 
@@ -15,6 +15,10 @@ def __getattr__(name: str) -> Any:
         from . import scheduler
 
         return getattr(scheduler, name)
+    if name in ("EIInverseScheduler", "EIInverseSchedulerOutput"):
+        from . import inverse_scheduler
+
+        return getattr(inverse_scheduler, name)
     if name in ("from_diffusers", "sde_from_scheduler_config"):
         from . import diffusers_integration
 
