@@ -128,6 +128,7 @@ def solve(
     clip_x0: float | None = None,
     dynamic_threshold: float | None = None,
     dtype: torch.dtype | None = None,
+    callback: Callable[[int, float, torch.Tensor], None] | None = None,
 ) -> Solution:
     """Integrate the probability-flow ODE of ``sde`` (or, for a stochastic method, its reverse SDE) from ``t_start``
     (default ``sde.t_max``) down to ``t_end`` (default ``sde.t_min``) with exactly ``nfe`` model evaluations
@@ -146,6 +147,10 @@ def solve(
 
     The state is integrated in ``dtype`` (default: x's dtype, at least float32) while the model is called with
     x's dtype; the result has x's dtype. ``Solution.stats`` reports nfe, steps, grid and wall time.
+
+    ``callback(i, t, x)`` is called after each step of a fixed-grid method with the index i of the grid point
+    reached (1 to steps), its time t and the state there (in the working precision; a predictor-corrector method
+    reports the corrected state).
     """
     start = time.perf_counter()
     matrix = isinstance(sde, MatrixLinearSDE)
@@ -182,6 +187,10 @@ def solve(
         raise ValueError(f"method {chosen.name!r} does not support matrix SDEs; valid: "
                          f"{', '.join(n for n, m in INTEGRATORS.items() if m.matrix)}")
     check_generator(generator, x.shape[0])
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable as callback(i, t, x); got {type(callback).__name__}")
+    if callback is not None and not isinstance(chosen, Integrator):
+        raise ValueError(f"callback= reports the steps of a fixed-grid method; {chosen.name!r} chooses its own steps")
     if not explicit:
         t_terminal = getattr(sde, "t_terminal", None)  # zero terminal SNR: sampling starts at infinite noise
         forward = t_start is not None and t_end is not None and t_start < t_end
@@ -210,7 +219,7 @@ def solve(
         raise NumericalError(f"x is not finite at t_start = {t_start:g} (it holds NaN or inf)")
     request = SolveRequest(evaluator=evaluator, x=x.to(work), sde=sde, t_start=t_start, t_end=t_end, nfe=nfe,
                            grid=grid, generator=generator, brownian=brownian, trajectory=trajectory,
-                           progress=progress)
+                           progress=progress, callback=callback)
     if t_start == getattr(sde, "t_terminal", None):  # hook: the first step from rho = inf (zero terminal SNR)
         from .diffusion.zero_snr import solve_from_infinite_noise
 
@@ -327,6 +336,31 @@ def _working_dtype(x: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     return dtype
 
 
-def sample(model: Model, x: torch.Tensor, sde: LinearSDE | MatrixLinearSDE, **kwargs: Any) -> torch.Tensor:
+def sample(
+    model: Model,
+    x: torch.Tensor,
+    sde: LinearSDE | MatrixLinearSDE,
+    *,
+    method: str | Method | None = None,
+    nfe: int | None = None,
+    grid: str | torch.Tensor | None = None,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    prediction: str = "eps",
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    progress: bool = False,
+    trajectory: bool = False,
+    lam: float | None = None,
+    eta: float | None = None,
+    brownian: Callable[[float, float], torch.Tensor] | None = None,
+    options: dict[str, Any] | None = None,
+    clip_x0: float | None = None,
+    dynamic_threshold: float | None = None,
+    dtype: torch.dtype | None = None,
+    callback: Callable[[int, float, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
     """Like :func:`solve` (same arguments), returning only the final tensor."""
-    return solve(model, x, sde, **kwargs).x
+    return solve(model, x, sde, method=method, nfe=nfe, grid=grid, t_start=t_start, t_end=t_end,
+                 prediction=prediction, generator=generator, progress=progress, trajectory=trajectory, lam=lam,
+                 eta=eta, brownian=brownian, options=options, clip_x0=clip_x0,
+                 dynamic_threshold=dynamic_threshold, dtype=dtype, callback=callback).x

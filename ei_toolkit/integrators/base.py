@@ -312,6 +312,7 @@ class SolveRequest:
     brownian: Callable[[float, float], torch.Tensor] | None = None
     trajectory: bool = False
     progress: bool = False
+    callback: Callable[[int, float, torch.Tensor], None] | None = None  # (grid index, time, state) after each step
 
     @property
     def explicit_grid(self) -> bool:
@@ -457,15 +458,21 @@ class Integrator(Method):
         states: list[torch.Tensor] = [x] if request.trajectory else []
         bar = _progress(plan.steps, self.name) if request.progress else None
 
+        user = request.callback
+        t_list = times.tolist() if user is not None else []
+
         def on_step(i: int, state: torch.Tensor) -> None:
             if request.trajectory:
                 states.append(state)
+            if user is not None:  # grid point i reached (a corrector's plan: the corrected state)
+                user(i, t_list[i], state)
             if bar is not None:
                 bar.update(1)
 
         nfe0 = request.evaluator.nfe
+        hook = request.trajectory or bar is not None or user is not None
         try:
-            out = plan.run(x, eps_fn, callback=on_step if (request.trajectory or bar) else None, noise=noise)
+            out = plan.run(x, eps_fn, callback=on_step if hook else None, noise=noise)
         finally:
             if bar is not None:
                 bar.close()
