@@ -26,6 +26,10 @@ from .singlestep import COLLOCATIONS, Collocation, SinglestepExponential
 from .torchdiffeq import TORCHDIFFEQ_METHODS, TorchDiffEq
 
 INTEGRATORS: dict[str, Method] = {}
+ALIASES: dict[str, str] = {}
+"""Familiar names (k-diffusion, ComfyUI, diffusers, the papers) -> the canonical name in :data:`INTEGRATORS`;
+:data:`ALIAS_NOTES` says what each alias is: the same update ("exact", tested) or the closest method here."""
+ALIAS_NOTES: dict[str, str] = {}
 
 
 def register(method: Method, *, replace: bool = False) -> Method:
@@ -38,8 +42,24 @@ def register(method: Method, *, replace: bool = False) -> Method:
         raise ValueError("a registered method needs a non-empty string name")
     if method.name in INTEGRATORS and not replace:
         raise ValueError(f"a method named {method.name!r} exists; pass replace=True to override it")
+    if method.name in ALIASES:
+        raise ValueError(f"{method.name!r} is an alias of {ALIASES[method.name]!r}; choose another name")
     INTEGRATORS[method.name] = method
     return method
+
+
+def register_alias(alias: str, name: str, note: str, *, replace: bool = False) -> None:
+    """Let :func:`get_integrator` (and so ``ei.sample(method=alias)``) resolve ``alias`` to the registered method
+    ``name`` (the same object: its ``name`` and results are the canonical method's); ``note`` says what the alias is."""
+    if not isinstance(alias, str) or not alias:
+        raise ValueError("an alias needs a non-empty string name")
+    if name not in INTEGRATORS:
+        raise ValueError(f"unknown method {name!r}: register it before its aliases")
+    if alias in INTEGRATORS:
+        raise ValueError(f"{alias!r} is a method's own name; an alias cannot shadow it")
+    if alias in ALIASES and not replace:
+        raise ValueError(f"the alias {alias!r} exists (for {ALIASES[alias]!r}); pass replace=True to override it")
+    ALIASES[alias], ALIAS_NOTES[alias] = name, note
 
 
 def get_integrator(name: str | Method) -> Method:
@@ -48,6 +68,7 @@ def get_integrator(name: str | Method) -> Method:
         return name
     if not isinstance(name, str):
         raise TypeError(f"method must be a name or an ei_toolkit.integrators.Method; got {type(name).__name__}")
+    name = ALIASES.get(name, name)
     if name not in INTEGRATORS:
         import difflib
 
@@ -56,8 +77,8 @@ def get_integrator(name: str | Method) -> Method:
             close = difflib.get_close_matches(bare, TORCHDIFFEQ_METHODS, n=1)
             hint = f"; did you mean 'torchdiffeq:{close[0]}'?" if close else ""
             raise ValueError(f"unknown torchdiffeq method {bare!r}; valid: {', '.join(TORCHDIFFEQ_METHODS)}{hint}")
-        close = difflib.get_close_matches(name, list(INTEGRATORS), n=1) or difflib.get_close_matches(
-            name.lower(), list(INTEGRATORS), n=1)
+        known = [*INTEGRATORS, *ALIASES]
+        close = difflib.get_close_matches(name, known, n=1) or difflib.get_close_matches(name.lower(), known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""  # last, where the eye lands after the list
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(INTEGRATORS)}{hint}")
     return INTEGRATORS[name]
@@ -110,7 +131,35 @@ for _name in TORCHDIFFEQ_METHODS:
     register(TorchDiffEq(_name))
 register(Adaptive())  # exponential Adams embedded pair with step-size control (adaptive.py)
 
+# Familiar names. "Exact": the same update, step for step (tests/test_k_samplers.py drives k-diffusion's own
+# samplers through ei_toolkit.k_samplers on the same sigmas; tests/test_compare.py). "Closest": same variable,
+# target and evaluations per step, other coefficients. k-diffusion's `euler` is `ddim` here (Euler in sigma on
+# x / alpha is DDIM; on VE / EDM also this toolkit's `euler`); `ddim`, `euler` and `ipndm` are canonical names.
+for _alias, _name, _note in (
+    ("dpmpp_2m", "x0-logrhoab1-mid", "exact: DPM-Solver++(2M), k-diffusion's sample_dpmpp_2m (diffusers' "
+                                     "DPMSolverMultistepScheduler 2M from 15 steps; below, it lowers the last order)"),
+    ("lms", "rhoab3", "exact: k-diffusion's sample_lms (order 4): Adams in sigma = rho, integrated exactly"),
+    ("heun", "rhork-heun", "exact: k-diffusion's sample_heun without churn (Heun's method in sigma = rho; its step "
+                           "into sigma = 0 is an Euler step, as in ei_toolkit.k_samplers)"),
+    ("deis", "tab3", "exact: DEIS's tAB3 (Zhang & Chen 2023), implemented here"),
+    ("dpmpp_3m", "x0-logrhoab2", "closest: DPM-Solver++(3M) (k-diffusion's dpmpp_3m_sde at eta=0, diffusers' "
+                                 "order 3): same three x0 points in log rho; they truncate a Taylor expansion, "
+                                 "x0-logrhoab2 integrates the interpolating quadratic exactly"),
+    ("unipc", "x0-logrhoab1-mid-pc", "closest: UniPC bh2 of order 2 (DPM-Solver++(2M) predictor, corrector through "
+                                     "the new evaluation); UniPC's B(h) corrector weights differ from the exact "
+                                     "integral here; diffusers lowers the final orders below 15 steps (-lof)"),
+    ("uni_pc_bh2", "x0-logrhoab1-mid-pc", "closest: ComfyUI's uni_pc_bh2 (see unipc)"),
+    ("dpm_2", "logrhoss2", "closest: DPM-Solver-2 / k-diffusion's sample_dpm_2: same stage at the log-rho "
+                           "midpoint; they advance with the midpoint evaluation alone, logrhoss2 with the exact "
+                           "integral of the line through both"),
+    ("dpmpp_2s", "x0-logrhoss2", "closest: DPM-Solver++(2S) (k-diffusion's sample_dpmpp_2s_ancestral at eta=0): "
+                                 "as dpm_2, on the data prediction"),
+):
+    register_alias(_alias, _name, _note)
+
 __all__ = [
+    "ALIASES",
+    "ALIAS_NOTES",
     "COLLOCATIONS",
     "DDIM",
     "INTEGRATORS",
@@ -138,4 +187,5 @@ __all__ = [
     "get_integrator",
     "plan_for",
     "register",
+    "register_alias",
 ]
