@@ -18,30 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import ei_toolkit as ei
+from ei_toolkit.models.data import digits_split, labelled_split  # noqa: F401  (re-exported for the benchmarks)
 from ei_toolkit.models.digits import DigitsEps
-
-
-def labelled_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train images, train labels, held-out images, held-out labels); images (N, 1, 8, 8) in [-1, 1], a fixed
-    80 % / 20 % split (seed 0)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0 * 2 - 1).unsqueeze(1)
-    y = torch.from_numpy(d.target.astype(np.int64))
-    idx = torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))
-    cut = int(0.8 * len(x))
-    return x[idx[:cut]], y[idx[:cut]], x[idx[cut:]], y[idx[cut:]]
-
-
-def digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, held-out) digits as (N, 1, 8, 8) tensors in [-1, 1]."""
-    train, _, held, _ = labelled_split(seed)
-    return train, held
 
 
 def check_out(out: Path) -> None:

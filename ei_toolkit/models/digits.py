@@ -47,11 +47,12 @@ class DigitsEps(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, 64))
 
     def embed(self, t: torch.Tensor) -> torch.Tensor:
-        return time_embedding(t, self.emb, torch.float32)
+        return time_embedding(t, self.emb, self.inp.weight.dtype)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps in x's dtype, computed in the weights' dtype (float32 as shipped; ``model.double()`` for float64)."""
         check_digits_input(x, t, "DigitsEps")
-        h = self.inp(x.reshape(x.shape[0], 64).float())
+        h = self.inp(x.reshape(x.shape[0], 64).to(self.inp.weight.dtype))
         e = self.time(self.embed(t.reshape(-1).expand(x.shape[0])))
         for block in self.blocks:
             h = h + block(h + e)
