@@ -17,6 +17,7 @@ and rewritten to that file's place in the site, and an inline code span naming a
 
 from __future__ import annotations
 
+import ast
 import posixpath
 import re
 from pathlib import Path
@@ -32,7 +33,7 @@ MOVED = {"README.md": "index.md", "CHANGELOG.md": "CHANGELOG.md"}
 MATHJAX_CONFIG = """window.MathJax = {
   tex: {inlineMath: [["\\\\(", "\\\\)"]], displayMath: [["\\\\[", "\\\\]"]], processEscapes: true,
         processEnvironments: true},
-  options: {ignoreHtmlClass: ".*|", processHtmlClass: "arithmatex"}
+  options: {ignoreHtmlClass: ".*|", processHtmlClass: "arithmatex|md-ellipsis"}  // the table of contents too
 };
 """
 
@@ -87,7 +88,20 @@ def api_page(module: str) -> str:
     or not (GRIDS, INTEGRATORS, __version__)."""
     if module != "ei_toolkit":
         return f"::: {module}\n"
-    return f"::: {module}\n    options:\n      show_if_no_docstring: true\n"
+    page = f"::: {module}\n    options:\n      show_if_no_docstring: true\n"
+    for name in shadowed(ROOT / "ei_toolkit" / "__init__.py"):  # the module's function, not the module
+        page += f"\n::: {module}.{name}.{name}\n    options:\n      heading_level: 2\n"
+    return page
+
+
+def shadowed(init: Path) -> list[str]:
+    """Names that the package's ``__init__`` imports from its submodule of the same name (``from .generate import
+    generate``): at run time ``ei_toolkit.generate`` is the function, but griffe sees the submodule there."""
+    names = []
+    for node in ast.walk(ast.parse(init.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+            names += [a.name for a in node.names if a.name == node.module and a.asname is None]
+    return sorted(names)
 
 
 def mathjax_file() -> Path:

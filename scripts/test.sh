@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-bash scripts/setup.sh test,bench
+bash scripts/setup.sh test,bench,docs
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 ruff check ei_toolkit tests benchmarks examples
