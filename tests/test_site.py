@@ -200,6 +200,35 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def load_hooks():
+    if importlib.util.find_spec("mkdocs") is None:
+        missing("mkdocs (the docs extra)", "pip install -e '.[docs]'")
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    return hooks
+
+
+def test_repository_links_resolve_in_the_site():
+    """Pages link as in the repository; docs/hooks.py rewrites each link to the file's place in the site."""
+    hooks = load_hooks()
+
+    def render(src_uri: str, markdown: str) -> str:
+        page = type("Page", (), {"file": type("File", (), {"src_uri": src_uri})()})()
+        return hooks.on_page_markdown(markdown, page, None, None)
+
+    assert render("integrators.md", "[a](../benchmarks/results/accuracy.md#x) [b](sde.md) [c](https://e.org/a.md)") \
+        == "[a](benchmarks/results/accuracy.md#x) [b](sde.md) [c](https://e.org/a.md)"
+    assert render("index.md", "[m](docs/math.md) [s](docs/sde.md#the-derivation-cache) [r](benchmarks/results/)") \
+        == "[m](math.md) [s](sde.md#the-derivation-cache) [r](benchmarks/results/index.md)"
+    assert render("math.md", "see `benchmarks/results/ems.md` and `benchmarks/results/none.md`") \
+        == "see [`benchmarks/results/ems.md`](benchmarks/results/ems.md) and `benchmarks/results/none.md`"
+    assert render("math.md", "```text\n[a](../benchmarks/results/ems.md)\n```\n") == \
+        "```text\n[a](../benchmarks/results/ems.md)\n```\n"  # code blocks stay as written
+    assert render("benchmarks/results/accuracy.md", "[d](default.md)").startswith("[d](default.md)")
+    assert "![digits_samples](digits_samples.png)" in render("benchmarks/results/digits.md", "# Digits")
+
+
 def test_the_site_builds_strict_with_every_public_name(site):
     api = (site / "api" / "ei_toolkit" / "index.html").read_text()
     # submodules have pages of their own (or their names are on this one); a function that shares its module's name
@@ -207,8 +236,9 @@ def test_the_site_builds_strict_with_every_public_name(site):
     names = [n for n in ei_toolkit.__all__ if not inspect.ismodule(getattr(ei_toolkit, n))]
     absent = [n for n in names if f'id="ei_toolkit.{n}"' not in api and f'id="ei_toolkit.{n}.{n}"' not in api]
     assert not absent, f"no API entry for {absent}"
-    for page in ("ei_toolkit.integrators", "ei_toolkit.grids", "ei_toolkit.diffusion", "ei_toolkit.testing",
-                 "ei_toolkit.inversion", "ei_toolkit.diffusion.scheduler"):
+    modules = [f"ei_toolkit.{n}" for n in ei_toolkit.__all__ if inspect.ismodule(getattr(ei_toolkit, n))]
+    for page in (*modules, "ei_toolkit.testing", "ei_toolkit.inversion", "ei_toolkit.diffusion.scheduler"):
+        assert (site / "api" / page / "index.html").is_file(), f"no API page for {page}: add a line to the nav"
         assert f'id="{page}"' in (site / "api" / page / "index.html").read_text(), page
     assert 'id="ei_toolkit.diffusion.scheduler.EIScheduler"' in (
         site / "api" / "ei_toolkit.diffusion.scheduler" / "index.html").read_text()
