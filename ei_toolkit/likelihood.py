@@ -58,7 +58,7 @@ CHUNK_ELEMENTS = 2**24
 """Elements of the cotangents of one batched vector-Jacobian call (the exact divergence is chunked to this)."""
 DEFAULT_NFE = 64
 """Model evaluations of the default fixed-step likelihood solve (benchmarks/results/likelihood.md)."""
-DEFAULT_METHOD = "logrhoab3"
+DEFAULT_METHOD = "x0-logrhoab2-pc"
 """The default fixed-step method for scalar SDEs on the uniform log-rho grid (benchmarks/results/likelihood.md)."""
 DEFAULT_GRID = "uniform_logrho"
 DEFAULT_MATRIX_METHOD = "torchdiffeq:rk4"

@@ -18,6 +18,7 @@ RUN_ELSEWHERE = {
     "docs/diffusers_tutorial.md": ("tests/test_pipelines.py", "test_the_tutorial_runs_as_written"),
     "docs/stochastic.md": ("tests/test_adapters.py", "test_the_stochastic_page_runs_in_seconds"),
     "docs/integrators.md": ("tests/test_docs.py", "integrators_page"),
+    "docs/likelihood.md": ("tests/test_likelihood.py", "test_the_likelihood_page_runs_as_written"),
     "README.md": ("tests/test_docs.py", "test_the_readme_python_snippet_runs"),
 }
 FENCES = {"python", "bash", "text", "console", "json", "toml", "yaml"}  # python runs; the others are not code to run
