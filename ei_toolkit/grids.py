@@ -6,12 +6,15 @@ formulas with the ends swapped) (fractional times for discrete schedules: there 
 timesteps at any step count). A power law with exponent k in a variable v (t or rho),
 v_i = (v_start^(1/k) + i/N (v_end^(1/k) - v_start^(1/k)))^k, gives ``uniform_t`` (k=1), ``quadratic_t``
 (k=2, the DEIS default for tAB), ``uniform_rho`` (k=1 in rho) and ``karras`` (k=7 in rho, Karras et al.
-2022); ``uniform_logrho`` is uniform in log rho (docs/math.md section 4). Matrix (gDDIM) SDEs have no scalar
+2022); ``uniform_logrho`` is uniform in log rho (docs/math.md section 4). The flow-matching schedules (uniform in
+sigma, SD3's and Flux's shifts: Esser et al. 2024) are ``uniform_sigma``, ``sd3_shift`` and :func:`shifted` with any
+shift, for every scalar SDE (docs/flow.md). Matrix (gDDIM) SDEs have no scalar
 rho: they take the grids in t (:data:`T_GRIDS`) or explicit times.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -87,12 +90,74 @@ def uniform_logrho(sde: LinearSDE, steps: int, t_start: float, t_end: float) -> 
     return torch.cat([torch.tensor([t_start], dtype=torch.float64), inner])
 
 
+def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's time shift (Esser et al. 2024, eq. 23): sigma' = s sigma / (1 + (s - 1) sigma), for sigma in [0, 1]
+    (the rectified-flow sigma = t). In rho = sigma / (1 - sigma) it is rho' = s rho: a translation by log s in
+    log rho."""
+    _check_shift(shift)
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def flux_shift(mu: float, time_shift_type: str = "exponential") -> float:
+    """The static shift s equivalent to Flux's dynamic shift by ``mu`` (diffusers' ``time_shift``):
+    ``"exponential"``, sigma' = e^mu / (e^mu + (1 / sigma - 1)), is s = e^mu; ``"linear"``,
+    sigma' = mu / (mu + (1 / sigma - 1)), is s = mu."""
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or mu != mu or abs(mu) == float("inf"):
+        raise ValueError(f"mu must be a finite number; got {mu!r}")
+    if time_shift_type == "exponential":
+        return _check_shift(math.exp(mu))
+    if time_shift_type == "linear":
+        return _check_shift(float(mu))
+    raise ValueError(f"time_shift_type must be 'exponential' or 'linear'; got {time_shift_type!r}")
+
+
+def stretch_to_terminal(sigma: torch.Tensor, shift_terminal: float) -> torch.Tensor:
+    """diffusers' ``shift_terminal`` (LTX-Video, Wan): 1 - sigma scaled so that the last sigma becomes
+    ``shift_terminal``: sigma' = 1 - (1 - sigma) (1 - shift_terminal) / (1 - sigma[-1]). Applied to the model's
+    sigmas (the final 0 of the data excluded)."""
+    if not 0 < float(shift_terminal) < 1:
+        raise ValueError(f"shift_terminal must lie in (0, 1); got {shift_terminal!r}")
+    one_minus = 1 - sigma
+    return 1 - one_minus * ((1 - shift_terminal) / one_minus[-1])
+
+
+def _check_shift(shift: float) -> float:
+    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < shift < float("inf"):
+        raise ValueError(f"shift must be a finite positive number; got {shift!r}")
+    return float(shift)
+
+
+def shifted(sde: LinearSDE, steps: int, t_start: float, t_end: float, shift: float = 1.0) -> torch.Tensor:
+    """Flow-matching schedules as a grid for any scalar SDE: uniform in u = rho / (1 + rho) (the sigma of the
+    rectified flow with the same rho; t itself for :class:`~ei_toolkit.RectifiedFlow`), then every rho multiplied by
+    ``shift`` (SD3's shift, :func:`shift_sigma`; ``shift=1`` is FlowMatchEulerDiscreteScheduler's uniform sigmas).
+    The ends are exact: the uniform grid runs between the ends' rho / shift. To or from rho = 0 (the data) it is
+    uniform down to u = 0, like the flow schedulers' last step to sigma = 0."""
+    _check_shift(shift)
+    r = sde.rho(torch.tensor([t_start, t_end], dtype=torch.float64)) / shift
+    u = r / (1 + r)
+    ui = _power(u[0].item(), u[1].item(), steps, 1.0)
+    return _in_rho(sde, shift * ui / (1 - ui), t_start, t_end)
+
+
+def uniform_sigma(sde: LinearSDE, steps: int, t_start: float, t_end: float) -> torch.Tensor:
+    """:func:`shifted` with shift 1: uniform in sigma for rectified flow (FlowMatchEulerDiscreteScheduler, shift 1)."""
+    return shifted(sde, steps, t_start, t_end, 1.0)
+
+
+def sd3_shift(sde: LinearSDE, steps: int, t_start: float, t_end: float) -> torch.Tensor:
+    """:func:`shifted` with shift 3, Stable Diffusion 3's default (Esser et al. 2024)."""
+    return shifted(sde, steps, t_start, t_end, 3.0)
+
+
 GRIDS: dict[str, GridFn] = {
     "uniform_t": uniform_t,
     "quadratic_t": quadratic_t,
     "uniform_rho": uniform_rho,
     "uniform_logrho": uniform_logrho,
     "karras": karras,
+    "uniform_sigma": uniform_sigma,
+    "sd3_shift": sd3_shift,
 }
 T_GRIDS = ("uniform_t", "quadratic_t")  # the grids that need no rho (all that matrix SDEs take)
 

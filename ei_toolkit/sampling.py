@@ -70,6 +70,9 @@ def default_method(nfe: int | None = None, *, guidance_scale: float | None = Non
             raise ValueError(f"guidance_scale must be a finite number; got {guidance_scale!r}")
         if g > GUIDED_ABOVE and n <= GUIDED_UP_TO_NFE:
             return GUIDED_METHOD, vp_or_logrho(sde)
+    own = getattr(sde, "default_method", None)  # a family with its own measured default (RectifiedFlow: flow.md)
+    if callable(own):
+        return own(n)
     return next(name for top, name in DEFAULTS_BY_NFE if top is None or n <= top), DEFAULT_GRID
 
 

@@ -257,3 +257,73 @@ def test_round_trip_through_pure_noise(flow, gmm2d):
     back = ei.sample(v, z, flow, prediction="flow", nfe=40)
     assert float((back - data).abs().max()) < 0.05
     assert np.isfinite(back.numpy()).all()
+
+
+# -- time shifting as grids (SD3, Flux) -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shift", [0.5, 3.0, 7.5])
+def test_a_shift_is_a_translation_in_log_rho(flow, shift):
+    # (windows whose ends' rho / shift stay inside the domain, to build the unshifted grid for comparison)
+    """shifted(shift) puts rho' = shift * rho on the uniform-sigma grid between the ends' rho / shift, for rectified
+    flow and for any other SDE (VP here); float64, so equal to ~1e-14 relative."""
+    from ei_toolkit.grids import shift_sigma, shifted, uniform_sigma
+
+    for sde, t0, t1 in ((flow, 0.9, 0.05), (ei.VPSDE(), 0.5, 1e-3)):
+        grid = shifted(sde, 12, t0, t1, shift)
+        ends = sde.t_of_rho(sde.rho(torch.tensor([t0, t1], dtype=torch.float64)) / shift)
+        base = uniform_sigma(sde, 12, float(ends[0]), float(ends[1]))
+        torch.testing.assert_close(sde.rho(grid).log(), sde.rho(base).log() + np.log(shift), rtol=0, atol=1e-12)
+        assert float(grid[0]) == t0 and float(grid[-1]) == t1
+    # for rectified flow the translation is SD3's sigma' = s sigma / (1 + (s - 1) sigma)
+    u = flow.t_of_rho(flow.rho(torch.tensor([0.9], dtype=torch.float64)) / shift)
+    torch.testing.assert_close(shifted(flow, 10, 0.9, 0.0, shift)[1:],
+                               shift_sigma(uniform_sigma(flow, 10, float(u), 0.0), shift)[1:], rtol=1e-13, atol=0)
+    base = uniform_sigma(flow, 10, flow.t_max, 0.0)
+    assert base.tolist() == ei.time_grid(flow, "uniform_sigma", 10, flow.t_max, 0.0).tolist()
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_the_static_shift_is_flow_match_eulers(shift):
+    """FlowMatchEulerDiscreteScheduler's sigmas are shift_sigma of n points uniform from 1 to its smallest training
+    sigma, itself shifted: shift_sigma(1/N) (float32: a few ulp)."""
+    diffusers = pytest.importorskip("diffusers")
+    from ei_toolkit.grids import shift_sigma
+
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=shift)
+    sched.set_timesteps(9)
+    base = torch.linspace(1, float(shift_sigma(torch.tensor(1e-3, dtype=torch.float64), shift)), 9,
+                          dtype=torch.float64)
+    torch.testing.assert_close(sched.sigmas[:-1].double(), shift_sigma(base, shift), rtol=4 * F32, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["exponential", "linear"])
+def test_flux_dynamic_shift_and_shift_terminal_are_static_shifts_of_the_same_sigmas(kind):
+    diffusers = pytest.importorskip("diffusers")
+    from ei_toolkit.grids import flux_shift, shift_sigma, stretch_to_terminal
+
+    mu = 1.15 if kind == "exponential" else 2.5
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type=kind)
+    base = np.linspace(1, 1e-3, 7)
+    sched.set_timesteps(7, mu=mu)
+    ours = shift_sigma(torch.as_tensor(base), flux_shift(mu, kind))
+    torch.testing.assert_close(sched.sigmas[:-1].double(), ours, rtol=4 * F32, atol=0)
+    term = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, shift_terminal=0.1)
+    term.set_timesteps(7)
+    base = np.linspace(1, float(shift_sigma(torch.tensor(1e-3, dtype=torch.float64), 3.0)), 7)
+    ours = stretch_to_terminal(shift_sigma(torch.as_tensor(base), 3.0), 0.1)
+    torch.testing.assert_close(term.sigmas[:-1].double(), ours, rtol=8 * F32, atol=0)
+    assert abs(float(term.sigmas[-2]) - 0.1) < 1e-6
+    with pytest.raises(ValueError, match="time_shift_type"):
+        flux_shift(1.0, "cubic")
+
+
+def test_sample_uses_the_flow_default_measured_for_flow_models(flow, gmm2d):
+    """benchmarks/results/flow.md: per NFE, RectifiedFlow.DEFAULTS_BY_NFE (method and grid)."""
+    v = gmm2d.flow_model(flow)
+    for nfe in (4, 8, 10, 20, 40):
+        method, grid = flow.default_method(nfe)
+        sol = ei.solve(v, _noise(8), flow, prediction="flow", nfe=nfe, t_end=0.0)
+        assert (sol.stats["method"], sol.grid) == (method, grid) and sol.nfe == nfe
+    assert flow.default_method(10) == ("logrhoab1-pc", "quadratic_t")
+    assert ei.sampling.default_method(10) == ("logrhoab2", "uniform_logrho")  # other SDEs keep theirs

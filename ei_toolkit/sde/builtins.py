@@ -115,6 +115,13 @@ class RectifiedFlow(LinearSDE):
     """
 
     t_terminal: float = 1.0
+    # sample()'s default for flow models, chosen by benchmarks/bench_flow.py (benchmarks/results/flow.md): per NFE,
+    # among the (method, grid) within 1.5x of the best diffusers flow scheduler on every mixture, the lowest
+    # geometric-mean error ratio; (largest nfe, method, grid).
+    DEFAULTS_BY_NFE: tuple[tuple[int | None, str, str], ...] = (
+        (6, "logrhoab1-pc", "uniform_sigma"), (8, "x0-logrhoab2-pc", "uniform_sigma"),
+        (12, "logrhoab1-pc", "quadratic_t"),
+        (24, "x0-logrhoab1-mid-pc", "quadratic_t"), (None, "logrhoab3", "quadratic_t"))
 
     def __init__(self, *, t_min: float = 1e-3, t_max: float = 1.0 - 1e-4):
         if isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not 0 < t_max < 1:
@@ -133,6 +140,10 @@ class RectifiedFlow(LinearSDE):
         t = self._time(t)
         self._check_range(t, self.t0, self.t_terminal, "t", "[t0, t_terminal]")
         return 1 - t, t.clone()
+
+    def default_method(self, nfe: int) -> tuple[str, str]:
+        """sample()'s default (method, grid) for a flow model with ``nfe`` evaluations (:attr:`DEFAULTS_BY_NFE`)."""
+        return next((m, g) for top, m, g in self.DEFAULTS_BY_NFE if top is None or nfe <= top)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(t_min={self.t_min:g}, t_max={self.t_max:g})"
