@@ -20,7 +20,7 @@ from ..sde import DiscreteVP
 from .guidance import classifier_free_guidance
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow_prediction": "flow"}
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
