@@ -58,8 +58,13 @@ CHUNK_ELEMENTS = 2**24
 """Elements of the cotangents of one batched vector-Jacobian call (the exact divergence is chunked to this)."""
 DEFAULT_NFE = 64
 """Model evaluations of the default fixed-step likelihood solve (benchmarks/results/likelihood.md)."""
+DEFAULTS_BY_NFE: tuple[tuple[int | None, str], ...] = ((39, "x0-logrhoab2"), (None, "x0-logrhoab2-pc"))
+"""The default fixed-step method for scalar SDEs by budget, (largest nfe, method), on the uniform log-rho grid: the
+lowest geometric-mean error of delta_logp over the six mixtures of benchmarks/results/likelihood.md at each NFE,
+switching at the geometric midpoint of 32 and 48 (the predictor-corrector form is 4-40x less accurate at 32 and the
+most accurate at 48 and beyond)."""
 DEFAULT_METHOD = "x0-logrhoab2-pc"
-"""The default fixed-step method for scalar SDEs on the uniform log-rho grid (benchmarks/results/likelihood.md)."""
+"""The default at :data:`DEFAULT_NFE` evaluations."""
 DEFAULT_GRID = "uniform_logrho"
 DEFAULT_MATRIX_METHOD = "torchdiffeq:rk4"
 """Matrix SDEs (CLD): a fixed-step torchdiffeq method in the y frame (the forward plans do not carry the divergence
@@ -286,13 +291,14 @@ def log_likelihood(
     scores the encoding.
 
     ``method``/``nfe``/``grid``: a deterministic fixed-step method of :func:`ei_toolkit.solve` (default
-    :data:`DEFAULT_METHOD` with :data:`DEFAULT_NFE` evaluations on ``uniform_logrho``); the divergence channel is
-    integrated by the same plan (module docstring). ``"torchdiffeq:<name>"`` integrates [y, D] with torchdiffeq
-    (``options``: ``rtol``, ``atol``, ``frame``, ``max_nfe``; adaptive methods take no nfe). Matrix SDEs (CLD)
-    default to :data:`DEFAULT_MATRIX_METHOD`; ``x0`` is then the whole state u = (x, v, ...) of shape
-    (batch, k, ...) and ``logp`` the joint log-density of data and auxiliary blocks (``stats["aux_logp"]`` is
-    the auxiliary blocks' log-density under their initial law: logp - aux_logp with v drawn from that law is, in
-    expectation, a lower bound on the data's log-likelihood, Dockhorn et al. 2022).
+    :func:`default_method` of nfe on ``uniform_logrho``: ``x0-logrhoab2-pc`` at the default :data:`DEFAULT_NFE` = 64,
+    ``x0-logrhoab2`` up to 39 evaluations); the divergence channel is integrated by the same plan (module
+    docstring). ``"torchdiffeq:<name>"`` integrates [y, D] with torchdiffeq (``options``: ``rtol``, ``atol``,
+    ``frame``, ``max_nfe``; adaptive methods take no nfe). Matrix SDEs (CLD) default to
+    :data:`DEFAULT_MATRIX_METHOD`; ``x0`` is then the whole state u = (x, v, ...) of shape (batch, k, ...) and
+    ``logp`` the joint log-density of data and auxiliary blocks (``stats["aux_logp"]`` is the auxiliary blocks'
+    log-density under their initial law: logp - aux_logp with v drawn from that law is, in expectation, a lower
+    bound on the data's log-likelihood, Dockhorn et al. 2022).
 
     ``divergence``: ``"exact"`` (one vector-Jacobian product per dimension, batched; at most
     :data:`MAX_EXACT_DIM` dimensions) or Skilling-Hutchinson with ``probes`` probes per sample, ``"rademacher"``
@@ -350,9 +356,9 @@ def log_likelihood(
                          f"t_end={hi:g}")
     if not math.isfinite(abs_max(x0)):  # one synchronisation, before the solve
         raise ValueError("x0 is not finite (it holds NaN or inf)")
-    chosen = _resolve_method(method, matrix, options)
     if nfe is not None:
         nfe = positive_int("nfe", nfe)
+    chosen = _resolve_method(method, matrix, options, len(times) - 1 if explicit and nfe is None else nfe)
     x = x0.to(work)
     probe_tensor = None if kind == "exact" else _draw_probes(kind, probes, x, generator)
     fld = _Field(model, prediction, x0.dtype, probe_tensor, matrix)
@@ -386,9 +392,16 @@ def log_likelihood(
                          x_T=x_T.to(x0.dtype), nfe=fld.nfe, dim=dim, stats=stats)
 
 
-def _resolve_method(method: str | Method | None, matrix: bool, options: dict[str, Any] | None) -> Method:
+def default_method(nfe: int | None = None) -> str:
+    """The default likelihood method for scalar SDEs with ``nfe`` evaluations (None: :data:`DEFAULT_NFE`)."""
+    n = DEFAULT_NFE if nfe is None else positive_int("nfe", nfe)
+    return next(name for top, name in DEFAULTS_BY_NFE if top is None or n <= top)
+
+
+def _resolve_method(method: str | Method | None, matrix: bool, options: dict[str, Any] | None,
+                    budget: int | None) -> Method:
     if method is None:
-        method = DEFAULT_MATRIX_METHOD if matrix else DEFAULT_METHOD
+        method = DEFAULT_MATRIX_METHOD if matrix else default_method(budget)
     chosen = get_integrator(method).configure(options=options)
     if chosen.stochastic:
         raise ValueError(f"method {chosen.name!r} is stochastic: the likelihood integrates the probability-flow ODE; "

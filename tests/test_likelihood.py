@@ -301,3 +301,17 @@ def test_the_likelihood_page_runs_as_written():
     for code in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S):
         exec(compile(code, "docs/likelihood.md", "exec"), ns)  # the project's own documentation
     assert isinstance(ns["result"], LogLikelihood)
+
+
+def test_the_default_method_follows_the_budget():
+    """x0-logrhoab2 up to 39 evaluations, x0-logrhoab2-pc beyond (benchmarks/results/likelihood.md); an explicit
+    grid's steps are the budget."""
+    sde = ei.EDM()
+    m = get_problem("gmm2d").eps_model(sde)
+    x = torch.zeros(1, 2, dtype=F64)
+    assert ei.log_likelihood(m, x, sde, nfe=32).stats["method"] == "x0-logrhoab2"
+    assert ei.log_likelihood(m, x, sde, nfe=48).stats["method"] == "x0-logrhoab2-pc"
+    r = ei.log_likelihood(m, x, sde)
+    assert r.stats["method"] == "x0-logrhoab2-pc" and r.nfe == 64 and r.stats["grid"] == "uniform_logrho"
+    grid = ei.time_grid(sde, "uniform_logrho", 20, sde.t_min, sde.t_max)
+    assert ei.log_likelihood(m, x, sde, grid=grid).stats["method"] == "x0-logrhoab2"
