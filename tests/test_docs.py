@@ -20,6 +20,7 @@ RUN_ELSEWHERE = {
     "docs/integrators.md": ("tests/test_docs.py", "integrators_page"),
     "docs/likelihood.md": ("tests/test_likelihood.py", "test_the_likelihood_page_runs_as_written"),
     "README.md": ("tests/test_docs.py", "test_the_readme_python_snippet_runs"),
+    "docs/flow.md": ("tests/test_flow.py", "test_the_flow_page_runs_as_written"),
 }
 FENCES = {"python", "bash", "text", "console", "json", "toml", "yaml"}  # python runs; the others are not code to run
 

@@ -327,3 +327,22 @@ def test_sample_uses_the_flow_default_measured_for_flow_models(flow, gmm2d):
         assert (sol.stats["method"], sol.grid) == (method, grid) and sol.nfe == nfe
     assert flow.default_method(10) == ("logrhoab1-pc", "quadratic_t")
     assert ei.sampling.default_method(10) == ("logrhoab2", "uniform_logrho")  # other SDEs keep theirs
+
+
+# -- the documentation ------------------------------------------------------------------------------------------------
+
+
+def test_the_flow_page_runs_as_written():
+    """docs/flow.md's python blocks, in order, in one namespace (tests/test_docs.py's RUN_ELSEWHERE points here)."""
+    pytest.importorskip("diffusers")
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "flow.md"
+    ns: dict = {"__name__": "__docs__"}
+    for code in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S):
+        exec(compile(code, str(page), "exec"), ns)  # the project's own documentation
+    assert float((ns["x0"] - ns["exact"]).norm() / ns["exact"].norm()) < 0.05
+    assert ns["sol"].stats["method"] == "logrhoab1-pc" and torch.isfinite(ns["out"]).all()
+    assert float((ns["noise"] - ns["z"]).norm() / ns["z"].norm()) < 0.05
+    assert ns["scheduler"].prediction == "flow"

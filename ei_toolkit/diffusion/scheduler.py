@@ -61,10 +61,10 @@ SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas",
 TIME_SHIFT_TYPES = ("exponential", "linear")
 FLOW_METHOD = "logrhoab1-pc"
 """The method of an EIScheduler made from a flow scheduler's config. On FlowMatchEulerDiscreteScheduler's own sigmas
-(shift 1 and 3, 10 and 28 steps; the four flow mixtures of benchmarks/bench_flow.py, 128 draws) it had the lowest
-geometric-mean error of eight candidates: 0.082 / 0.014 (shift 1, 10 / 28 steps) and 0.16 / 0.022 (shift 3), against
-0.13 / 0.055 and 0.25 / 0.085 for the Euler steps FlowMatchEuler takes; the data-prediction forms extrapolate badly
-into that schedule's last, long step in log rho (sigma_min -> 0)."""
+(shift 1 and 3, 10 and 28 steps; the four flow mixtures of benchmarks/bench_flow.py) it had the lowest geometric-mean
+error of eight candidates: 0.086 / 0.012 (shift 1, 10 / 28 steps) and 0.15 / 0.021 (shift 3), against
+0.125 / 0.065 and 0.245 / 0.091 for FlowMatchEuler's Euler steps (benchmarks/results/flow.md); the data-prediction
+forms extrapolate badly into that schedule's last, long step in log rho (sigma_min -> 0)."""
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "FlowMatchLCMScheduler")
 STATISTICS_FILE = "ems_statistics.pt"
 """Where :meth:`EIScheduler.save_pretrained` writes the model statistics of an EMS method, next to the config."""
