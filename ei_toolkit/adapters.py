@@ -174,8 +174,8 @@ def odeint(
     start = time.perf_counter()
     t_start = sde.t_max if t_start is None else float(t_start)
     t_end = sde.t_min if t_end is None else float(t_end)
-    if not t_start > t_end:
-        raise ValueError(f"t_start must be greater than t_end; got t_start={t_start}, t_end={t_end}")
+    if t_start == t_end:  # t_start > t_end samples; t_start < t_end runs the ODE forward (inversion)
+        raise ValueError(f"t_start and t_end must differ; got both {t_start}")
     func = FlowODE(model, sde, frame, prediction, max_nfe, evaluator)
     opts = dict(options or {})
     fixed = method in TORCHDIFFEQ_FIXED or method in ("implicit_adams", "fixed_adams")

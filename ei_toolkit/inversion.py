@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .errors import NumericalError, positive_int
-from .integrators import Method, get_integrator
+from .integrators import Integrator, Method, get_integrator
 from .integrators.base import cached_grid
 from .model import Model
 from .sampling import DEFAULT_MATRIX_METHOD, _check_time, _working_dtype, default_inversion_method, solve
@@ -112,6 +112,10 @@ def invert(
         method, named = default_inversion_method(budget)
         grid = named if grid is None else grid
     if exact:  # checked before any work
+        if method is not None and not isinstance(get_integrator(method), Integrator):
+            raise ValueError(f"exact=True inverts a sampler with a fixed grid; {get_integrator(method).name!r} "
+                             "chooses its steps from the state (pass its accepted grid, Solution.times, as grid= of "
+                             "a fixed-step method instead)")
         tol = default_tolerance(_working_dtype(x0, dtype)) if tol is None else _positive_float("tol", tol)
         max_iter = positive_int("max_iter", max_iter)
         krylov = positive_int("krylov", krylov)

@@ -285,18 +285,14 @@ def _check_divergence(method: Method, request: SolveRequest, model_dtype: torch.
 
 def _check_forward(method: Method, sde: LinearSDE | MatrixLinearSDE, t_start: float) -> None:
     """What a forward solve (t_start < t_end: data to noise, the probability-flow ODE run as an encoder) refuses:
-    stochastic methods (the reverse SDE runs toward the data only) and adaptive steps (their controller steps toward
-    the data); a start below ``sde.t_min`` (the model is evaluated where a forward step starts, and the data time
-    rho = 0 is outside its domain)."""
+    stochastic methods (the reverse SDE runs toward the data only); a start below ``sde.t_min`` (the model is
+    evaluated where a forward step starts, and the data time rho = 0 is outside its domain)."""
     if t_start < sde.t_min:
         raise ValueError(f"a forward solve starts where the model is defined: t_start must be >= sde.t_min = "
                          f"{sde.t_min:g}; got {t_start:g}")
     if method.stochastic:
         raise ValueError(f"{method.name!r} is stochastic: the reverse SDE runs from noise to data only; integrate "
                          f"forward (t_start < t_end) with a deterministic method")
-    if getattr(method, "name", None) == "adaptive":
-        raise ValueError("method='adaptive' integrates toward the data only; integrate forward (t_start < t_end) "
-                         "with a fixed-grid method (e.g. the default) or 'torchdiffeq:dopri5'")
 
 
 def _describe(method: Method, request: SolveRequest, model_dtype: torch.dtype) -> str:

@@ -62,6 +62,19 @@ def test_encodings_converge_to_the_exact_ode_encoding(mixture):
     assert errors[-1] < 1e-3 * float(exact.abs().max()), errors
 
 
+@pytest.mark.parametrize(("method", "options"), [("adaptive", {}), ("torchdiffeq:dopri5", {})])
+def test_adaptive_and_black_box_methods_encode_to_their_tolerance(mixture, method, options):
+    """Step-size control works forward too (lam = -log rho decreasing): the error follows rtol."""
+    sde, mix, model, x0 = mixture
+    exact = mix.reference(sde, x0, sde.t_min, sde.t_max, rtol=1e-12, atol=1e-12)
+    errors = []
+    for rtol in (1e-3, 1e-5):
+        sol = ei.invert(model, x0, sde, method=method, options={"rtol": rtol, "atol": rtol}, solution=True)
+        assert float(sol.times[0]) == sde.t_min and float(sol.times[-1]) == sde.t_max
+        errors.append(float((sol.x - exact).abs().max() / exact.abs().max()))
+    assert errors[1] < errors[0] / 10 and errors[1] < 1e-3, errors
+
+
 def test_ddim_inversion_equals_diffusers_ddim_inverse_scheduler_step_for_step():
     """diffusers' DDIMInverseScheduler moves from timestep t - r to t with the model evaluated at t (its one-step
     time lag; r = 1000 // steps) and starts from alpha = 1. From its second step on, its states are ei's DDIM
@@ -159,8 +172,8 @@ def test_bad_arguments_name_what_was_expected(mixture):
         ei.invert(model, x0, sde, exact="yes")
     with pytest.raises(ValueError, match=r"'sddim' is stochastic: the reverse SDE runs from noise to data only"):
         ei.invert(model, x0, sde, method="sddim")
-    with pytest.raises(ValueError, match=r"method='adaptive' integrates toward the data only"):
-        ei.invert(model, x0, sde, method="adaptive")
+    with pytest.raises(ValueError, match=r"exact=True inverts a sampler with a fixed grid; 'adaptive' chooses"):
+        ei.invert(model, x0, sde, method="adaptive", exact=True)
     with pytest.raises(ValueError, match=r"t_start must be >= sde.t_min = 0.001; got 0.0005"):
         ei.invert(model, x0, sde, t_start=5e-4)
     with pytest.raises(ValueError, match=r"explicit grid gives its own start and end"):

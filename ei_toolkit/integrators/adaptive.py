@@ -139,7 +139,8 @@ class Adaptive(Method):
     ``controller`` (``"pi"`` or ``"i"``), ``max_rejections`` (consecutive rejections before giving up),
     ``corrector`` (default True: correct each accepted step with the evaluation at its end, no extra evaluation).
 
-    ``Solution.times`` is the accepted grid (float64, decreasing; usable as ``grid=`` of a fixed-step method);
+    ``Solution.times`` is the accepted grid (float64, monotone from t_start to t_end: decreasing when sampling,
+    increasing forward in time; usable as ``grid=`` of a fixed-step method);
     ``stats`` holds ``nfe``, ``steps`` (= ``accepted``), ``rejected``, ``accepted_grid`` (the same times) and
     ``h`` (the accepted step sizes in lam).
     """
@@ -192,7 +193,8 @@ class Adaptive(Method):
             t_stop = sde.t_min
         lam_a = -math.log(float(sde.rho(torch.tensor(t_start, dtype=torch.float64))))
         lam_b = -math.log(float(sde.rho(torch.tensor(t_stop, dtype=torch.float64))))
-        span = lam_b - lam_a
+        d = 1.0 if lam_b >= lam_a else -1.0  # toward the data (lam grows) or, forward in time, toward the noise
+        span = abs(lam_b - lam_a)
         nfe0 = ev.nfe
         budget = o["max_nfe"]
 
@@ -224,8 +226,8 @@ class Adaptive(Method):
         h = o["h_init"] if o["h_init"] is not None else self._first_step(rtol, span)
         h = min(h, span)
         err_prev, rejected, in_a_row, last_rejected = 1.0, 0, 0, False
-        while lam_i < lam_b - 1e-12 * max(1.0, abs(lam_b)):
-            rest = lam_b - lam_i
+        while d * (lam_b - lam_i) > 1e-12 * max(1.0, abs(lam_b)):
+            rest = d * (lam_b - lam_i)
             if h >= rest * (1 - 1e-9):
                 h, last = rest, True
             else:
@@ -235,25 +237,26 @@ class Adaptive(Method):
             if h <= 1e-10 * max(1.0, abs(span)):
                 raise NumericalError(f"method 'adaptive': the step size underflowed at t = {t_i:.6g} (h = {h:.3g} in "
                                      "log rho); the tolerance may be too tight for the working precision")
-            lam_n = lam_b if last else lam_i + h
+            lam_n = lam_b if last else lam_i + d * h
+            sh = d * h  # the signed step: the weights integrate over [lam_i, lam_n] either way
             t_n = t_stop if last else t_of(lam_n)
             a_n, s_n = coeffs(t_n)
             psi = s_n / s_i if form == "x0" else a_n / a_i
             c = a_n if form == "x0" else -s_n
             m = min(p, len(evals))
             nodes = np.asarray([lams[-1 - j] - lam_i for j in range(m)])
-            hi = c * lam_weights(nodes, h, form)
+            hi = c * lam_weights(nodes, sh, form)
             x_n = torch.mul(x, psi)
             for j in range(m):
                 x_n.add_(evals[-1 - j], alpha=float(hi[j]))
             e_n = None
             if m == 1:  # first step: DDIM, its error by the 2-point formula through both ends (needs e at the end)
                 e_n = evaluate(x_n, t_n, a_n, s_n)
-                w2 = c * lam_weights(np.asarray([h, 0.0]), h, form)
+                w2 = c * lam_weights(np.asarray([sh, 0.0]), sh, form)
                 diff = torch.mul(e_n, float(w2[0])).add_(evals[-1], alpha=float(w2[1] - hi[0]))
                 k = 2
             else:
-                lo = c * lam_weights(nodes[:-1], h, form)
+                lo = c * lam_weights(nodes[:-1], sh, form)
                 dw = hi - np.append(lo, 0.0)
                 diff = torch.mul(evals[-1], float(dw[0]))
                 for j in range(1, m):
@@ -269,7 +272,7 @@ class Adaptive(Method):
                 if e_n is None and need_eval:
                     e_n = evaluate(x_n, t_n, a_n, s_n)
                 if o["corrector"] and e_n is not None:  # UniPC's idea: refit through e_n, no extra evaluation
-                    wc = c * lam_weights(np.concatenate([[h], nodes]), h, form)
+                    wc = c * lam_weights(np.concatenate([[sh], nodes]), sh, form)
                     x_c = torch.mul(x, psi).add_(e_n, alpha=float(wc[0]))
                     for j in range(m):
                         x_c.add_(evals[-1 - j], alpha=float(wc[j + 1]))
