@@ -288,3 +288,69 @@ def test_ems_and_stochastic_methods_in_a_flow_scheduler(tmp_path):
     a = run(EIScheduler.from_config(flow_match().config, **sddim), generator=torch.Generator().manual_seed(0))
     b = run(EIScheduler.from_config(flow_match().config, **sddim), generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+# -- a tiny Flux ------------------------------------------------------------------------------------------------------
+
+
+def flux(tmp_path, pipeline=None):
+    """FluxPipeline (or its img2img variant) from tiny random components: a CLIP text encoder, a one-layer T5 encoder
+    with a word-level T5 tokenizer built here, FluxTransformer2DModel, AutoencoderKL; Flux's config: dynamic
+    shifting from the image sequence length."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = clip_tokenizer(tmp_path / "clip")
+    words = Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "cat": 4}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    t5_tok = transformers.T5TokenizerFast(tokenizer_object=words, pad_token="<pad>", eos_token="</s>",
+                                          unk_token="<unk>", extra_ids=0)
+    torch.manual_seed(0)
+    clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+        num_hidden_layers=1, vocab_size=len(tok), max_position_embeddings=12, projection_dim=16)).eval()
+    t5 = transformers.T5EncoderModel(transformers.T5Config(vocab_size=8, d_model=16, d_kv=8, d_ff=32, num_layers=1,
+                                                           num_heads=2, pad_token_id=0, eos_token_id=1)).eval()
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4)).eval()
+    vae = diffusers.AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4,
+                                  down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, sample_size=16,
+                                  shift_factor=0.1159, scaling_factor=0.3611).eval()
+    config = flow_match(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                        max_image_seq_len=4096, shift=3.0).config
+    cls = pipeline or diffusers.FluxPipeline
+    pipe = cls(scheduler=EIScheduler.from_config(config), vae=vae, text_encoder=clip, tokenizer=tok,
+               text_encoder_2=t5, tokenizer_2=t5_tok, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def exact_flux_velocity(transformer, x0):
+    """Flux passes sigma itself as the timestep, and packed latents (batch, tokens, 16)."""
+
+    def forward(hidden_states, timestep=None, *args, return_dict=True, **kwargs):
+        sigma = torch.as_tensor(timestep, dtype=torch.float64).flatten()[0]
+        v = ((hidden_states.double() - x0.double()) / sigma).to(hidden_states.dtype)
+        return (v,) if not return_dict else diffusers.models.modeling_outputs.Transformer2DModelOutput(sample=v)
+
+    transformer.forward = forward
+
+
+@pytest.mark.parametrize("strength", [None, 0.6])
+def test_flux_text_to_image_and_img2img_return_the_exact_models_latents(tmp_path, strength):
+    """Dynamic shifting (mu from the pipeline) and the pipeline's sigmas=; bound as for SD3 above."""
+    cls = diffusers.FluxPipeline if strength is None else diffusers.FluxImg2ImgPipeline
+    pipe = flux(tmp_path, cls)
+    x0 = torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(1))  # packed 8 x 8 x 4 latents
+    exact_flux_velocity(pipe.transformer, x0)
+    kw = {} if strength is None else {
+        "image": Image.fromarray((np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)),
+        "strength": strength}
+    out = pipe("a cat", height=16, width=16, num_inference_steps=8, guidance_scale=3.5, output_type="latent",
+               max_sequence_length=8, generator=torch.Generator().manual_seed(0), **kw).images
+    sched = pipe.scheduler
+    assert sched.config.use_dynamic_shifting and sched.prediction == "flow"
+    k = sched.begin_index or 0
+    sigma1 = float(sched.sigmas[k + 1 if k == 0 else k])
+    torch.testing.assert_close(out, x0, rtol=0, atol=8 * 24 * F32 * max(1.0, sigma1 / (1 - sigma1)))
