@@ -139,11 +139,20 @@ def invert(
     def sampler(x: torch.Tensor) -> Solution:  # F: noise end -> data end
         return solve(model, x, sde, grid=rev_grid, **ends_rev, **common)
 
-    ddim_grid = fwd_grid
-    if fwd_grid is None or isinstance(fwd_grid, str):  # the same grid points, for DDIM
+    def ddim_grid() -> torch.Tensor:
+        """The sampler's grid points, increasing, for DDIM (a start at zero terminal SNR: the grid from t_max with
+        its end moved to t_terminal, as sampling lays it)."""
+        if fwd_grid is not None and not isinstance(fwd_grid, str):
+            return fwd_grid
         chosen = get_integrator(common["method"] if common["method"] is not None else DEFAULT_MATRIX_METHOD)
         steps = chosen.steps_for_nfe(10 if nfe is None else nfe)
-        ddim_grid = cached_grid(sde, fwd_grid or chosen.default_grid, steps, hi, lo).flip(0)
+        terminal = hi == getattr(sde, "t_terminal", None)
+        grid = cached_grid(sde, fwd_grid or chosen.default_grid, steps, sde.t_max if terminal else hi, lo).flip(0)
+        if terminal:
+            grid = grid.clone()
+            grid[-1] = hi
+        return grid
+
     fallback = [encoded is None]
 
     def encoder(x: torch.Tensor) -> Solution:  # G: data end -> noise end
@@ -154,7 +163,7 @@ def invert(
                 return solve(model, x, sde, grid=fwd_grid, **ends_fwd, **common)
             except NumericalError:
                 fallback[0] = True
-        return solve(model, x, sde, grid=ddim_grid, **{**common, "method": "ddim", "nfe": None})
+        return solve(model, x, sde, grid=ddim_grid(), **{**common, "method": "ddim", "nfe": None})
 
     if encoded is None:
         encoded = encoder(x0)

@@ -370,7 +370,7 @@ def test_bad_options_are_refused():
                     ({"grid": "cosine"}, "unknown grid 'cosine'"),
                     ({"lam": 0.5}, r"lam/eta apply to stochastic methods only; 'logrhoab2' is deterministic"),
                     ({"beta_schedule": "sigmoid"}, "unsupported beta_schedule 'sigmoid'"),
-                    ({"prediction_type": "flow_prediction"}, "unsupported prediction_type 'flow_prediction'"),
+                    ({"prediction_type": "noise_and_sample"}, "unsupported prediction_type 'noise_and_sample'"),
                     ({"thresholding": True, "dynamic_thresholding_ratio": 1.5}, "dynamic_thresholding_ratio must lie")]:
         with pytest.raises(ValueError, match=msg):
             EIScheduler(**kw)
