@@ -301,12 +301,25 @@ def sample_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def held_out_digits(n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` of the 360 held-out digits (ei_toolkit.models.data's split), chosen by ``generator``; usage errors for
+    a missing scikit-learn or too many."""
+    from ei_toolkit.models.data import digits_split
+
+    try:
+        _, held = digits_split()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    if n > len(held):
+        raise UsageError(f"--n: there are {len(held)} held-out digits; got {n}")
+    return held[torch.randperm(len(held), generator=generator)[:n]]
+
+
 def invert_command(args: argparse.Namespace) -> int:
     """Encode held-out digits with the shipped model (ei.invert), decode them with the same method, nfe and grid
     (ei.sample), and report the reconstruction error; with --exact, the exact inverse of that sampler."""
     import ei_toolkit as ei
     from ei_toolkit.models import load_digits_model
-    from ei_toolkit.models.data import digits_split
 
     if args.method is not None:
         check_method("--method", args.method)
@@ -314,14 +327,8 @@ def invert_command(args: argparse.Namespace) -> int:
         raise unknown("--grid", "grid", args.grid, list(ei.GRIDS))
     if args.tol is not None and not args.exact:
         raise UsageError("--tol sets the round trip's tolerance of --exact; add --exact")
-    try:
-        _, held = digits_split()
-    except ImportError as exc:
-        raise UsageError(str(exc)) from None
-    if args.n > len(held):
-        raise UsageError(f"--n: there are {len(held)} held-out digits; got {args.n}")
-    pick = torch.randperm(len(held), generator=torch.Generator().manual_seed(args.seed))[: args.n]
-    x0 = held[pick].double() if args.exact else held[pick]
+    x0 = held_out_digits(args.n, torch.Generator().manual_seed(args.seed))
+    x0 = x0.double() if args.exact else x0
     model, sde = load_digits_model(), ei.DiscreteVP.linear()
     if args.exact:
         model = model.double()
@@ -349,7 +356,6 @@ def likelihood_command(args: argparse.Namespace) -> int:
     import ei_toolkit as ei
     from ei_toolkit.likelihood import DIVERGENCES
     from ei_toolkit.models import load_digits_model
-    from ei_toolkit.models.data import digits_split
 
     if args.method is not None:
         check_method("--method", args.method)
@@ -357,17 +363,11 @@ def likelihood_command(args: argparse.Namespace) -> int:
         raise unknown("--divergence", "divergence", args.divergence, list(DIVERGENCES))
     if args.probes is not None and args.divergence == "exact":
         raise UsageError("--probes sets Hutchinson's probes: use it with --divergence rademacher or gaussian")
-    try:
-        _, held = digits_split()
-    except ImportError as exc:
-        raise UsageError(str(exc)) from None
-    if args.n > len(held):
-        raise UsageError(f"--n: there are {len(held)} held-out digits; got {args.n}")
     gen = torch.Generator().manual_seed(args.seed)
-    pick = torch.randperm(len(held), generator=gen)[: args.n]
+    held = held_out_digits(args.n, gen)
     # the digits are k / 16 * 2 - 1 for grey levels k = 0..16; dequantised uniformly over each level's bin of width
     # 2 / 16 (centred on the level the model was trained on), so bits per dimension carry the offset log2(16 / 2)
-    x0 = held[pick].double() + (torch.rand(args.n, 1, 8, 8, generator=gen, dtype=torch.float64) - 0.5) * (2 / 16)
+    x0 = held.double() + (torch.rand(args.n, 1, 8, 8, generator=gen, dtype=torch.float64) - 0.5) * (2 / 16)
     model, sde = load_digits_model().double(), ei.DiscreteVP.linear()
     gens = [torch.Generator().manual_seed(args.seed * 100003 + i) for i in range(args.n)]
     start = time.perf_counter()
