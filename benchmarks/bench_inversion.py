@@ -41,7 +41,8 @@ from ei_toolkit.testing.problems import get_problem
 OUT = Path(__file__).parent / "results" / "inversion.md"
 RTOL = 1e-12
 MIXTURES = ("gmm2d", "gmm16", "gmm64-sharp")
-SDES: dict[str, Callable[[], ei.LinearSDE]] = {"ddpm-linear": ei.DiscreteVP.linear, "edm": ei.EDM}
+SDES: dict[str, Callable[[], ei.LinearSDE]] = {"ddpm-linear": ei.DiscreteVP.linear, "edm": ei.EDM,
+                                                "flow": ei.RectifiedFlow}
 CANDIDATES = ("ddim", "logrhoab1", "logrhoab2", "logrhoab3", "x0-logrhoab1", "x0-logrhoab2", "x0-logrhoab3",
               "logrhoab1-pc", "logrhoab2-pc", "x0-logrhoab1-pc", "x0-logrhoab2-pc", "logrhoab1-mid",
               "x0-logrhoab1-mid", "logrhoss3")
@@ -171,7 +172,9 @@ def measure(args) -> tuple[dict, dict]:
             prob = f"{sde_name}/{mix_name}"
             t0 = time.perf_counter()
             mix = get_problem(mix_name)
-            model = mix.eps_model(sde)
+            flow = sde_name == "flow"  # a velocity model, as flow-matching models are (issue 21)
+            model = mix.flow_model(sde) if flow else mix.eps_model(sde)
+            pred = "flow" if flow else "eps"
             x0 = mix.sample_marginal(sde, sde.t_min, args.n, torch.Generator().manual_seed(args.seed))
             ddpm = sde_name.startswith("ddpm")
             ends = sorted({sde.t_max} | ({ddim_end(n) for n in args.nfe} if ddpm else set()))
@@ -183,9 +186,9 @@ def measure(args) -> tuple[dict, dict]:
                 for grid in GRIDS if ddpm else GRIDS[:1]:
                     for m in CANDIDATES:
                         k = our_nfe(m, n)
-                        sol = ei.invert(model, x0, sde, method=m, nfe=k, grid=grid, solution=True)
+                        sol = ei.invert(model, x0, sde, method=m, nfe=k, grid=grid, solution=True, prediction=pred)
                         back = ei.sample(model, sol.x, sde, method=m, nfe=k, grid=grid, t_start=sde.t_max,
-                                         t_end=sde.t_min)
+                                         t_end=sde.t_min, prediction=pred)
                         row[f"{m} / {grid}"] = (enc_error(sol.x, exact[sde.t_max]), rt_error(back, x0), sol.nfe)
                 if ddpm:
                     for p in PEERS:
@@ -245,13 +248,14 @@ def write(res: dict, timing: dict, args, wall: float, command: str) -> list[str]
          "Encoding error = max over draws of max|x_end - exact| / max|exact| (exact: DOP853, rtol = atol = 1e-12, "
          "from the run's own start time and state to its own end time). Round trip = max over draws of "
          "|sample(invert(x0)) - x0| / |x0| (2-norms), same method, nfe and grid. Data: exact draws of the "
-         "marginal at t_min (DDPM: timestep 0; EDM: sigma 0.002). All in float64.", "",
+         "marginal at t_min (DDPM: timestep 0; EDM: sigma 0.002; rectified flow: t = 0.001, a velocity model, "
+         "prediction=\"flow\"). All in float64.", "",
          "## What each peer run starts and ends at", ""]
     L += [f"* **{k}**: {v}" for k, v in START_END.items()]
-    L += ["", "Our runs: t_min -> t_max (DDPM timestep 0 -> 999, EDM sigma 0.002 -> 80), exactly the stated nfe "
-          "(logrhoss3: 9 / 18 / 48).", "",
+    L += ["", "Our runs: t_min -> t_max (DDPM timestep 0 -> 999, EDM sigma 0.002 -> 80, flow t 0.001 -> 0.9999), "
+          "exactly the stated nfe (logrhoss3: 9 / 18 / 48).", "",
           f"## Rule: INVERSION_DEFAULTS_BY_NFE = {rule!r}, INVERSION_GRID = 'uniform_logrho'", "",
-          "Per NFE, the method with the lowest geometric mean over all six problems of the relative encoding "
+          "Per NFE, the method with the lowest geometric mean over all nine problems of the relative encoding "
           "error on uniform_logrho (the one grid measured on every problem: quadratic_t is a time-quadratic grid "
           "for variance-preserving schedules and is not laid under EDM); methods that need a multiple of three "
           "evaluations (logrhoss3) are not eligible. The switch between measured budgets is at their geometric "
@@ -301,7 +305,7 @@ def write(res: dict, timing: dict, args, wall: float, command: str) -> list[str]
                       for q in PEERS]
             L.append("| " + " | ".join(cells) + " |")
         L += ["", f"All of ours at NFE {n}: geometric mean over problems of the encoding error (round trip), "
-              "uniform_logrho over six problems, quadratic_t over the three DDPM ones (uniform_logrho on the same "
+              "uniform_logrho over nine problems, quadratic_t over the three DDPM ones (uniform_logrho on the same "
               "three in the last column).", "", "| method | uniform_logrho | quadratic_t (DDPM) | uniform_logrho "
               "(DDPM) |", "|---|---|---|---|"]
         ddpm = [p for p in probs if p.startswith("ddpm")]

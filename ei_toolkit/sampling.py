@@ -78,10 +78,11 @@ def default_method(nfe: int | None = None, *, guidance_scale: float | None = Non
 
 # The forward direction (data to noise: ei.invert, ei.log_likelihood) has its own default, chosen by
 # benchmarks/bench_inversion.py: per NFE (10, 20, 50) the method with the lowest geometric mean of the relative
-# encoding error over six mixtures (DDPM linear and EDM) on uniform_logrho, switching at the geometric midpoint of
-# the measured budgets (benchmarks/results/inversion.md). Its encoding error is at worst 0.33x (NFE 10), 0.19x (20)
-# and 0.016x (50) the best diffusers inverse scheduler's on the DDPM problems (round trips: see the file).
-INVERSION_DEFAULTS_BY_NFE: tuple[tuple[int | None, str], ...] = ((31, "x0-logrhoab1"), (None, "logrhoab1-pc"))
+# encoding error over nine mixtures (DDPM linear, EDM, rectified flow with a velocity model) on uniform_logrho,
+# switching at the geometric midpoint of the measured budgets (benchmarks/results/inversion.md). Its encoding error
+# is at worst 0.33x (NFE 10), 0.19x (20) and 0.034x (50) the best diffusers inverse scheduler's on the DDPM problems
+# (round trips: see the file).
+INVERSION_DEFAULTS_BY_NFE: tuple[tuple[int | None, str], ...] = ((31, "x0-logrhoab1"), (None, "x0-logrhoab2"))
 INVERSION_GRID = "uniform_logrho"
 
 
