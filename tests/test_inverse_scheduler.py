@@ -113,6 +113,13 @@ def test_diffedit_pipeline_inverts_with_it(tmp_path):
     image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         out = pipe.invert(prompt="a cat", image=image, num_inference_steps=6, inpaint_strength=1.0, guidance_scale=1.0)
+        # DiffEdit's noise regularisation indexes alphas_cumprod by timestep: integer timesteps run it
+        pipe.inverse_scheduler = EIInverseScheduler.from_config(ddim.config, timestep_spacing="leading")
+        reg = pipe.invert(prompt="a cat", image=image, num_inference_steps=4, inpaint_strength=1.0,
+                          guidance_scale=1.0, num_reg_steps=1, num_auto_corr_rolls=1, lambda_auto_corr=1e-3,
+                          lambda_kl=1e-3)  # small weights: the exact UNet's eps is far from N(0, I)
+    assert reg.latents.shape[1] == 4 and bool(torch.isfinite(reg.latents).all())
+    seen = seen[:6]  # the first inversion's evaluations
     latents = out.latents  # (batch, steps, ...) ordered by increasing noise, reversed: the noisiest first
     assert latents.shape[1] == 6
     z = seen[0].double()
@@ -142,3 +149,28 @@ def _tokenizer(tmp_path):
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
     (tmp_path / "merges.txt").write_text("#version: 0.2\nc a\nca t</w>\n")
     return transformers.CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=12)
+
+
+def test_timestep_spacing_gives_integer_timesteps_as_ddim_inverse_does():
+    """With timestep_spacing the timesteps are int64 (pipelines index alphas_cumprod with them; DiffEdit's
+    regularisation does); "leading" is DDIMInverseScheduler's own set, and the run still equals ei.invert."""
+    theirs = diffusers.DDIMInverseScheduler(timestep_spacing="leading")
+    theirs.set_timesteps(10)
+    ours = EIInverseScheduler.from_config(diffusers.DDIMScheduler(timestep_spacing="leading").config, method="ddim")
+    assert ours.config.timestep_spacing == "leading"
+    ours.set_timesteps(10)
+    assert ours.timesteps.dtype == torch.int64 and ours.timesteps.tolist() == theirs.timesteps.tolist()
+    for spacing in ("linspace", "trailing"):
+        s = EIInverseScheduler(timestep_spacing=spacing)
+        s.set_timesteps(10)
+        t = s.timesteps
+        assert t.dtype == torch.int64 and int(t[0]) == 0 and bool((t[1:] > t[:-1]).all()) and float(s._grid[-1]) == 999
+    sde = ours.sde
+    model = get_problem("gmm16").eps_model(sde)
+    x0 = get_problem("gmm16").sample_marginal(sde, sde.t_min, 2, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(loop(ours, model, x0, 10), ei.invert(model, x0, sde, method="ddim", grid=ours._grid),
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"timestep_spacing must be one of linspace, leading, trailing"):
+        EIInverseScheduler(timestep_spacing="middle")
+    with pytest.raises(ValueError, match=r"give grid .* or timestep_spacing .*, not both"):
+        EIInverseScheduler(grid="uniform_t", timestep_spacing="leading")

@@ -41,6 +41,8 @@ from ..sampling import default_inversion_method
 from ..sde import DiscreteVP
 from .diffusers_integration import prediction_from_config, sde_from_scheduler_config
 
+SPACINGS = ("linspace", "leading", "trailing")
+
 
 @dataclass
 class EIInverseSchedulerOutput(BaseOutput):
@@ -57,8 +59,10 @@ class EIInverseScheduler(SchedulerMixin, ConfigMixin):
     Options (also read from another scheduler's config): the schedule (``num_train_timesteps``, ``beta_start``,
     ``beta_end``, ``beta_schedule``, ``trained_betas``), ``prediction_type`` (epsilon, v_prediction, sample),
     ``method`` (a one-evaluation-per-step method of ``ei.INTEGRATORS``: DDIM, the exponential Adams family and its
-    predictor-corrector forms, iPNDM) and ``grid`` (a name in ``ei.GRIDS``; default the method's). Other keys of a
-    config are ignored with diffusers' usual message.
+    predictor-corrector forms, iPNDM) and ``grid`` (a name in ``ei.GRIDS``; default the method's: fractional
+    timesteps) or ``timestep_spacing`` (linspace, leading with ``steps_offset``, trailing: integer timesteps, int64 as
+    DDIMInverseScheduler's, for pipelines that index ``alphas_cumprod`` with them). Other keys of a config are
+    ignored with diffusers' usual message.
     """
 
     _compatibles: ClassVar[list[str]] = [e.name for e in KarrasDiffusionSchedulers]
@@ -67,7 +71,8 @@ class EIInverseScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas: np.ndarray | list[float] | None = None,
-                 prediction_type: str = "epsilon", method: str | None = None, grid: str | None = None) -> None:
+                 prediction_type: str = "epsilon", method: str | None = None, grid: str | None = None,
+                 timestep_spacing: str | None = None, steps_offset: int = 0) -> None:
         self.sde: DiscreteVP = sde_from_scheduler_config(self.config)
         self.prediction = prediction_from_config(self.config)
         if method is not None:
@@ -76,6 +81,13 @@ class EIInverseScheduler(SchedulerMixin, ConfigMixin):
             self._check_method(method)
         if grid is not None and grid not in GRIDS:
             raise ValueError(f"unknown grid {grid!r}; valid grids: {', '.join(GRIDS)} (or None: the method's)")
+        if timestep_spacing is not None and timestep_spacing not in SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {', '.join(SPACINGS)} or None; got {timestep_spacing!r}")
+        if grid is not None and timestep_spacing is not None:
+            raise ValueError("give grid (a named grid, fractional timesteps) or timestep_spacing (integer timesteps), "
+                             "not both")
+        if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0:
+            raise ValueError(f"steps_offset must be an integer >= 0; got {steps_offset!r}")
         self.alphas_cumprod = self.sde.alphas_cumprod.to(torch.float32)
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
@@ -104,7 +116,11 @@ class EIInverseScheduler(SchedulerMixin, ConfigMixin):
         self._check_method(name)
         chosen = get_integrator(name)
         sde = self.sde
-        grid = cached_grid(sde, grid_name or chosen.default_grid, n, sde.t_min, sde.t_max)
+        spacing = self.config.timestep_spacing
+        if spacing is None:
+            grid = cached_grid(sde, grid_name or chosen.default_grid, n, sde.t_min, sde.t_max)
+        else:
+            grid = self._spaced(spacing, n)
         plan = plan_for(chosen, sde, grid)
         if not isinstance(plan, MultistepPlan):
             raise ValueError(f"{name!r} makes a {type(plan).__name__}, which EIInverseScheduler cannot step")
@@ -112,9 +128,32 @@ class EIInverseScheduler(SchedulerMixin, ConfigMixin):
         a, s = sde.alpha_sigma(plan.eval_times)
         self._ab = list(zip(a.tolist(), s.tolist(), strict=True))
         self.num_inference_steps = n
-        self.timesteps = plan.eval_times.to(torch.float32).to(device=device)
+        # integer timesteps as int64, as DDIMInverseScheduler's (pipelines index alphas_cumprod with them)
+        self.timesteps = (plan.eval_times.round().long() if spacing is not None
+                          else plan.eval_times.to(torch.float32)).to(device=device)
         self._step_index = 0
         self._hist, self._x_prev = [], None
+
+    def _spaced(self, spacing: str, n: int) -> torch.Tensor:
+        """Integer timesteps from the first training timestep up, as diffusers spaces them, plus the last training
+        timestep as the end: "linspace" n + 1 points from 0 to N - 1; "leading" k (N // n) + steps_offset, k < n;
+        "trailing" the n points N - 1, N - 1 - N / n, ... with 0 first."""
+        total = self.sde.num_timesteps
+        if n >= total:
+            raise ValueError(f"num_inference_steps must be below num_train_timesteps = {total} with timestep_spacing; "
+                             f"got {n}")
+        if spacing == "linspace":
+            ts = np.linspace(0, total - 1, n + 1).round()
+        elif spacing == "leading":
+            ts = np.append(np.arange(n) * (total // n) + self.config.steps_offset, total - 1)
+        else:
+            ts = np.append(0, (np.arange(total, 0, -total / n).round() - 1)[::-1][:n])
+        ts = np.unique(ts.astype(np.float64))
+        if len(ts) != n + 1 or ts[0] < self.sde.t_min or ts[-1] > self.sde.t_max:
+            raise ValueError(f"timestep_spacing {spacing!r} with {n} steps (steps_offset {self.config.steps_offset}) "
+                             f"gives no strictly increasing grid in [{self.sde.t_min:g}, {self.sde.t_max:g}]: "
+                             f"{ts.tolist()[:6]}...")
+        return torch.as_tensor(ts)
 
     @property
     def step_index(self) -> int:
