@@ -44,7 +44,7 @@ from .integrators.base import MultistepPlan, plan_for
 from .integrators.torchdiffeq import TorchDiffEq
 from .model import Model, ModelEvaluator, check_prediction, to_eps, to_x0
 from .noise import check_generator
-from .sampling import _check_time, _working_dtype
+from .sampling import _working_dtype, grid_ends
 from .sde import LinearSDE, MatrixLinearSDE
 from .sde.matrix import apply_block
 
@@ -339,15 +339,8 @@ def log_likelihood(
     if kind == "exact" and n > MAX_EXACT_DIM:
         raise ValueError(f"divergence='exact' takes one vector-Jacobian product per dimension: {n} dimensions per "
                          f"sample is above MAX_EXACT_DIM = {MAX_EXACT_DIM}; use divergence='rademacher' (Hutchinson)")
-    lo, hi = _check_time("t_start", t_start), _check_time("t_end", t_end)
-    explicit = grid is not None and not isinstance(grid, str)
-    if explicit:
-        if lo is not None or hi is not None:
-            raise ValueError("an explicit grid gives its own start and end: leave t_start/t_end unset")
-        times = torch.as_tensor(grid, dtype=torch.float64).flatten()
-        if times.numel() < 2:
-            raise ValueError(f"an explicit grid needs at least 2 times; got {times.numel()}")
-        lo, hi = float(times[0]), float(times[-1])
+    times, lo, hi = grid_ends(grid, t_start, t_end)
+    explicit = times is not None
     lo = sde.t_min if lo is None else lo
     hi = sde.t_max if hi is None else hi
     if not sde.t_min <= lo < hi <= sde.t_max:

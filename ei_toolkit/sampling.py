@@ -111,6 +111,21 @@ def _check_time(name: str, v: object) -> float | None:
     return f
 
 
+def grid_ends(grid: object, t_start: object, t_end: object) -> tuple[torch.Tensor | None, float | None,
+                                                                      float | None]:
+    """(the explicit grid's times or None, t_start, t_end) checked: an explicit grid gives its own ends (then
+    t_start/t_end must be unset) and has at least 2 times; a grid name or None leaves the ends as given."""
+    t_start, t_end = _check_time("t_start", t_start), _check_time("t_end", t_end)
+    if grid is None or isinstance(grid, str):
+        return None, t_start, t_end
+    if t_start is not None or t_end is not None:
+        raise ValueError("an explicit grid gives its own start and end: leave t_start/t_end unset")
+    times = torch.as_tensor(grid, dtype=torch.float64).flatten()
+    if times.numel() < 2:
+        raise ValueError(f"an explicit grid needs at least 2 times; got {times.numel()}")
+    return times, float(times[0]), float(times[-1])
+
+
 def solve(
     model: Model,
     x: torch.Tensor,
@@ -169,15 +184,8 @@ def solve(
         raise ValueError(f"x must have shape (batch, {sde.k}, ...) for this {sde.k}x{sde.k} matrix SDE; got "
                          f"{tuple(x.shape)}")
     work = _working_dtype(x, dtype)
-    t_start, t_end = _check_time("t_start", t_start), _check_time("t_end", t_end)
-    explicit = grid is not None and not isinstance(grid, str)
-    if explicit:
-        if t_start is not None or t_end is not None:
-            raise ValueError("an explicit grid gives its own start and end: leave t_start/t_end unset")
-        times = torch.as_tensor(grid, dtype=torch.float64).flatten()
-        if times.numel() < 2:
-            raise ValueError(f"an explicit grid needs at least 2 times; got {times.numel()}")
-        t_start, t_end = float(times[0]), float(times[-1])
+    times, t_start, t_end = grid_ends(grid, t_start, t_end)
+    explicit = times is not None
     if method is None and not matrix:  # the default depends on the budget: nfe, or the explicit grid's steps
         budget = len(times) - 1 if explicit and nfe is None else nfe
         if t_start is not None and t_end is not None and t_start < t_end:  # forward: the inversion default

@@ -56,23 +56,33 @@ class GaussianMixture:
         """The exact eps as a ``model(x, t)``; computes in float64 (float32 for lower precisions)."""
         if getattr(sde, "is_matrix", False):
             return self._matrix_eps_model(sde)
-        means64, stds64, logw64 = self.means, self.stds, self.weights.log()
 
         def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            work = torch.float64 if x.dtype == torch.float64 else torch.float32
-            xf = x.reshape(x.shape[0], -1).to(work)
             tt = t.to(torch.float64)
-            a = sde.alpha(tt).to(work)[:, None, None]
-            s = sde.sigma(tt).to(work)[:, None]
-            mu, sd, logw = (v.to(device=x.device, dtype=work) for v in (means64, stds64, logw64))
-            var = a[:, :, 0] ** 2 * sd[None, :] ** 2 + s**2  # [B, K]
-            diff = xf[:, None, :] - a * mu[None]  # [B, K, d]
-            logp = logw[None] - 0.5 * (diff**2).sum(-1) / var - 0.5 * self.dim * torch.log(var)
-            r = torch.softmax(logp, dim=1)
-            eps = s * ((r / var)[:, :, None] * diff).sum(1)
+            eps, _ = self._posterior(x, sde.alpha(tt), sde.sigma(tt), data=False)
             return eps.to(x.dtype).reshape(x.shape)
 
         return model
+
+    def _posterior(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, data: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(E[eps | x_t], E[x0 | x_t] or None without ``data``) of the noised mixture x_t = alpha x0 + sigma eps, per
+        sample (alpha, sigma: float64 of the batch size), flattened; computed in float64 (float32 for lower
+        precisions)."""
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xf = x.reshape(x.shape[0], -1).to(work)
+        a = alpha.reshape(-1).to(work)[:, None, None]
+        s = sigma.reshape(-1).to(work)[:, None]
+        mu, sd, logw = (v.to(device=x.device, dtype=work) for v in (self.means, self.stds, self.weights.log()))
+        var = a[:, :, 0] ** 2 * sd[None, :] ** 2 + s**2  # [B, K]
+        diff = xf[:, None, :] - a * mu[None]  # [B, K, d]
+        logp = logw[None] - 0.5 * (diff**2).sum(-1) / var - 0.5 * self.dim * torch.log(var)
+        r = torch.softmax(logp, dim=1)
+        eps = s * ((r / var)[:, :, None] * diff).sum(1)
+        if not data:
+            return eps, None
+        x0 = (r[:, :, None] * (mu[None] + (a * sd[None, :, None] ** 2 / var[:, :, None]) * diff)).sum(1)
+        return eps, x0
 
     def flow_model(self, sde: Any):
         """The exact velocity of rectified flow (Liu et al. 2023; Lipman et al. 2023) as a ``model(x, t)``:
@@ -80,20 +90,10 @@ class GaussianMixture:
         so defined on all of [0, 1] (v = x - E[x0] at t = 1); ``t`` is sigma. ``sde`` is an
         :class:`~ei_toolkit.RectifiedFlow` (alpha = 1 - t, sigma = t). Computes in float64 (float32 for lower
         precisions)."""
-        means64, stds64, logw64 = self.means, self.stds, self.weights.log()
 
         def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            work = torch.float64 if x.dtype == torch.float64 else torch.float32
-            xf = x.reshape(x.shape[0], -1).to(work)
-            s = t.to(torch.float64).reshape(-1).to(work)[:, None]  # sigma = t
-            a = (1 - s)[:, :, None]
-            mu, sd, logw = (v.to(device=x.device, dtype=work) for v in (means64, stds64, logw64))
-            var = a[:, :, 0] ** 2 * sd[None, :] ** 2 + s**2  # [B, K]
-            diff = xf[:, None, :] - a * mu[None]  # [B, K, d]
-            logp = logw[None] - 0.5 * (diff**2).sum(-1) / var - 0.5 * self.dim * torch.log(var)
-            r = torch.softmax(logp, dim=1)
-            eps = s * ((r / var)[:, :, None] * diff).sum(1)
-            x0 = (r[:, :, None] * (mu[None] + (a * sd[None, :, None] ** 2 / var[:, :, None]) * diff)).sum(1)
+            s = t.to(torch.float64).reshape(-1)  # sigma = t
+            eps, x0 = self._posterior(x, 1 - s, s)
             return (eps - x0).to(x.dtype).reshape(x.shape)
 
         return model
