@@ -1,0 +1,67 @@
+"""The shipped models by name: what the CLI's ``--model`` and the benchmarks need to load, sample and evaluate
+one (its loader, forward process, prediction type, sample shape, data split, feature extractor)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """One shipped model.
+
+    ``load(device)`` returns the trained network ``model(x, t)`` in eval mode; ``sde()`` its forward process;
+    ``prediction`` what it returns ("eps", "x0", "v", "score" or "flow"); ``shape`` one sample's shape;
+    ``data()`` the (train, held-out) split it was trained on, scaled as it was trained (None when the data are
+    not available); ``features`` the feature map of its Frechet distance, None if it has none; ``script`` the
+    training script under examples/."""
+
+    name: str
+    description: str
+    load: Callable[[torch.device | str], nn.Module]
+    sde: Callable[[], object]
+    prediction: str
+    shape: tuple[int, ...]
+    script: str
+    data: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def _digits() -> ShippedModel:
+    from ..metrics import digits_features
+    from ..sde import DiscreteVP
+    from .data import digits_split
+    from .digits import load_digits_model
+
+    return ShippedModel("digits", "eps-model of scikit-learn's 8x8 digits on the DDPM linear schedule",
+                        load_digits_model, DiscreteVP.linear, "eps", (1, 8, 8), "train_digits.py",
+                        digits_split, digits_features)
+
+
+_FACTORIES: dict[str, Callable[[], ShippedModel]] = {"digits": _digits}
+
+
+def register(name: str, factory: Callable[[], ShippedModel]) -> None:
+    """Add a shipped model under ``name`` (a factory, so that importing the registry loads no weights)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string; got {name!r}")
+    _FACTORIES[name] = factory
+
+
+def model_names() -> tuple[str, ...]:
+    """The names ``shipped_model`` accepts."""
+    return tuple(_FACTORIES)
+
+
+def shipped_model(name: str) -> ShippedModel:
+    """The shipped model called ``name``; an unknown name gets a ValueError listing the valid ones."""
+    if name not in _FACTORIES:
+        close = difflib.get_close_matches(str(name), list(_FACTORIES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"model: unknown shipped model {name!r}{hint}; expected one of {', '.join(_FACTORIES)}")
+    return _FACTORIES[name]()
