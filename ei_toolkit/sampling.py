@@ -26,6 +26,7 @@ from .model import Model, ModelEvaluator
 from .noise import check_generator
 from .sde import LinearSDE, MatrixLinearSDE
 from .solution import Solution
+from .zero_snr import solve_from_infinite_noise, solve_to_infinite_noise
 
 # Chosen by benchmarks/choose_default.py over the 24 problems of benchmarks/results/accuracy.md, all on the
 # uniform_logrho grid: see benchmarks/results/default.md. DEFAULT_METHOD is the choice at nfe=10 (and wherever a
@@ -233,15 +234,11 @@ def solve(
                            grid=grid, generator=generator, brownian=brownian, trajectory=trajectory,
                            progress=progress, callback=callback)
     if t_start == getattr(sde, "t_terminal", None):  # hook: the first step from rho = inf (zero terminal SNR)
-        from .diffusion.zero_snr import solve_from_infinite_noise
-
         gains: list[float | None] = []
         sol = solve_from_infinite_noise(chosen, request,
                                         check=lambda m, r: gains.append(_check_roundoff(m, r, x.dtype)))
         gain = max((g for g in gains if g is not None), default=None)
     elif t_end == getattr(sde, "t_terminal", None):  # hook: an encoding's last step, into rho = inf
-        from .diffusion.zero_snr import solve_to_infinite_noise
-
         gains = []
         sol = solve_to_infinite_noise(chosen, request,
                                       check=lambda m, r: gains.append(_check_roundoff(m, r, x.dtype)))

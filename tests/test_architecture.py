@@ -145,3 +145,22 @@ def test_half_precision_state_is_integrated_in_float32(dtype):
             for n in (50, 500)]
     assert seen == {dtype}
     assert errs[1] < errs[0], errs
+
+
+def test_the_core_imports_nothing_from_the_diffusion_client():
+    """sampling, the integrators, the zero-SNR start and the SDE layer sit below ``ei_toolkit.diffusion``: the
+    client may import them, never the reverse (wherever the import stands in the file)."""
+    graph = import_graph()
+    core = [m for m in graph if m in ("ei_toolkit.sampling", "ei_toolkit.zero_snr", "ei_toolkit.model",
+                                      "ei_toolkit.solution", "ei_toolkit.grids")
+            or m.startswith(("ei_toolkit.integrators", "ei_toolkit.sde"))]
+    assert "ei_toolkit.sampling" in core and "ei_toolkit.integrators.base" in core
+    upward = {m: sorted(d for d in graph[m] if d.startswith("ei_toolkit.diffusion")) for m in core}
+    assert not {m: d for m, d in upward.items() if d}, upward
+
+
+def test_the_library_never_imports_its_command_line():
+    graph = import_graph()
+    outside = [m for m in graph if not m.startswith("ei_toolkit.cli") and m != "ei_toolkit.__main__"]
+    users = {m: sorted(d for d in graph[m] if d.startswith("ei_toolkit.cli")) for m in outside}
+    assert not {m: d for m, d in users.items() if d}, users

@@ -12,8 +12,10 @@ y_s = x0 + rho_s (e eps_t + sqrt(1 - e^2) z), so in x
 with e = 1 for every deterministic method (the probability-flow ODE: x_s = alpha_s x0 + sigma_s x_t), and for
 stochastic DDIM e = 0 when lambda > 0 and e = sqrt(1 - eta^2) for DDIM's eta. The rest of the solve is the
 method's own, on the finite part of the schedule, started afresh (a multistep method cannot extrapolate through
-rho = inf). This module is the hook that :func:`ei_toolkit.solve` calls when ``t_start`` is ``sde.t_terminal``;
-:class:`~ei_toolkit.diffusion.EIScheduler` takes the same first step.
+rho = inf). This module is the hook that :func:`ei_toolkit.solve` calls when ``t_start`` is ``sde.t_terminal``
+(it sits beside the core, below :mod:`ei_toolkit.diffusion`); :class:`~ei_toolkit.diffusion.EIScheduler` takes the
+same first step. A ``callback`` of the request sees the whole grid: grid point 1 after the step from infinite noise,
+then 2 .. steps, as on any other run.
 
 Two families end at infinite noise: :class:`~ei_toolkit.DiscreteVP` with zero terminal SNR (t_terminal = N - 1) and
 :class:`~ei_toolkit.RectifiedFlow` (t_terminal = 1, alpha = 1 - t: Liu et al. 2023, Esser et al. 2024), whose
@@ -36,11 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import positive_int
+from .errors import positive_int
+from .integrators import Integrator
+from .integrators.base import cached_grid
+from .noise import gaussian_noise
+from .solution import Solution
 
 if TYPE_CHECKING:
-    from ..integrators import Method, SolveRequest
-    from ..solution import Solution
+    from .integrators import Method, SolveRequest
 
 
 def terminal_mixing(method: Any) -> float:
@@ -98,17 +103,18 @@ def terminal_grid(grid: torch.Tensor, t_terminal: float) -> torch.Tensor:
     return out
 
 
+def _shifted(callback: Callable[[int, float, torch.Tensor], None],
+             by: int) -> Callable[[int, float, torch.Tensor], None]:
+    """``callback`` with grid indices of a sub-solve moved ``by`` points, to the indices of the whole grid."""
+    return lambda i, t, x: callback(i + by, t, x)
+
+
 def solve_from_infinite_noise(method: Method, request: SolveRequest,
                               check: Callable[[Method, SolveRequest], None] | None = None) -> Solution:
     """Solve ``request`` (whose ``t_start`` is ``request.sde.t_terminal``) with ``method``: one model evaluation at
     infinite noise and the exact step above, then the method on the rest of its grid (``nfe`` counts both).
     ``check(method, rest)`` vets the request on the finite part of the grid before it runs (the runner's
     round-off check)."""
-    from ..integrators import Integrator
-    from ..integrators.base import cached_grid
-    from ..noise import gaussian_noise
-    from ..solution import Solution
-
     start = time.perf_counter()
     sde, ev = request.sde, request.evaluator
     t_terminal = float(sde.t_terminal)
@@ -142,6 +148,9 @@ def solve_from_infinite_noise(method: Method, request: SolveRequest,
     x0 = ev(x, t_terminal, "x0", alpha=0.0, sigma=1.0)
     z = gaussian_noise(request.generator)(0, x) if e != 1.0 else None
     x1 = infinite_noise_step(x, x0, a1, s1, e, z)
+    user = request.callback
+    if user is not None:  # grid point 1 reached; the method's own steps below report 2, 3, ...
+        user(1, t1, x1)
     states = [x, x1] if request.trajectory else []
     if rest is not None and len(rest) < 2:  # a single step, straight to t_end
         ev.check()
@@ -150,7 +159,8 @@ def solve_from_infinite_noise(method: Method, request: SolveRequest,
     else:
         sub = dataclasses.replace(request, x=x1, t_start=t1,
                                   grid=rest if rest is not None else request.grid,
-                                  nfe=None if rest is not None else (None if nfe is None else nfe - 1))
+                                  nfe=None if rest is not None else (None if nfe is None else nfe - 1),
+                                  callback=None if user is None else _shifted(user, 1))
         if check is not None:
             check(method, sub)
         sol = method.solve(sub)
@@ -170,10 +180,6 @@ def solve_to_infinite_noise(method: Method, request: SolveRequest,
     (module docstring): one more model evaluation, counted in ``nfe``. A named grid is laid from ``t_start`` to
     ``sde.t_max`` and its last point moved to t_terminal, the mirror of the sampling grid from infinite noise.
     ``check(method, body)`` vets the request on the finite part before it runs."""
-    from ..integrators import Integrator
-    from ..integrators.base import cached_grid
-    from ..solution import Solution
-
     start = time.perf_counter()
     sde, ev = request.sde, request.evaluator
     t_terminal = float(sde.t_terminal)
@@ -215,5 +221,7 @@ def solve_to_infinite_noise(method: Method, request: SolveRequest,
     times = torch.cat([times_run, torch.tensor([t_terminal], dtype=torch.float64)])
     evals = torch.cat([evals, torch.tensor([t_a], dtype=torch.float64)])
     traj = torch.cat([traj_head, out[None]]) if traj_head is not None else None
+    if request.callback is not None:  # the last grid point, at infinite noise
+        request.callback(len(times) - 1, t_terminal, out)
     return Solution(x=out, times=times, eval_times=evals, nfe=ev.nfe - nfe0, method=method.name, grid=grid_name,
                     trajectory=traj, stats={"seconds": time.perf_counter() - start, "end": "infinite noise"})
