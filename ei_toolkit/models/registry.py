@@ -19,7 +19,9 @@ class ShippedModel:
     ``prediction`` what it returns ("eps", "x0", "v", "score" or "flow"); ``shape`` one sample's shape;
     ``data()`` the (train, held-out) split it was trained on, scaled as it was trained (None when the data are
     not available); ``features`` the feature map of its Frechet distance, None if it has none; ``script`` the
-    training script under examples/."""
+    training script under examples/. ``levels``: the data are quantised to ``levels + 1`` values
+    k / levels * 2 - 1 in [-1, 1] (16 for the digits' 17 grey levels, 255 for 8-bit images), which the likelihood
+    command dequantises (None: not quantised, or unknown); ``noun`` what one sample is called in messages."""
 
     name: str
     description: str
@@ -30,6 +32,8 @@ class ShippedModel:
     script: str
     data: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
     features: Callable[[torch.Tensor], torch.Tensor] | None = None
+    levels: int | None = None
+    noun: str = "samples"
 
 
 def _digits() -> ShippedModel:
@@ -40,7 +44,7 @@ def _digits() -> ShippedModel:
 
     return ShippedModel("digits", "eps-model of scikit-learn's 8x8 digits on the DDPM linear schedule",
                         load_digits_model, DiscreteVP.linear, "eps", (1, 8, 8), "train_digits.py",
-                        digits_split, digits_features)
+                        digits_split, digits_features, levels=16, noun="digits")
 
 
 _FACTORIES: dict[str, Callable[[], ShippedModel]] = {"digits": _digits}
