@@ -117,12 +117,16 @@ for _k in range(1, 4):
 for _target, _prefix in (("eps", ""), ("x0", "x0-")):
     register(ExponentialAdams(f"{_prefix}logrhoab1-mid", 2, "logrho", default_grid="uniform_logrho", target=_target,
                               rule="midpoint"))
-# Midpoint predictor + exact corrector, data prediction: UniPC's bh2 variant (order 3); the "-lof" form lowers the
+# Midpoint predictor + exact corrector, data prediction: UniPC bh2's structure (order 3); the "-lof" form lowers the
 # order on the last steps, as UniPC does for short runs, and is the default under strong guidance (sampling.py).
 register(ExponentialAdams("x0-logrhoab1-mid-pc", 2, "logrho", default_grid="uniform_logrho", target="x0",
                           corrector=True, rule="midpoint"))
 register(ExponentialAdams("x0-logrhoab1-mid-pc-lof", 2, "logrho", default_grid="quadratic_t", target="x0",
                           corrector=True, rule="midpoint", lower_order_final=True))
+# UniPC's own corrector weights (bh2, order 2, final orders lowered below 15 steps): diffusers' UniPCMultistepScheduler
+# step for step (tests/test_unipc_identity.py).
+register(ExponentialAdams("x0-logrhoab1-unipc", 2, "logrho", default_grid="quadratic_t", target="x0",
+                          corrector=True, rule="midpoint", corrector_rule="unipc", lower_order_final=True))
 for _order in (2, 3):
     for _target, _prefix in (("eps", ""), ("x0", "x0-")):
         register(SinglestepExponential(f"{_prefix}logrhoss{_order}", _order, target=_target))
@@ -145,10 +149,10 @@ for _alias, _name, _note in (
     ("dpmpp_3m", "x0-logrhoab2", "closest: DPM-Solver++(3M) (k-diffusion's dpmpp_3m_sde at eta=0, diffusers' "
                                  "order 3): same three x0 points in log rho; they truncate a Taylor expansion, "
                                  "x0-logrhoab2 integrates the interpolating quadratic exactly"),
-    ("unipc", "x0-logrhoab1-mid-pc", "closest: UniPC bh2 of order 2 (DPM-Solver++(2M) predictor, corrector through "
-                                     "the new evaluation); UniPC's B(h) corrector weights differ from the exact "
-                                     "integral here; diffusers lowers the final orders below 15 steps (-lof)"),
-    ("uni_pc_bh2", "x0-logrhoab1-mid-pc", "closest: ComfyUI's uni_pc_bh2 (see unipc)"),
+    ("unipc", "x0-logrhoab1-unipc", "exact: diffusers' UniPCMultistepScheduler(solver_type='bh2', solver_order=2) "
+                                    "(UniPC, Zhao et al. 2023; tests/test_unipc_identity.py)"),
+    ("uni_pc_bh2", "x0-logrhoab1-unipc", "closest: ComfyUI's uni_pc_bh2 (see unipc; its order and final steps "
+                                         "follow the UniPC reference code)"),
     ("dpm_2", "logrhoss2", "closest: DPM-Solver-2 / k-diffusion's sample_dpm_2: same stage at the log-rho "
                            "midpoint; they advance with the midpoint evaluation alone, logrhoss2 with the exact "
                            "integral of the line through both"),

@@ -30,6 +30,13 @@ integrates its polynomial exactly whatever the predictor's ``rule``: with ``rule
 ``target="x0"`` this is UniPC's bh2 variant of order 2 (its predictor is DPM-Solver++(2M), its corrector the exact
 three-point integral); order 3.
 
+``corrector_rule="unipc"`` corrects as UniPC does (its B(h) = e^h - 1 variant, bh2): the corrector takes one point
+more than the step's predictor took (after a lowered step, fewer), and its two-point form, on the first step, is the
+midpoint rule of the step's ends (UniPC's fixed weight 1/2) rather than the exact integral of the line; three and
+more points are integrated exactly, which is what UniPC's linear solve gives (docs/math.md 4.10). With two points in
+log rho, ``rule="midpoint"``, ``target="x0"`` and ``lower_order_final`` this is diffusers'
+UniPCMultistepScheduler(solver_type="bh2", solver_order=2) step for step.
+
 ``lower_order_final`` lowers the number of points on the last steps (one on the last, two on the one before, ...),
 as DPM-Solver and UniPC do for short runs: steadier at a handful of steps, order at most 2.
 """
@@ -58,6 +65,7 @@ from .kernels import (
 )
 
 RULES = ("exact", "midpoint")
+CORRECTOR_RULES = ("exact", "unipc")
 
 
 def _row(i: int, m: int, newest: int, v_grid: np.ndarray, lam: np.ndarray, exact: np.ndarray,
@@ -85,9 +93,10 @@ def _row(i: int, m: int, newest: int, v_grid: np.ndarray, lam: np.ndarray, exact
 
 
 def adams_plan(sde: Any, grid: torch.Tensor, points: int, variable: str, lower_order_final: bool = False,
-               target: str = "eps", corrector: bool = False, rule: str = "exact") -> MultistepPlan:
+               target: str = "eps", corrector: bool = False, rule: str = "exact", corrector_rule: str = "exact"
+               ) -> MultistepPlan:
     """Coefficients of the k-point exponential Adams method in ``variable`` on ``grid``, extrapolating ``target``;
-    with ``corrector``, a :class:`PredictorCorrectorPlan`."""
+    with ``corrector``, a :class:`PredictorCorrectorPlan` (``corrector_rule``: see :class:`ExponentialAdams`)."""
     t = grid.to(torch.float64)
     n = len(t) - 1
     t_a, t_b = steps_of(t)
@@ -110,9 +119,14 @@ def adams_plan(sde: Any, grid: torch.Tensor, points: int, variable: str, lower_o
                   target=target)
     if not corrector:
         return MultistepPlan(**common)
-    # the corrector integrates its polynomial exactly whatever the predictor's rule: that is what raises the order
-    fixes = [_row(i, lowered(min(points + 1, i + 2), i), i + 1, v_grid, lam, exact, v_q, k_q, alpha_b[i], target)
-             for i in range(n - 1)]
+    if corrector_rule == "exact":
+        # the corrector integrates its polynomial exactly whatever the predictor's rule: that raises the order
+        fixes = [_row(i, lowered(min(points + 1, i + 2), i), i + 1, v_grid, lam, exact, v_q, k_q, alpha_b[i],
+                      target) for i in range(n - 1)]
+    else:  # UniPC's: one point more than this step's predictor; two points (the step's ends) by the midpoint rule
+        ms = [lowered(min(points, i + 1), i) + 1 for i in range(n - 1)]
+        fixes = [_row(i, m, i + 1, v_grid, lam, exact, v_q, k_q, alpha_b[i], target,
+                      "midpoint" if m == 2 else "exact") for i, m in enumerate(ms)]
     return PredictorCorrectorPlan(**common, corrector=as_tuple2(fixes))
 
 
@@ -121,7 +135,8 @@ class ExponentialAdams(Integrator):
     (``target``); order k, or k + 1 with ``corrector``. In t with target eps it also runs on matrix SDEs."""
 
     def __init__(self, name: str, points: int, variable: str, default_grid: str, lower_order_final: bool = False,
-                 target: str = "eps", corrector: bool = False, rule: str = "exact") -> None:
+                 target: str = "eps", corrector: bool = False, rule: str = "exact", corrector_rule: str = "exact"
+                 ) -> None:
         if variable not in VARIABLES:
             raise ValueError(f"unknown extrapolation variable {variable!r}; valid: {', '.join(VARIABLES)}")
         if target not in TARGETS:
@@ -130,6 +145,9 @@ class ExponentialAdams(Integrator):
             raise ValueError(f"points must be an integer between 1 and 6; got {points!r}")
         if rule not in RULES:
             raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+        if corrector_rule not in CORRECTOR_RULES:
+            raise ValueError(f"unknown corrector_rule {corrector_rule!r}; valid: {', '.join(CORRECTOR_RULES)}")
+        self.corrector_rule = corrector_rule
         self.name, self.points, self.variable, self.target, self.rule = name, points, variable, target, rule
         self.corrector = bool(corrector)
         self.order = (points if rule == "exact" else min(points, 2)) + self.corrector
@@ -143,4 +161,4 @@ class ExponentialAdams(Integrator):
         check_variable(sde, self.variable)
         check_target(sde, self.target)
         return adams_plan(sde, grid, self.points, self.variable, self.lower_order_final, self.target, self.corrector,
-                          self.rule)
+                          self.rule, self.corrector_rule)
