@@ -5,7 +5,7 @@ ICLR 2023)."""
 from . import adapters, diffusion, grids, integrators, k_samplers
 from .adapters import FlowODE, NFEBudgetExceeded, ReverseSDE, brownian_motion, odeint, sdeint
 from .errors import NumericalError, RoundoffWarning
-from .generate import evaluate_shards, generate, load_shards, verify_shards
+from .generate import generate
 from .grid_opt import load_grid, optimize_grid, save_grid
 from .grids import GRIDS, time_grid
 from .integrators import INTEGRATORS, Integrator, Method, register
@@ -27,6 +27,7 @@ from .sde import (
     SubVPSDE,
     SymbolicForms,
 )
+from .shards import evaluate_shards, load_shards, verify_shards
 from .solution import Solution
 from .statistics import model_statistics
 

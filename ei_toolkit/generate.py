@@ -1,6 +1,8 @@
 """Sharded sample generation on torch.distributed: :func:`generate` writes ``n`` samples as shards
 ``DIR/shard-KKKKKK.npz`` (``index``: int64 global sample indices, ``x``: float32 samples) with a manifest of the
-configuration (``DIR/manifest.json``); :func:`verify_shards` checks them and :func:`evaluate_shards` computes the
+configuration (``DIR/manifest.json``). This module is the distributed job (the process group, the directory's
+lock, the deal of shards to ranks); the files themselves are :mod:`ei_toolkit.shards`, where
+:func:`~ei_toolkit.shards.verify_shards` checks them and :func:`~ei_toolkit.shards.evaluate_shards` computes the
 digits Frechet distance over all of them (:mod:`ei_toolkit.metrics`). docs/scale.md explains the design.
 
 Reproducibility: sample i depends only on (seed, i) and the configuration. Its initial noise comes from a CPU
@@ -29,7 +31,6 @@ whole job, fed by one all-reduce of a counter per batch round.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import hashlib
@@ -42,7 +43,6 @@ import stat
 import struct
 import time
 import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,55 +53,46 @@ import torch
 import torch.distributed as dist
 
 from .errors import NumericalError, positive_int
-from .files import open_regular, read_json, temp_files, write_new
+from .files import temp_files, write_new
 from .integrators import Integrator, Method, get_integrator
 from .model import Model
-from .sampling import DEFAULT_MATRIX_METHOD, default_method, describe_defaults, guidance_scale_of, solve
+from .sampling import DEFAULT_MATRIX_METHOD, default_method, guidance_scale_of, solve
 from .sde import LinearSDE, MatrixLinearSDE
+from .shards import (
+    FORMAT,
+    MANIFEST,
+    SHARD_PATTERN,
+    ManifestError,
+    ShardConfigError,
+    ShardError,
+    ShardLockError,
+    ShardReport,
+    check_layout,
+    check_shard,
+    config_digest,
+    evaluate_shards,
+    iter_shards,
+    load_shards,
+    read_manifest,
+    scan_shards,
+    shard_indices,
+    shard_name,
+    verify_shards,
+    write_shard,
+)
 
-FORMAT = "ei_toolkit.generate/1"
-MANIFEST = "manifest.json"
-SHARD_PATTERN = "shard-*.npz"
+__all__ = [  # the storage names are re-exported: ``from ei_toolkit.generate import verify_shards`` keeps working
+    "DEFAULT_BATCH", "DEFAULT_BLOCK", "DEFAULT_SHARD_SIZE", "LOCK", "GenerateResult", "ManifestError",
+    "ShardConfigError", "ShardError", "ShardLockError", "ShardReport", "check_shard", "config_digest",
+    "evaluate_shards", "generate", "initial_noise", "iter_shards", "load_shards", "model_identity", "resolve_device",
+    "sample_seed", "shard_indices", "shard_name", "verify_shards",
+]
+
 DEFAULT_BATCH = 256
 DEFAULT_BLOCK = 64
 DEFAULT_SHARD_SIZE = 1000
 LOCK = ".ei_toolkit-generate.lock"
 """The lock file a run holds (``fcntl.flock``, exclusive) from its first check to its last shard; it holds the pid."""
-MAX_SHARDS = 1_000_000
-"""A manifest (or a generate call) may declare at most this many shards."""
-MAX_SAMPLE_ELEMENTS = 1 << 26
-"""At most this many elements per sample (the product of ``shape``)."""
-MAX_SHARD_BYTES = 1 << 32
-"""At most this many bytes of float32 samples per shard (4 GiB): what reading one shard may allocate."""
-MANIFEST_MAX_BYTES = 1 << 20
-"""A manifest larger than this (1 MiB) is refused before it is read."""
-_NPY_SLACK = 1 << 16  # bytes a member may hold beyond its array's data (the .npy header)
-
-
-class ShardConfigError(ValueError):
-    """The output directory holds samples of another configuration (or shards without a manifest), or another run
-    is writing into it."""
-
-
-class ShardLockError(ShardConfigError):
-    """Another ``generate`` run holds the output directory's lock."""
-
-
-class ShardError(RuntimeError):
-    """Shards are missing or corrupt where a complete set is needed (evaluation, loading)."""
-
-
-class ManifestError(ShardError, ValueError):
-    """The manifest is missing, unreadable or not a valid ei_toolkit.generate manifest (names the file)."""
-
-
-def shard_name(k: int) -> str:
-    return f"shard-{k:06d}.npz"
-
-
-def shard_indices(k: int, shard_size: int, n: int) -> range:
-    """Global sample indices of shard k."""
-    return range(k * shard_size, min((k + 1) * shard_size, n))
 
 
 def sample_seed(seed: int, i: int, stream: int = 0) -> int:
@@ -141,37 +132,6 @@ class GenerateResult:
         return self.generated / self.seconds if self.seconds > 0 else math.nan
 
 
-@dataclass
-class ShardReport:
-    """The state of an output directory: which shards are valid, missing or bad (with the reason)."""
-
-    n: int
-    shard_size: int
-    valid: list[int]
-    missing: list[int]
-    bad: dict[int, str]
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing and not self.bad
-
-    def describe(self) -> str:
-        total = len(self.valid) + len(self.missing) + len(self.bad)
-        text = f"{len(self.valid)} of {total} shards valid"
-        if self.missing:
-            text += f"; missing: {_ids(self.missing)}"
-        if self.bad:
-            text += "; bad: " + "; ".join(f"{shard_name(k)} ({why})" for k, why in sorted(self.bad.items())[:5])
-            if len(self.bad) > 5:
-                text += f"; and {len(self.bad) - 5} more"
-        return text
-
-
-def _ids(ks: Sequence[int]) -> str:
-    shown = ", ".join(str(k) for k in ks[:10])
-    return shown + (f", ... ({len(ks)} in all)" if len(ks) > 10 else "")
-
-
 # ---------------------------------------------------------------------------------------------------- checking
 
 def _check_shape(shape: object) -> tuple[int, ...]:
@@ -193,7 +153,7 @@ def _check_seed(seed: object) -> int:
     return s
 
 
-def _model_identity(model: Model, model_id: str | None) -> dict[str, str]:
+def model_identity(model: Model, model_id: str | None) -> dict[str, str]:
     """What names the model in the manifest: ``model_id`` if given, else the SHA-256 of an nn.Module's state
     (names, dtypes, shapes and bytes of its parameters and buffers)."""
     if model_id is not None:
@@ -218,223 +178,6 @@ def _version() -> str:
         return version("ei_toolkit")
     except PackageNotFoundError:
         return "unknown"
-
-
-# ---------------------------------------------------------------------------------------------------- files
-
-def _read_manifest(out_dir: Path) -> dict[str, Any]:
-    path = out_dir / MANIFEST
-    try:
-        manifest = read_json(path, "manifest", max_bytes=MANIFEST_MAX_BYTES)
-    except FileNotFoundError:
-        raise ManifestError(f"{path} is missing: {out_dir} holds no generated samples") from None
-    except (OSError, ValueError) as e:
-        raise ManifestError(f"{path} is unreadable ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("config"),
-                                                                                            dict):
-        raise ManifestError(f"{path} is not a manifest of ei_toolkit.generate (format {FORMAT!r} with a config)")
-    _check_layout(manifest["config"], str(path))
-    return manifest
-
-
-def _check_layout(config: dict[str, Any], where: str) -> tuple[int, int, tuple[int, ...]]:
-    """(n, shard_size, shape) of a configuration, checked: positive integers, at most :data:`MAX_SHARDS` shards,
-    :data:`MAX_SAMPLE_ELEMENTS` per sample and :data:`MAX_SHARD_BYTES` per shard; a ManifestError otherwise."""
-    n, size, shape = config.get("n"), config.get("shard_size"), config.get("shape")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-    if not is_int(n) or not is_int(size):
-        raise ManifestError(f"{where}: n and shard_size must be positive integers; got n={n!r}, shard_size={size!r}")
-    if not isinstance(shape, list) or not 1 <= len(shape) <= 8 or not all(is_int(v) for v in shape):
-        raise ManifestError(f"{where}: shape must be a list of 1 to 8 positive integers; got {shape!r}")
-    elements = math.prod(shape)
-    shards = -(-n // size)
-    if shards > MAX_SHARDS:
-        raise ManifestError(f"{where}: n={n} in shards of {size} makes {shards} shards, more than {MAX_SHARDS}; use "
-                            "larger shards")
-    if elements > MAX_SAMPLE_ELEMENTS or min(size, n) * elements * 4 > MAX_SHARD_BYTES:
-        raise ManifestError(f"{where}: shards of {min(size, n)} samples of shape {tuple(shape)} exceed "
-                            f"{MAX_SHARD_BYTES} bytes (or a sample {MAX_SAMPLE_ELEMENTS} elements); use smaller shards")
-    return n, size, tuple(shape)
-
-
-def config_digest(config: dict[str, Any]) -> str:
-    """SHA-256 of a configuration (canonical JSON): written into every shard and checked when it is read, so a
-    shard of another run, model or configuration is never kept as valid."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _write_shard(path: Path, index: np.ndarray, x: np.ndarray, digest: str) -> None:
-    write_new(path, lambda f: np.savez(f, index=index, x=x, config=np.array(digest, dtype="<U64")))
-
-
-class _BadShard(Exception):
-    pass
-
-
-def _member(z: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """Array ``name`` of a shard: its declared size, .npy header, dtype and shape checked before its data is read."""
-    try:
-        info = z.getinfo(name)
-    except KeyError:
-        raise _BadShard(f"no array {name[:-4]!r}") from None
-    nbytes = math.prod(shape) * dtype.itemsize
-    if info.file_size > nbytes + _NPY_SLACK:
-        raise _BadShard(f"{name} declares {info.file_size} bytes, expected {nbytes} of data (+ its header)")
-    with z.open(info) as m:
-        try:
-            version = np.lib.format.read_magic(m)
-            read = np.lib.format.read_array_header_2_0 if version == (2, 0) else np.lib.format.read_array_header_1_0
-            got_shape, fortran, got_dtype = read(m, max_header_size=_NPY_SLACK)
-        except (ValueError, SyntaxError, TypeError) as e:
-            raise _BadShard(f"{name} is not a .npy array ({e})") from None
-        if got_dtype != dtype or tuple(got_shape) != shape or (fortran and len(shape) > 1):
-            raise _BadShard(f"{name[:-4]} is {got_dtype} {tuple(got_shape)}, expected {dtype} {shape}")
-        data = m.read(nbytes)
-        if len(data) != nbytes or m.read(1):  # reading to the end checks the CRC
-            raise _BadShard(f"{name} holds {len(data)} bytes of data, expected {nbytes}")
-    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
-
-
-def _read_shard(path: Path, expected: range, shape: Sequence[int], digest: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """(index, x) of the shard at ``path``, read as untrusted input (a regular file, bounded sizes; see
-    :func:`check_shard`); _BadShard with the reason, FileNotFoundError if missing."""
-    rows = len(expected)
-    xshape = (rows, *map(int, shape))
-    limit = rows * 8 + math.prod(xshape) * 4 + 4 * _NPY_SLACK
-    try:
-        f = open_regular(path, "shard", max_bytes=limit)
-    except ValueError as e:
-        raise _BadShard(str(e).replace(f"shard {str(path)!r} ", "")) from None
-    with f:
-        try:
-            with zipfile.ZipFile(f) as z:
-                names = sorted(z.namelist())
-                wanted = ["index.npy", "x.npy"] + (["config.npy"] if digest is not None else [])
-                if len(names) > 3 or not set(wanted) <= set(names) or not set(names) <= {"index.npy", "x.npy",
-                                                                                          "config.npy"}:
-                    raise _BadShard(f"holds {names[:5]}, expected {sorted(wanted)}")
-                if digest is not None:
-                    got = _member(z, "config.npy", np.dtype("<U64"), ())
-                    if str(got) != digest:
-                        raise _BadShard("written by another configuration (its configuration digest differs from "
-                                        "the manifest's)")
-                index = _member(z, "index.npy", np.dtype("<i8"), (rows,))
-                x = _member(z, "x.npy", np.dtype("<f4"), xshape)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
-            raise _BadShard(f"unreadable: {type(e).__name__}: {e}") from None
-    if not np.array_equal(index, np.arange(expected.start, expected.stop, dtype=np.int64)):
-        raise _BadShard(f"index is not {expected.start}..{expected.stop - 1} (int64)")
-    if not np.isfinite(x).all():
-        raise _BadShard("x holds NaN or inf")
-    return index, x
-
-
-def check_shard(path: Path, expected: range, shape: Sequence[int], config_digest: str | None = None) -> str | None:
-    """Why the shard at ``path`` is not valid (``None`` if it is): missing; not a regular file (a link, a FIFO) or
-    larger than its arrays need; not a zip (npz) of exactly ``index``, ``x`` (and ``config`` when
-    ``config_digest`` is given); a member declaring more bytes than its array needs; another dtype or shape in an
-    array's header (checked before its data is read); a bad CRC; other indices than ``expected``; NaN or inf; a
-    configuration digest other than ``config_digest``."""
-    try:
-        _read_shard(Path(path), expected, shape, config_digest)
-    except FileNotFoundError:
-        return "missing"
-    except _BadShard as e:
-        return str(e)
-    return None
-
-
-def _scan(out_dir: Path, shards: Sequence[int], shard_size: int, n: int, shape: Sequence[int],
-          digest: str | None) -> dict[int, str]:
-    """{shard: reason} for those of ``shards`` that are missing or bad (one directory listing finds the missing)."""
-    try:
-        present = {e.name for e in os.scandir(out_dir)}
-    except FileNotFoundError:
-        present = set()
-    todo = {}
-    for k in shards:
-        name = shard_name(k)
-        why = "missing" if name not in present else check_shard(out_dir / name, shard_indices(k, shard_size, n),
-                                                                shape, digest)
-        if why is not None:
-            todo[k] = why
-    return todo
-
-
-def verify_shards(out_dir: str | Path) -> ShardReport:
-    """Check every shard the manifest of ``out_dir`` promises (see :func:`check_shard`), against the manifest's
-    configuration digest. A manifest that is not valid (types, positive integers, at most :data:`MAX_SHARDS`
-    shards of at most :data:`MAX_SHARD_BYTES`) raises :class:`ManifestError` (a ValueError naming it)."""
-    out_dir = Path(out_dir)
-    config = _read_manifest(out_dir)["config"]
-    n, size, shape = _check_layout(config, str(out_dir / MANIFEST))
-    shards = range(-(-n // size))
-    problems = _scan(out_dir, shards, size, n, shape, config_digest(config))
-    return ShardReport(n=n, shard_size=size, valid=[k for k in shards if k not in problems],
-                       missing=[k for k, why in problems.items() if why == "missing"],
-                       bad={k: why for k, why in problems.items() if why != "missing"})
-
-
-def iter_shards(out_dir: str | Path):
-    """Yield (index, x) of every shard in order, after verifying that all are there and valid."""
-    out_dir = Path(out_dir)
-    report = verify_shards(out_dir)
-    if not report.complete:
-        raise ShardError(f"{out_dir}: {report.describe()}; rerun the same generate command to complete it")
-    config = _read_manifest(out_dir)["config"]
-    shape, digest = tuple(config["shape"]), config_digest(config)
-    for k in report.valid:
-        try:
-            yield _read_shard(out_dir / shard_name(k), shard_indices(k, report.shard_size, report.n), shape, digest)
-        except (FileNotFoundError, _BadShard) as e:
-            raise ShardError(f"{out_dir / shard_name(k)} changed while it was read ({e or 'missing'})") from None
-
-
-def load_shards(out_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """All samples of ``out_dir`` as (index (n,), x (n, *shape)), in index order."""
-    parts = list(iter_shards(out_dir))
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def evaluate_shards(out_dir: str | Path, *, features: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    reference: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
-    """Frechet distance of all samples in ``out_dir`` against a reference, reduced shard by shard.
-
-    By default the digits metric of ``benchmarks/results/digits.md``: the shipped digits classifier's features
-    against the held-out digits (samples must be (1, 8, 8)); otherwise ``features`` maps a (B, *shape) float32
-    tensor to (B, D) features and ``reference`` is the (mean, covariance) to compare with. Returns ``fd``, ``n``,
-    ``shards`` and the ``reference`` used.
-    """
-    from .metrics import FeatureStatistics, digits_features, digits_reference, frechet_distance
-
-    out_dir = Path(out_dir)
-    if (features is None) != (reference is None):
-        raise ValueError("features and reference go together: give both, or neither for the digits metric")
-    config = _read_manifest(out_dir)["config"]
-    name = "custom"
-    if features is None:
-        if tuple(config["shape"]) != (1, 8, 8):
-            raise ValueError(f"the digits metric needs (1, 8, 8) samples; {out_dir} holds {tuple(config['shape'])}: "
-                             f"pass features= and reference=")
-        from .models.classifier import load_digits_classifier
-
-        net = load_digits_classifier()
-        features, reference = (lambda x: digits_features(x, net)), digits_reference()
-        name = "held-out digits (360) in the shipped digits classifier's features"
-    stats: FeatureStatistics | None = None
-    shards = 0
-    for _, x in iter_shards(out_dir):
-        f = features(torch.from_numpy(x))
-        stats = stats or FeatureStatistics(dim=int(f.shape[1]))
-        stats.update(f)
-        shards += 1
-    if stats is None or stats.n < 2:
-        raise ShardError(f"{out_dir}: a Frechet distance needs at least 2 samples")
-    fd = frechet_distance((stats.mean, stats.covariance()), reference)
-    return {"fd": fd, "n": stats.n, "shards": shards, "reference": name}
 
 
 # ---------------------------------------------------------------------------------------------------- processes
@@ -468,7 +211,8 @@ class _Group:
 
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or by default CUDA device ``LOCAL_RANK`` when CUDA is available, else the CPU."""
     if device is not None:
         return torch.device(device)
     if torch.cuda.is_available():
@@ -555,7 +299,7 @@ def generate(
     block, shard_size = positive_int("block", block), positive_int("shard_size", shard_size)
     seed = _check_seed(seed)
     try:
-        _check_layout({"n": n, "shard_size": shard_size, "shape": list(shape)}, "generate")
+        check_layout({"n": n, "shard_size": shard_size, "shape": list(shape)}, "generate")
     except ManifestError as e:
         raise ValueError(str(e)) from None
     out_dir = Path(out_dir)
@@ -573,7 +317,7 @@ def generate(
     if grid is not None and not isinstance(grid, str):
         grid = torch.as_tensor(grid, dtype=torch.float64).flatten()
         t_end = None  # an explicit grid gives its own end
-    device = _resolve_device(device)
+    device = resolve_device(device)
     if isinstance(model, torch.nn.Module):
         model.to(device)
     if (condition is None) != (condition_id is None) or (condition is not None and not callable(condition)):
@@ -620,7 +364,7 @@ class _Job:
             "grid": grid or f"default ({m.default_grid})", "t_end": self.t_end, "prediction": self.prediction,
             "clip_x0": self.clip_x0, "sde": repr(self.sde),
             "sde_key": hashlib.sha256(repr(self.sde.key).encode()).hexdigest(),
-            "model": _model_identity(self.model, model_id), "condition": self.condition_id,
+            "model": model_identity(self.model, model_id), "condition": self.condition_id,
             "noise": "sample i: CPU generator seeded by blake2b(seed, i, 0); step noise: blake2b(seed, i, 1)",
             "step_noise_device": self.device.type if m.stochastic else None,
             "ei_toolkit": _version(),
@@ -729,7 +473,7 @@ def _prepare(out_dir: Path, config: dict[str, Any], group: _Group, batch: int) -
     has_shards = any(out_dir.glob(SHARD_PATTERN))
     if os.path.lexists(path):
         try:
-            old = _read_manifest(out_dir)["config"]
+            old = read_manifest(out_dir)["config"]
         except ManifestError as e:
             raise ShardConfigError(f"{e}; nothing was changed: write to another directory, or delete it") from None
         if old != config:
@@ -798,7 +542,7 @@ def _work(group: _Group, job: _Job, out_dir: Path, batch: int, progress: bool, s
     n, size = job.n, job.shard_size
     n_shards = math.ceil(n / size)
     out_dir.mkdir(parents=True, exist_ok=True)  # on other nodes, where the directory may be local
-    found = _scan(out_dir, range(group.rank, n_shards, group.world), size, n, job.shape, digest)
+    found = scan_shards(out_dir, range(group.rank, n_shards, group.world), size, n, job.shape, digest)
     todo_map: dict[int, str] = {}
     for part in group.all_gather(found):
         todo_map.update(part)
@@ -862,100 +606,6 @@ def _collect(out_dir: Path, pending: dict[int, list[np.ndarray]], indices: list[
         rows = shard_indices(k, shard_size, n)
         if sum(len(p) for p in pending[k]) == len(rows):
             x = np.concatenate(pending.pop(k)).astype(np.float32, copy=False)
-            _write_shard(out_dir / shard_name(k), np.arange(rows.start, rows.stop, dtype=np.int64), x, digest)
+            write_shard(out_dir / shard_name(k), np.arange(rows.start, rows.stop, dtype=np.int64), x, digest)
             written.append(k)
     return written
-
-
-# ---------------------------------------------------------------------------------------------------- command line
-
-def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Register ``generate`` and ``evaluate`` on the ``ei-toolkit`` command line."""
-    g = sub.add_parser("generate", help="sharded sample generation from the shipped digits model (torchrun-ready)",
-                       description="Generate N digits into shards DIR/shard-*.npz with a manifest; under torchrun "
-                                   "--nproc_per_node=P -m ei_toolkit generate ... each rank does its share. A rerun "
-                                   "resumes; a different configuration into the same DIR is refused.")
-    g.add_argument("-n", "--n", type=int, required=True, dest="n",
-                   help="number of samples (under torchrun write -n N: torchrun reads --n as one of its options)")
-    g.add_argument("--out", required=True, help="output directory (created if missing)")
-    g.add_argument("--seed", type=int, default=0, help="sample i depends on (seed, i) only (default: 0)")
-    g.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                   help=f"samples each process integrates at once, in whole blocks; changes no sample "
-                        f"(default: {DEFAULT_BATCH})")
-    g.add_argument("--method", default=None, help="integrator, e.g. tab3 or sddim (default: sample()'s for --nfe: "
-                   f"{describe_defaults()})")
-    g.add_argument("--nfe", type=int, default=10, help="number of model evaluations (default: 10)")
-    g.add_argument("--grid", default=None, help="time grid (default: the method's recommended grid)")
-    g.add_argument("--lam", type=float, default=None,
-                   help="noise level lambda >= 0 of --method sddim (default: sddim's, 1)")
-    g.add_argument("--block", type=int, default=DEFAULT_BLOCK,
-                   help=f"samples per model call, part of the configuration (default: {DEFAULT_BLOCK})")
-    g.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                   help=f"samples per shard, part of the configuration (default: {DEFAULT_SHARD_SIZE})")
-    g.add_argument("--guidance", type=float, default=None,
-                   help="use the class-conditional digits model, sample i of class i mod 10, with classifier-free "
-                        "guidance at this scale (1: purely conditional) (default: the unconditional model)")
-    g.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if CUDA is available, else cpu")
-    g.add_argument("--evaluate", action="store_true",
-                   help="afterwards, the digits Frechet distance over all shards (default: off)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar on rank 0 (default: shown)")
-    g.set_defaults(func=generate_command)
-    e = sub.add_parser("evaluate", help="verify the shards of a generate directory and compute the digits FD")
-    e.add_argument("out", help="the directory generate wrote")
-    e.set_defaults(func=evaluate_command)
-
-
-def generate_command(args: argparse.Namespace) -> int:
-    from .models.digits import load_digits_model
-    from .sde import DiscreteVP
-
-    sde = DiscreteVP.linear()
-    device = _resolve_device(args.device)
-    model, extra = load_digits_model(device), {}
-    if args.guidance is not None:
-        model, extra = _guided_digits(device, args.guidance)
-    try:
-        result = generate(model, sde, (1, 8, 8), args.n, args.out, seed=args.seed,
-                          batch=args.batch, method=args.method, nfe=args.nfe, grid=args.grid, lam=args.lam,
-                          block=args.block, shard_size=args.shard_size, t_end=sde.t0, device=device,
-                          progress=not args.no_progress, **extra)
-    except (ShardConfigError, ValueError, TypeError) as err:
-        raise SystemExit(f"ei-toolkit generate: {err}") from None
-    if result.rank != 0:
-        return 0
-    print(f"{result.generated} samples generated by {result.world_size} process(es) in {result.seconds:.2f} s "
-          f"({result.samples_per_second:.1f} samples/s); {result.reused_shards} shard(s) kept"
-          + (f", {len(result.bad_shards)} bad shard(s) regenerated" if result.bad_shards else "")
-          + f" -> {result.out_dir}")
-    if args.evaluate:
-        return evaluate_command(argparse.Namespace(out=args.out))
-    return 0
-
-
-def _guided_digits(device: torch.device, scale: float) -> tuple[Model, dict[str, Any]]:
-    """The shipped class-conditional digits model with classifier-free guidance (Ho & Salimans 2022) at ``scale``
-    as ``model(x, t, labels)``, and the generate() arguments that name it and give sample i the label i mod 10."""
-    from .diffusion.guidance import classifier_free_guidance
-    from .models.digits_cond import NULL_LABEL, NUM_CLASSES, digits_cond_model
-
-    if not math.isfinite(scale):
-        raise SystemExit(f"ei-toolkit generate: --guidance must be a finite number; got {scale}")
-    cond = digits_cond_model(device)
-
-    def guided(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return classifier_free_guidance(cond, labels, torch.full_like(labels, NULL_LABEL), scale)(x, t)
-
-    guided.guidance_scale = scale  # type: ignore[attr-defined]  # sample()'s default under guidance reads it
-    weights = _model_identity(cond, None)["sha256"]
-    return guided, {"model_id": f"DigitsCondEps sha256 {weights}, classifier-free guidance scale {scale:g}",
-                    "condition": lambda i: i % NUM_CLASSES, "condition_id": f"label = i mod {NUM_CLASSES}"}
-
-
-def evaluate_command(args: argparse.Namespace) -> int:
-    try:
-        result = evaluate_shards(args.out)
-    except (ShardError, ValueError) as err:
-        raise SystemExit(f"ei-toolkit evaluate: {err}") from None
-    print(f"FD {result['fd']:.3f} over {result['n']} samples in {result['shards']} shards (against the "
-          f"{result['reference']})")
-    return 0

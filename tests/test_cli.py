@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ei_toolkit.__main__ import main
+from ei_toolkit.cli import main
 
 
 def run_main(argv, capsys):
@@ -105,7 +105,7 @@ def test_calibrate_then_sample_with_the_calibration(tmp_path, capsys):
     import torch
 
     import ei_toolkit as ei
-    from ei_toolkit.__main__ import _calibrated
+    from ei_toolkit.cli.calibrate import calibrated
     from ei_toolkit.models import load_digits_model
 
     cal = tmp_path / "cal"
@@ -117,7 +117,7 @@ def test_calibrate_then_sample_with_the_calibration(tmp_path, capsys):
     assert main(["sample", "--n", "3", "--nfe", "5", "--calibration", str(cal), "--out", str(tmp_path / "d.png")]) == 0
     assert "ems-logrhoab1-pc on the grid calibrated" in capsys.readouterr().out
     model, sde = load_digits_model(), ei.DiscreteVP.linear()
-    method, grid = _calibrated(str(cal), 5, None, model, sde)
+    method, grid = calibrated(str(cal), 5, None, model, sde)
     assert float(grid[-1]) == sde.t0 and len(grid) == 6  # to the data, as sample draws
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     assert bool(torch.isfinite(ei.sample(model, x, sde, method=method, grid=grid)).all())
@@ -265,14 +265,18 @@ def _read_only_dir(tmp_path):
     ["sample", "--n", "2", "--out", "{ro}/d.png"],
     ["compare", "--n", "4", "--nfe", "5", "--out", "{ro}/c.png"],
     ["calibrate", "--nfe", "5", "--out", "{ro}/cal"],
+    ["generate", "-n", "4", "--out", "{ro}/shards"],
+    ["generate", "-n", "4", "--out", "{ro}/new/deeper/shards"],
 ])
 def test_read_only_outputs_are_refused_before_the_work(argv, tmp_path, monkeypatch, capsys):
     from ei_toolkit import compare, models
+    from ei_toolkit.models import digits
 
     def no_work(*args, **kwargs):
         raise AssertionError("the work started before the output was checked")
 
     monkeypatch.setattr(models, "load_digits_model", no_work)
+    monkeypatch.setattr(digits, "load_digits_model", no_work)  # what the registry's digits entry loads
     monkeypatch.setattr(compare, "run_comparison", no_work)
     ro = _read_only_dir(tmp_path)
     code, err = run_main([a.format(ro=ro) for a in argv], capsys)

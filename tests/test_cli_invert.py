@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from ei_toolkit.__main__ import main
+from ei_toolkit.cli import main
 
 
 def test_invert_reports_the_reconstruction_error(capsys):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import ei_toolkit as ei
-from ei_toolkit.__main__ import STATISTICS_NAME, main
+from ei_toolkit.cli import main
+from ei_toolkit.cli.calibrate import STATISTICS_NAME
 from ei_toolkit.models import load_digits_model
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import ei_toolkit as ei
-from ei_toolkit.__main__ import main
+from ei_toolkit.cli import main
 from ei_toolkit.generate import LOCK, ShardConfigError, ShardError, initial_noise, shard_name
 from ei_toolkit.metrics import FeatureStatistics, digits_frechet_distance, feature_statistics, frechet_distance
 from ei_toolkit.models import load_digits_model

@@ -189,7 +189,8 @@ import argparse, json, resource, sys, time, warnings
 from pathlib import Path
 import torch
 import ei_toolkit as ei
-from ei_toolkit.generate import evaluate_command, verify_shards
+from ei_toolkit.cli.generate import evaluate_command
+from ei_toolkit.shards import verify_shards
 
 D = Path(sys.argv[1])
 SDE = ei.DiscreteVP.linear()

@@ -46,8 +46,8 @@ from ..integrators.base import combine
 from ..integrators.ems import EMSAdams, ModelStatistics
 from ..model import threshold_x0, to_eps, to_x0
 from ..sde import DiscreteVP, RectifiedFlow
-from .diffusers_integration import prediction_from_config, sde_from_scheduler_config
 from ..zero_snr import check_prediction, infinite_noise_step, terminal_grid, terminal_mixing
+from .diffusers_integration import prediction_from_config, sde_from_scheduler_config
 
 __all__ = ["ConfigMixin", "EIScheduler", "EISchedulerOutput", "SchedulerMixin"]
 
