@@ -125,3 +125,27 @@ def test_calibrate_another_model_into_its_own_cache_folder(toy, tmp_path, monkey
     assert main(["sample", "--model", "toy-eps", "--n", "2", "--nfe", "5", "--calibration", str(folder)]) == 0
     code, err = run_main(["sample", "--n", "2", "--nfe", "5", "--calibration", str(folder)], capsys)
     assert code == 2 and "statistics.pt" in err  # the digits model refuses the toy model's statistics
+
+
+def test_missing_weights_are_a_one_line_error_naming_the_script(monkeypatch, capsys):
+    def missing(device):
+        raise FileNotFoundError("weights.pt is missing: run python examples/train_toy.py --out weights.pt")
+
+    monkeypatch.setitem(registry._FACTORIES, "toy-untrained", lambda: toy_entry(name="toy-untrained", load=missing))
+    code, err = run_main(["sample", "--model", "toy-untrained", "--n", "2"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--model toy-untrained: weights.pt is missing: run python examples/train_toy.py" in err
+
+
+def test_a_base_install_samples_and_names_the_extra_it_lacks(monkeypatch, capsys):
+    """Without the extras (matplotlib, scikit-learn: a plain pip install), sample runs and the commands that need an
+    extra say which one in one line, before any work."""
+    for extra in ("matplotlib", "sklearn"):
+        monkeypatch.setitem(__import__("sys").modules, extra, None)  # import now raises ImportError
+    assert main(["sample", "--n", "2", "--nfe", "3"]) == 0
+    with Image.open("digits.png") as im:
+        assert im.mode == "L"
+    capsys.readouterr()
+    for argv in (["invert", "--n", "2"], ["likelihood", "--n", "2"], ["compare", "--n", "2", "--nfe", "5"]):
+        code, err = run_main(argv, capsys)
+        assert code == 2 and "pip install 'ei_toolkit[bench]'" in err and len(err.strip().splitlines()) == 1, err

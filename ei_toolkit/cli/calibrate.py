@@ -16,6 +16,7 @@ from .common import (
     add_model_option,
     check_writable,
     default_calibration_dir,
+    load_model,
     positive_int,
     shipped,
 )
@@ -78,7 +79,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
         out = Path(args.out)
     check_writable("--out", out, folder=True)
     name = ems_name(args.method or ("ems-logrhoab2-pc" if args.nfe >= 20 else "ems-logrhoab1-pc"))
-    model, sde = entry.load("cpu"), entry.sde()
+    model, sde = load_model(entry), entry.sde()
     gen = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     stats_path = out / STATISTICS_NAME

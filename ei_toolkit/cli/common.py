@@ -165,6 +165,15 @@ def shipped(name: str) -> ShippedModel:
     return shipped_model(name)
 
 
+def load_model(entry: ShippedModel, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """``entry``'s trained network on ``device``; missing weights (a model whose training script was not run) are a
+    usage error that names the script, not a traceback."""
+    try:
+        return entry.load(device)
+    except FileNotFoundError as exc:
+        raise UsageError(f"--model {entry.name}: {exc}") from None
+
+
 def default_calibration_dir(model: str = DEFAULT_MODEL) -> Path:
     """Where ``calibrate`` writes by default: ``$XDG_CACHE_HOME/ei_toolkit/<model>_calibration`` (``~/.cache`` when
     XDG_CACHE_HOME is unset)."""

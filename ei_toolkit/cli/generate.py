@@ -13,7 +13,7 @@ import torch
 
 from ei_toolkit.generate import DEFAULT_BATCH, DEFAULT_BLOCK, DEFAULT_SHARD_SIZE
 
-from .common import DEFAULT_MODEL, UsageError, add_model_option, check_writable, shipped
+from .common import DEFAULT_MODEL, UsageError, add_model_option, check_writable, load_model, shipped
 
 GUIDED_MODEL = "digits"  # the one shipped model with a class-conditional twin
 
@@ -74,7 +74,7 @@ def generate_command(args: argparse.Namespace) -> int:
     sde = entry.sde()
     device = resolve_device(args.device)
     model, extra = (guided_digits(device, args.guidance) if args.guidance is not None
-                    else (entry.load(device), {}))
+                    else (load_model(entry, device), {}))
     try:
         result = generate(model, sde, entry.shape, args.n, args.out, seed=args.seed, batch=args.batch,
                           method=args.method, nfe=args.nfe, grid=args.grid, lam=args.lam, block=args.block,

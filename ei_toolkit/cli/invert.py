@@ -16,6 +16,7 @@ from .common import (
     check_method,
     finite_float,
     held_out,
+    load_model,
     positive_int,
     shipped,
 )
@@ -51,7 +52,7 @@ def invert_command(args: argparse.Namespace) -> int:
         raise UsageError("--tol sets the round trip's tolerance of --exact; add --exact")
     x0 = held_out(entry, args.n, torch.Generator().manual_seed(args.seed))
     x0 = x0.double() if args.exact else x0
-    model, sde = entry.load("cpu"), entry.sde()
+    model, sde = load_model(entry), entry.sde()
     if args.exact:
         model = model.double()
     kw = {"method": args.method, "nfe": args.nfe, "grid": args.grid, "prediction": entry.prediction}

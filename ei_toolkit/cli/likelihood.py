@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from .common import UsageError, add_model_option, check_method, held_out, positive_int, shipped, unknown
+from .common import UsageError, add_model_option, check_method, held_out, load_model, positive_int, shipped, unknown
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def likelihood_command(args: argparse.Namespace) -> int:
     # (centred on the level the model was trained on), so bits per dimension carry the offset log2(L / 2)
     levels = entry.levels
     x0 = held.double() + (torch.rand(held.shape, generator=gen, dtype=torch.float64) - 0.5) * (2 / levels)
-    model, sde = entry.load("cpu").double(), entry.sde()
+    model, sde = load_model(entry).double(), entry.sde()
     gens = [torch.Generator().manual_seed(args.seed * 100003 + i) for i in range(args.n)]
     start = time.perf_counter()
     result = ei.log_likelihood(model, x0, sde, nfe=args.nfe, method=args.method, divergence=args.divergence,

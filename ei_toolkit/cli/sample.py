@@ -17,6 +17,7 @@ from .common import (
     check_method,
     default_calibration_dir,
     finite_float,
+    load_model,
     positive_int,
     shipped,
     writable_path,
@@ -66,7 +67,7 @@ def sample_command(args: argparse.Namespace) -> int:
     elif args.grid is not None or args.lam is not None or args.eta is not None:
         raise UsageError("--calibration brings its own grid and a deterministic method: leave out --grid, --lam "
                          "and --eta")
-    model, sde = entry.load("cpu"), entry.sde()
+    model, sde = load_model(entry), entry.sde()
     gen = torch.Generator().manual_seed(args.seed)
     where = None  # the grid, as the message names it (None: the solution's grid name)
     kw: dict[str, Any] = {"prediction": entry.prediction}
