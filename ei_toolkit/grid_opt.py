@@ -18,6 +18,10 @@ coefficients computed by NumPy from the grid, not a differentiable function of i
 
 Cost, bounded and reported: the reference (its NFE, on the calibration batch) plus at most ``max_solves`` solves
 of ``nfe`` evaluations each (``return_info=True`` gives the counts).
+
+Held-out check (issue 26): :func:`heldout_check` compares a method and grid with a baseline (the same method on its
+default grid, or the base method of EMS) on draws not used to calibrate, against a near-exact reference;
+``optimize_grid(..., heldout=)`` runs it on the grid it found and refuses or falls back to the default grid.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import contextlib
 import hashlib
 import json
 import math
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,97 @@ class _Budget(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class HeldoutCheck:
+    """The outcome of :func:`heldout_check`: the median over the held-out draws of each trajectory's RMS error
+    (``error`` for the candidate, ``baseline_error``), their ``ratio``, the standard error of the mean of the
+    per-draw log ratios (``log_ratio_se``: how far the comparison could move with other draws), whether it
+    ``passed`` (ratio <= 1 + tolerance), and the batch model evaluations spent (``evaluations``: the reference's
+    plus the two solves'), on ``draws`` draws."""
+
+    candidate: str
+    baseline: str
+    nfe: int
+    draws: int
+    error: float
+    baseline_error: float
+    ratio: float
+    log_ratio_se: float
+    tolerance: float
+    passed: bool
+    evaluations: int
+
+    def describe(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (f"held-out check {verdict} at NFE {self.nfe} on {self.draws} draws: {self.candidate} median error "
+                f"{self.error:.3g} vs {self.baseline} {self.baseline_error:.3g} (ratio {self.ratio:.3g}, allowed "
+                f"<= {1 + self.tolerance:.3g}; log-ratio standard error {self.log_ratio_se:.2g}; "
+                f"{self.evaluations} batch evaluations)")
+
+
+class HeldoutCheckFailed(ValueError):
+    """A calibration (EMS statistics or a grid) did worse than its baseline on held-out draws; ``.report`` is the
+    :class:`HeldoutCheck`."""
+
+    def __init__(self, message: str, report: HeldoutCheck) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def heldout_check(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str | Method, nfe: int,
+                  grid: Any = None, baseline: str | Method | None = None, baseline_grid: Any = None,
+                  reference: torch.Tensor | None = None, prediction: str = "eps", t_start: float | None = None,
+                  t_end: float | None = None, tolerance: float = 0.0, reference_rtol: float = 1e-7,
+                  reference_max_nfe: int | None = None) -> HeldoutCheck:
+    """Compare ``method`` on ``grid`` with ``baseline`` (default: ``method`` itself) on ``baseline_grid`` (None: its
+    default grid) at ``nfe``, from the held-out draws ``x`` (states at t_start that calibration did not see), by the
+    median over the draws of each trajectory's RMS error against ``reference`` (the exact solution at t_end;
+    default: method "adaptive" at ``reference_rtol``, whose own error is orders below the integrators' at NFE <= 50).
+    It passes when the ratio of the medians is at most ``1 + tolerance``: the default 0 falls back whenever the
+    calibration does not help on these draws, which costs nothing against the baseline. A candidate that diverges
+    (NumericalError) has infinite error. Cost: the reference's evaluations (0 if given) plus 2 solves of ``nfe``,
+    all on ``x``."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1 or x.shape[0] < 2:
+        raise ValueError("x must be a floating-point tensor of at least 2 held-out draws (batch first)")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
+        raise ValueError(f"tolerance must be a finite number >= 0; got {tolerance!r}")
+    m = get_integrator(method)
+    b = m if baseline is None else get_integrator(baseline)
+    t_start = float(sde.t_max if t_start is None else t_start)
+    t_end = float(sde.t_min if t_end is None else t_end)
+    evaluations = 0
+    if reference is None:
+        cap = DEFAULT_MAX_NFE if reference_max_nfe is None else reference_max_nfe
+        ref_sol = solve(model, x.to(torch.float64), sde, method="adaptive", t_start=t_start, t_end=t_end,
+                        prediction=prediction, options={"rtol": reference_rtol, "atol": reference_rtol,
+                                                        "max_nfe": cap})
+        reference, evaluations = ref_sol.x, ref_sol.nfe
+    elif not isinstance(reference, torch.Tensor) or reference.shape != x.shape:
+        raise ValueError(f"reference must be a tensor shaped like x {tuple(x.shape)}")
+    ref = reference.to(torch.float64).reshape(len(x), -1)
+    if not bool(torch.isfinite(ref).all()):
+        raise ValueError("reference holds NaN or inf: the held-out check needs a finite exact solution")
+
+    def errors(meth: Method, g: Any) -> torch.Tensor:
+        try:
+            ends = {"t_start": t_start, "t_end": t_end} if g is None else {}
+            out = solve(model, x, sde, method=meth, nfe=nfe, grid=g, prediction=prediction, **ends).x
+        except NumericalError:
+            return torch.full((len(x),), math.inf, dtype=torch.float64)
+        e = (out.to(torch.float64).reshape(len(x), -1) - ref).pow(2).mean(1).sqrt()
+        return torch.where(torch.isfinite(e), e, torch.full_like(e, math.inf))
+
+    ec, eb = errors(m, grid), errors(b, baseline_grid)
+    evaluations += 2 * nfe
+    med_c, med_b = float(ec.median()), float(eb.median())
+    ratio = med_c / med_b if med_b > 0 else (1.0 if med_c == 0 else math.inf)
+    logr = torch.log(ec.clamp_min(1e-300)) - torch.log(eb.clamp_min(1e-300))
+    se = float(logr.std() / math.sqrt(len(x))) if bool(torch.isfinite(logr).all()) else math.inf
+    return HeldoutCheck(candidate=m.name, baseline=b.name, nfe=int(nfe), draws=len(x), error=med_c,
+                        baseline_error=med_b, ratio=ratio, log_ratio_se=se, tolerance=float(tolerance),
+                        passed=bool(ratio <= 1 + tolerance), evaluations=evaluations)
+
+
 def _check_method(method: str | Method | None, nfe: int) -> Integrator:
     m = get_integrator(default_method(nfe)[0] if method is None else method)
     if not isinstance(m, Integrator) or m.stochastic:
@@ -67,7 +164,8 @@ def _lam(sde: LinearSDE, t: torch.Tensor) -> np.ndarray:
 def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str | Method | None = None, nfe: int,
                   t_start: float | None = None, t_end: float | None = None, prediction: str = "eps",
                   reference: torch.Tensor | None = None, reference_rtol: float = 1e-7, max_solves: int = 200,
-                  reference_max_nfe: int | None = None,
+                  reference_max_nfe: int | None = None, heldout: torch.Tensor | None = None,
+                  on_failure: str = "raise",
                   return_info: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
     """A decreasing float64 tensor of ``steps + 1`` times (steps = what ``method`` spends ``nfe`` evaluations on)
     from ``t_start`` (default ``sde.t_max``) to ``t_end`` (default ``sde.t_min``) that minimises the method's error on
@@ -85,6 +183,11 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
     (the grid ``solve`` uses without ``grid=``; its name is ``default_grid``) and at the result (``loss_default``,
     ``loss``: mean log RMS error per trajectory), the grid it started from, and the model
     evaluations spent (``nfe_reference``, ``nfe_optimiser``, ``solves``).
+
+    ``heldout``: draws at t_start that are not in ``x``; the grid found is then compared with the method's default
+    grid on them (:func:`heldout_check`, its report in ``info["heldout"]``, its evaluations in
+    ``info["nfe_heldout"]``) and, if it does worse, ``on_failure="raise"`` raises :class:`HeldoutCheckFailed` and
+    ``"fallback"`` warns (UserWarning) and returns the default grid.
     """
     from scipy.optimize import minimize
 
@@ -95,6 +198,11 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
         raise ValueError("x must be a floating-point tensor with a batch dimension first (the calibration batch)")
     m = _check_method(method, nfe)
     steps = m.steps_for_nfe(nfe)
+    if on_failure not in ("raise", "fallback"):
+        raise ValueError(f"on_failure must be 'raise' or 'fallback'; got {on_failure!r}")
+    if heldout is not None and (not isinstance(heldout, torch.Tensor) or heldout.shape[1:] != x.shape[1:]
+                                or heldout.shape[0] < 2):
+        raise ValueError(f"heldout must be a tensor of at least 2 draws shaped like x's {tuple(x.shape[1:])}")
     if isinstance(max_solves, bool) or not isinstance(max_solves, int) or max_solves < 1:
         raise ValueError(f"max_solves must be a positive integer; got {max_solves!r}")
     if reference_max_nfe is None:
@@ -201,6 +309,21 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
     info["loss"] = best["loss"]
     info["nfe_optimiser"] = info["solves"] * nfe
     grid = best["grid"].clone()
+    if heldout is not None:
+        default = time_grid(sde, default_name, steps, t_start, t_end)
+        report = heldout_check(model, heldout, sde, method=m, nfe=nfe, grid=grid, baseline_grid=default,
+                               prediction=prediction, t_start=t_start, t_end=t_end, reference_rtol=reference_rtol,
+                               reference_max_nfe=reference_max_nfe)
+        info["heldout"], info["nfe_heldout"] = report, report.evaluations
+        if not report.passed:
+            if on_failure == "raise":
+                raise HeldoutCheckFailed(f"optimize_grid: the calibrated grid is worse than the default grid "
+                                         f"{default_name!r} on the held-out draws ({report.describe()}); calibrate "
+                                         "on more draws, or pass on_failure='fallback'", report)
+            warnings.warn(f"optimize_grid: the calibrated grid is worse than the default grid {default_name!r} on "
+                          f"the held-out draws ({report.describe()}); returning the default grid", UserWarning,
+                          stacklevel=2)
+            grid = default.clone()
     return (grid, info) if return_info else grid
 
 

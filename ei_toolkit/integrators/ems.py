@@ -43,14 +43,20 @@ from .base import (
 from .kernels import half_lambda
 
 STATS_FORMAT = "ei_toolkit-model-statistics"
-STATS_VERSION = 2  # 2: a content digest (sha256) and the id of the model they were estimated from
+STATS_VERSION = 3  # 2: a content digest (sha256) and the model's id; 3: the bootstrap error and the shrinkage
+READABLE_VERSIONS = (2, 3)
+"""Versions :meth:`ModelStatistics.load` reads (a version-2 file: statistics without an error estimate)."""
 MAX_NODES = 100_000
 """At most this many nodes of lam in a statistics file."""
 MAX_TABLE_ELEMENTS = 1 << 27
 """At most this many elements of b (nodes x one sample's elements; 1 GiB in float64) in a statistics file."""
-MAX_STATISTICS_BYTES = MAX_TABLE_ELEMENTS * 8 + (1 << 20)
+MAX_STATISTICS_BYTES = MAX_TABLE_ELEMENTS * 8 + 10 * MAX_NODES * 8 + (1 << 20)
 """A statistics file larger than this is refused before it is read."""
 _KEYS = {"format", "version", "sde", "samples", "model", "sha256", "lam", "l", "s", "b"}
+_ERROR_KEYS = {"bootstrap", "error", "base", "l_std", "s_std", "b_std", "weights"}  # version 3
+BASES = ("eps", "x0")
+"""The plain forms that :func:`ei_toolkit.model_statistics` shrinks towards: (l, s, b) = (0, dlog sigma/dlam, 0)
+and (1, dlog alpha/dlam, 0)."""
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(8)
 
 
@@ -64,8 +70,14 @@ class ModelStatistics:
     (``sde``: its class and a digest of its derivation) and one model (``model``: the id of the model they were
     estimated from, :func:`ei_toolkit.grid_opt.model_id`; None if unknown). Made by
     :func:`ei_toolkit.model_statistics`; ``samples`` is the calibration batch size. ``sha256`` is the digest of
-    the content (values, shapes, SDE, samples, model), kept in the saved file and checked when it is loaded;
-    ``digest`` identifies the values alone (plans are cached by it)."""
+    the content (values, shapes, SDE, samples, model, error estimate), kept in the saved file and checked when it is
+    loaded; ``digest`` identifies the values alone (plans are cached by it).
+
+    The statistics' own error (docs/math.md section 4.11), None when not estimated: ``bootstrap`` resamples of
+    the draws gave ``l_std``, ``s_std`` (per node, of the fitted values before shrinkage) and ``b_std`` (per node,
+    the RMS over b's elements); ``error`` is their summary (:func:`ei_toolkit.statistics.relative_error`);
+    ``base`` ("eps" or "x0") is the plain form the tables were shrunk towards, with ``weights`` (3, nodes) the
+    weights of l, s, b (1: the fitted value, 0: the base value), None if not shrunk."""
 
     lam: torch.Tensor
     l: torch.Tensor  # noqa: E741 (the paper's name)
@@ -74,6 +86,13 @@ class ModelStatistics:
     sde: str
     samples: int
     model: str | None = None
+    bootstrap: int = 0
+    error: float | None = None
+    base: str | None = None
+    l_std: torch.Tensor | None = None
+    s_std: torch.Tensor | None = None
+    b_std: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
     sha256: str = field(init=False)
     digest: str = field(init=False)
 
@@ -97,9 +116,47 @@ class ModelStatistics:
         object.__setattr__(self, "lam", lam)
         object.__setattr__(self, "b", b.contiguous())
         object.__setattr__(self, "samples", int(self.samples))
-        values, sha = _digests(self.lam, self.l, self.s, self.b, self.sde, self.samples, self.model)
+        self._check_error(k)
+        values, sha = _digests(self.lam, self.l, self.s, self.b, self.sde, self.samples, self.model,
+                               self._error_fields())
         object.__setattr__(self, "sha256", sha)
         object.__setattr__(self, "digest", values)
+
+    def _check_error(self, k: int) -> None:
+        """The error estimate: all of bootstrap (>= 2), error, l_std, s_std, b_std or none; base and weights
+        together, and only with an error estimate."""
+        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 0:
+            raise ValueError(f"statistics: bootstrap must be a non-negative integer; got {self.bootstrap!r}")
+        stds = (self.l_std, self.s_std, self.b_std)
+        if self.bootstrap == 0:
+            if self.error is not None or any(v is not None for v in stds) or self.base is not None \
+                    or self.weights is not None:
+                raise ValueError("statistics: error, l_std, s_std, b_std, base and weights need bootstrap >= 2")
+            return
+        if self.bootstrap < 2 or self.error is None or any(v is None for v in stds):
+            raise ValueError("statistics: bootstrap >= 2 comes with error, l_std, s_std and b_std")
+        err = self.error
+        if isinstance(err, bool) or not isinstance(err, (int, float)) or not (math.isfinite(err) and err >= 0):
+            raise ValueError(f"statistics: error must be a finite number >= 0; got {err!r}")
+        object.__setattr__(self, "error", float(err))
+        for name, v in zip(("l_std", "s_std", "b_std"), stds, strict=True):
+            v = torch.as_tensor(v, dtype=torch.float64).flatten()
+            if v.numel() != k or not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
+                raise ValueError(f"statistics: {name} must hold {k} finite values >= 0 (one per node of lam)")
+            object.__setattr__(self, name, v)
+        if (self.base is None) != (self.weights is None) or (self.base is not None and self.base not in BASES):
+            raise ValueError(f"statistics: base must be one of {BASES} with weights, or None without; got "
+                             f"{self.base!r}")
+        if self.weights is not None:
+            w = torch.as_tensor(self.weights, dtype=torch.float64)
+            if tuple(w.shape) != (3, k) or not bool(((w >= 0) & (w <= 1)).all()):
+                raise ValueError(f"statistics: weights must be shaped (3, {k}) with values in [0, 1]")
+            object.__setattr__(self, "weights", w.contiguous())
+
+    def _error_fields(self) -> tuple[Any, ...] | None:
+        if self.bootstrap == 0:
+            return None
+        return (self.bootstrap, self.error, self.base, self.l_std, self.s_std, self.b_std, self.weights)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -109,9 +166,11 @@ class ModelStatistics:
         """Write the tables (torch.save of plain tensors and strings, with the content digest ``sha256``;
         :meth:`load` reads them with ``weights_only=True`` and checks everything, docs/untrusted_files.md)."""
         path = Path(path)
-        torch.save({"format": STATS_FORMAT, "version": STATS_VERSION, "sde": self.sde, "samples": int(self.samples),
-                    "model": self.model, "sha256": self.sha256,
-                    "lam": self.lam, "l": self.l, "s": self.s, "b": self.b}, path)
+        doc = {"format": STATS_FORMAT, "version": STATS_VERSION, "sde": self.sde, "samples": int(self.samples),
+               "model": self.model, "sha256": self.sha256, "lam": self.lam, "l": self.l, "s": self.s, "b": self.b,
+               "bootstrap": self.bootstrap, "error": self.error, "base": self.base, "l_std": self.l_std,
+               "s_std": self.s_std, "b_std": self.b_std, "weights": self.weights}
+        torch.save(doc, path)
         return path
 
     @classmethod
@@ -146,14 +205,20 @@ class ModelStatistics:
 
 
 def _digests(lam: torch.Tensor, l: torch.Tensor, s: torch.Tensor, b: torch.Tensor, sde: str,  # noqa: E741
-             samples: int, model: str | None) -> tuple[str, str]:
-    """(the values' digest, 24 hex digits: what a plan depends on; the content's SHA-256, with the model too)."""
+             samples: int, model: str | None, error: tuple[Any, ...] | None = None) -> tuple[str, str]:
+    """(the values' digest, 24 hex digits: what a plan depends on; the content's SHA-256, with the model and the
+    error estimate too: without one, the version-2 digest)."""
     h = hashlib.sha256()
     for v in (lam, l, s, b):
         h.update(v.contiguous().numpy().tobytes())
     h.update(repr((tuple(b.shape), sde, int(samples))).encode())
     values = h.hexdigest()[:24]
     h.update(repr(("model", model)).encode())
+    if error is not None:
+        bootstrap, err, base, *tables = error
+        h.update(repr(("error", int(bootstrap), float(err).hex(), base)).encode())
+        for t in tables:
+            h.update(b"-" if t is None else t.contiguous().numpy().tobytes())
     return values, h.hexdigest()
 
 
@@ -196,11 +261,15 @@ def _load_checked(path: Path) -> ModelStatistics:
     if not isinstance(doc, dict) or doc.get("format") != STATS_FORMAT:
         raise ValueError(f"{what} {str(path)!r} is not saved ei_toolkit model statistics (expected format "
                          f"{STATS_FORMAT!r})")
-    if doc.get("version") != STATS_VERSION:
-        raise ValueError(f"{what} {str(path)!r}: unsupported statistics version {doc.get('version')!r} (expected "
-                         f"{STATS_VERSION}; version 1 files carry no digest: estimate them again)")
-    if set(doc) != _KEYS:
-        raise ValueError(f"{what} {str(path)!r}: expected the keys {sorted(_KEYS)}; got {sorted(map(str, doc))}")
+    version = doc.get("version")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise ValueError(f"{what} {str(path)!r}: unsupported statistics version {version!r} (this version reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}; version 1 files carry no digest: estimate them "
+                         "again)")
+    keys = _KEYS if version == 2 else _KEYS | _ERROR_KEYS
+    if set(doc) != keys:
+        raise ValueError(f"{what} {str(path)!r}: expected the keys {sorted(keys)} (version {version}); got "
+                         f"{sorted(map(str, doc))}")
     text_ok = all(isinstance(doc[k], str) and 0 < len(doc[k]) <= 1000 for k in ("sde", "sha256"))
     model_ok = doc["model"] is None or (isinstance(doc["model"], str) and 0 < len(doc["model"]) <= 1000)
     if not (text_ok and model_ok):
@@ -216,15 +285,45 @@ def _load_checked(path: Path) -> ModelStatistics:
     if any(t.numel() != k for t in tabs) or b.shape[0] != k or min(b.shape) < 1:
         raise ValueError(f"{where}: lam, l, s must hold one value per node and b be shaped (nodes, *sample shape); "
                          f"got {k}, {[t.numel() for t in tabs]}, {tuple(b.shape)}")
-    _, sha = _digests(lam, tabs[0], tabs[1], b, doc["sde"], samples, doc["model"])
+    extra = _checked_error_fields(doc, where, k) if version == 3 else {}
+    error = None if not extra or extra["bootstrap"] == 0 else tuple(
+        extra[n] for n in ("bootstrap", "error", "base", "l_std", "s_std", "b_std", "weights"))
+    _, sha = _digests(lam, tabs[0], tabs[1], b, doc["sde"], samples, doc["model"], error)
     if sha != doc["sha256"]:
         raise ValueError(f"{where} is corrupt: its content does not match its digest (sha256 {doc['sha256'][:16]}..., "
                          f"computed {sha[:16]}...); estimate the statistics again or restore the file")
     try:
         return ModelStatistics(lam=lam, l=tabs[0], s=tabs[1], b=b, sde=doc["sde"], samples=samples,
-                               model=doc["model"])
+                               model=doc["model"], **extra)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+
+
+def _checked_error_fields(doc: dict[str, Any], where: str, k: int) -> dict[str, Any]:
+    """The version-3 error fields of a statistics file, types and sizes checked before anything is computed."""
+    from ..files import check_tensor
+
+    boot, err, base = doc["bootstrap"], doc["error"], doc["base"]
+    if isinstance(boot, bool) or not isinstance(boot, int) or not 0 <= boot < 2**31:
+        raise ValueError(f"{where}: bootstrap must be a non-negative integer; got {boot!r}")
+    if not (err is None or (isinstance(err, float) and math.isfinite(err) and err >= 0)):
+        raise ValueError(f"{where}: error must be a finite float >= 0 or None; got {err!r}")
+    if base is not None and base not in BASES:
+        raise ValueError(f"{where}: base must be one of {BASES} or None; got {base!r}")
+    out: dict[str, Any] = {"bootstrap": boot, "error": err, "base": base}
+    for name in ("l_std", "s_std", "b_std"):
+        v = doc[name]
+        out[name] = None if v is None else check_tensor(v, name, where, dtype=torch.float64, ndim=1,
+                                                         max_numel=MAX_NODES)
+    w = doc["weights"]
+    out["weights"] = None if w is None else check_tensor(w, "weights", where, dtype=torch.float64, ndim=2,
+                                                          max_numel=3 * MAX_NODES)
+    for name in ("l_std", "s_std", "b_std"):
+        if out[name] is not None and out[name].numel() != k:
+            raise ValueError(f"{where}: {name} must hold one value per node ({k}); got {out[name].numel()}")
+    if out["weights"] is not None and tuple(out["weights"].shape) != (3, k):
+        raise ValueError(f"{where}: weights must be shaped (3, {k}); got {tuple(out['weights'].shape)}")
+    return out
 
 
 class _Tables:
@@ -390,6 +489,17 @@ class EMSAdams(Integrator):
     @property
     def statistics(self) -> ModelStatistics:
         return self._statistics
+
+    @property
+    def base_method(self) -> str:
+        """The registered method this one modifies: the same points and corrector on the plain form the statistics
+        were shrunk towards (x0 if they were not shrunk), whose statistics are (l, s, b) = (1, dlog alpha/dlam, 0)
+        or (0, dlog sigma/dlam, 0) (docs/math.md section 4.11): ``ddim`` for one point without the corrector,
+        ``[x0-]logrhoab<points - 1>[-pc]`` otherwise (a name of ``ei.INTEGRATORS`` when registered)."""
+        if (self.points, self.corrector) == (1, False):
+            return "ddim"
+        prefix = "logrhoab" if self._statistics.base == "eps" else "x0-logrhoab"
+        return f"{prefix}{self.points - 1}" + ("-pc" if self.corrector else "")
 
     def plan(self, sde: Any, grid: torch.Tensor) -> EMSPlan:
         """The plan on ``grid``. A last grid point at the data (rho = 0, beyond every table) makes the last step the

@@ -1,0 +1,103 @@
+"""EMS on trained models (issue 26 item 3): integrator error against a near-exact ODE solution (method "adaptive",
+rtol 1e-7) at NFE 5, 10, 20 for the base registered method EMS modifies (x0-logrhoab<points - 1>-pc on its
+default grid), EMS on its default grid with statistics from 64 draws before (shrink=None) and after the shrinkage
+of ei.model_statistics, and EMS on a grid calibrated by ei.optimize_grid (16 other draws, checked on the 64
+held-out evaluation draws of the table: ei_toolkit.grid_opt.heldout_check). Figure: the median over the 64 draws
+of each trajectory's RMS error; the best peer's figure is quoted from benchmarks/results/digits.md (2000 draws).
+
+Models: every name of ei_toolkit.models.registry.model_names() with prediction "eps" (digits today).
+Run: python benchmarks/bench_ems_trained.py [--draws 64] [--max-solves 60]; writes benchmarks/results/ems_trained.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import ei_toolkit as ei
+from ei_toolkit.grid_opt import heldout_check
+from ei_toolkit.models.registry import model_names, shipped_model
+
+OUT = Path(__file__).parent / "results"
+POINTS = {5: 1, 10: 2, 20: 2}  # NFE -> EMS points (with the corrector), as in benchmarks/results/grid_opt.md
+BEST_PEER = {"digits": {5: 6.3e-2, 10: 1.8e-2, 20: 2.4e-3}}  # benchmarks/results/digits.md, median over 2000
+
+
+def median_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref).reshape(len(ref), -1).pow(2).mean(1).sqrt().median())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--draws", type=int, default=64, help="calibration draws for the statistics (default 64)")
+    ap.add_argument("--max-solves", type=int, default=60, help="optimize_grid's budget of solves (default 60)")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    lines = ["# EMS on trained models", "",
+             f"`python benchmarks/bench_ems_trained.py --draws {args.draws} --max-solves {args.max_solves}` "
+             "(a shared 2-core CPU). Median over 64 evaluation draws (seed 0) of the per-trajectory RMS error "
+             "against method adaptive at rtol 1e-7; statistics from "
+             f"{args.draws} other draws (seed 99), 200 nodes, 2 probes, 32 bootstrap resamples; grid calibrated on 16 "
+             "more (seed 1). Ratios in brackets: to the base method / to the best peer of digits.md.", ""]
+    for name in model_names():
+        spec = shipped_model(name)
+        if spec.prediction != "eps":
+            continue
+        model, sde = spec.load("cpu"), spec.sde()
+        x = torch.randn(64, *spec.shape, generator=torch.Generator().manual_seed(0))
+        t0 = time.perf_counter()
+        ref = ei.solve(model, x.double(), sde, method="adaptive",
+                       options={"rtol": 1e-7, "atol": 1e-7, "max_nfe": 20000})
+        ref_s = time.perf_counter() - t0
+        xs = torch.randn(args.draws, *spec.shape, generator=torch.Generator().manual_seed(99))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t0 = time.perf_counter()
+            raw = ei.model_statistics(model, xs, sde, shrink=None)
+            shrunk = ei.model_statistics(model, xs, sde)
+            stats_s = (time.perf_counter() - t0) / 2
+        xc = torch.randn(16, *spec.shape, generator=torch.Generator().manual_seed(1))
+        lines += [f"## {name}", "", f"Reference: {ref.nfe} evaluations of the 64 draws, {ref_s:.0f} s. Statistics: "
+                  f"{stats_s:.1f} s, {200 + 201 * 5} batch evaluations of {args.draws} draws; relative bootstrap "
+                  f"error {shrunk.error:.3f}; kept (weight 1) l {float(shrunk.weights[0].mean()):.2f}, s "
+                  f"{float(shrunk.weights[1].mean()):.2f}, b at {float(shrunk.weights[2].mean()):.2f} of the nodes"
+                  + (f"; warnings: {'; '.join(str(w.message) for w in caught)}" if caught else "") + ".", "",
+                  "| NFE | base method | its error | EMS raw, default grid | EMS shrunk, default grid | "
+                  "EMS + calibrated grid | best peer (digits.md) | calibration: evaluations, s | held-out check |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        peer = BEST_PEER.get(name, {})
+        for nfe, points in POINTS.items():
+            ems_raw, ems = ei.EMSAdams(raw, points), ei.EMSAdams(shrunk, points)
+            base = median_error(ei.solve(model, x, sde, method=ems.base_method, nfe=nfe, grid="quadratic_t").x,
+                                ref.x)
+            e_raw = median_error(ei.solve(model, x, sde, method=ems_raw, nfe=nfe).x, ref.x)
+            e_shr = median_error(ei.solve(model, x, sde, method=ems, nfe=nfe).x, ref.x)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                grid, info = ei.optimize_grid(model, xc, sde, method=ems, nfe=nfe, max_solves=args.max_solves,
+                                              return_info=True)
+            cal_s = time.perf_counter() - t0
+            e_cal = median_error(ei.solve(model, x, sde, method=ems, grid=grid).x, ref.x)
+            check = heldout_check(model, x, sde, method=ems, nfe=nfe, grid=grid, reference=ref.x)
+            p = peer.get(nfe)
+
+            def fmt(e: float, base: float = base, p: float | None = p) -> str:
+                return f"{e:.2e} ({e / base:.2f} / {e / p:.2f})" if p else f"{e:.2e} ({e / base:.2f})"
+            lines.append(f"| {nfe} | {ems.base_method} | {fmt(base)} | {fmt(e_raw)} | {fmt(e_shr)} | {fmt(e_cal)} | "
+                         f"{p if p else '-'} | {info['nfe_reference']} + {info['nfe_optimiser']} of 16 draws, "
+                         f"{cal_s:.0f} s | {'passed' if check.passed else 'FAILED'} ({check.ratio:.2f}) |")
+            print(lines[-1], flush=True)
+        lines.append("")
+    lines.append(f"Total {time.perf_counter() - start:.0f} s.")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "ems_trained.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
