@@ -140,8 +140,9 @@ def test_missing_weights_are_a_one_line_error_naming_the_script(monkeypatch, cap
 def test_a_base_install_samples_and_names_the_extra_it_lacks(monkeypatch, capsys):
     """Without the extras (matplotlib, scikit-learn: a plain pip install), sample runs and the commands that need an
     extra say which one in one line, before any work."""
-    for extra in ("matplotlib", "sklearn"):
-        monkeypatch.setitem(__import__("sys").modules, extra, None)  # import now raises ImportError
+    modules = __import__("sys").modules
+    for name in [m for m in modules if m.split(".")[0] in ("matplotlib", "sklearn")] + ["matplotlib", "sklearn"]:
+        monkeypatch.setitem(modules, name, None)  # importing it (or a submodule loaded earlier) raises ImportError
     assert main(["sample", "--n", "2", "--nfe", "3"]) == 0
     with Image.open("digits.png") as im:
         assert im.mode == "L"
