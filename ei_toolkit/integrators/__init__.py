@@ -123,10 +123,14 @@ register(ExponentialAdams("x0-logrhoab1-mid-pc", 2, "logrho", default_grid="unif
                           corrector=True, rule="midpoint"))
 register(ExponentialAdams("x0-logrhoab1-mid-pc-lof", 2, "logrho", default_grid="quadratic_t", target="x0",
                           corrector=True, rule="midpoint", lower_order_final=True))
-# UniPC's own corrector weights (bh2, order 2, final orders lowered below 15 steps): diffusers' UniPCMultistepScheduler
-# step for step (tests/test_unipc_identity.py).
-register(ExponentialAdams("x0-logrhoab1-unipc", 2, "logrho", default_grid="quadratic_t", target="x0",
-                          corrector=True, rule="midpoint", corrector_rule="unipc", lower_order_final=True))
+# UniPC itself (Zhao et al. 2023; bh1 and bh2, orders 2 and 3, final orders lowered as diffusers does): its two-point
+# weights B(h) / 2 and one-point-more corrector (exponential_adams.py); diffusers' UniPCMultistepScheduler step for
+# step (tests/test_unipc_identity.py).
+for _points in (2, 3):
+    for _bh in ("bh1", "bh2"):
+        register(ExponentialAdams(f"x0-logrhoab{_points - 1}-unipc" + ("-bh1" if _bh == "bh1" else ""), _points,
+                                  "logrho", default_grid="quadratic_t", target="x0", corrector=True, rule=_bh,
+                                  corrector_rule=_bh, lower_order_final=True))
 for _order in (2, 3):
     for _target, _prefix in (("eps", ""), ("x0", "x0-")):
         register(SinglestepExponential(f"{_prefix}logrhoss{_order}", _order, target=_target))
@@ -151,6 +155,8 @@ for _alias, _name, _note in (
                                  "x0-logrhoab2 integrates the interpolating quadratic exactly"),
     ("unipc", "x0-logrhoab1-unipc", "exact: diffusers' UniPCMultistepScheduler(solver_type='bh2', solver_order=2) "
                                     "(UniPC, Zhao et al. 2023; tests/test_unipc_identity.py)"),
+    ("unipc_bh1", "x0-logrhoab1-unipc-bh1", "exact: diffusers' UniPCMultistepScheduler(solver_type='bh1', "
+                                            "solver_order=2)"),
     ("uni_pc_bh2", "x0-logrhoab1-unipc", "closest: ComfyUI's uni_pc_bh2 (see unipc; its order and final steps "
                                          "follow the UniPC reference code)"),
     ("dpm_2", "logrhoss2", "closest: DPM-Solver-2 / k-diffusion's sample_dpm_2: same stage at the log-rho "

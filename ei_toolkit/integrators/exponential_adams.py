@@ -30,12 +30,14 @@ integrates its polynomial exactly whatever the predictor's ``rule``: with ``rule
 ``target="x0"`` this is UniPC's bh2 variant of order 2 (its predictor is DPM-Solver++(2M), its corrector the exact
 three-point integral); order 3.
 
-``corrector_rule="unipc"`` corrects as UniPC does (its B(h) = e^h - 1 variant, bh2): the corrector takes one point
-more than the step's predictor took (after a lowered step, fewer), and its two-point form, on the first step, is the
-midpoint rule of the step's ends (UniPC's fixed weight 1/2) rather than the exact integral of the line; three and
-more points are integrated exactly, which is what UniPC's linear solve gives (docs/math.md 4.10). With two points in
-log rho, ``rule="midpoint"``, ``target="x0"`` and ``lower_order_final`` this is diffusers'
-UniPCMultistepScheduler(solver_type="bh2", solver_order=2) step for step.
+``rule="bh1"`` / ``"bh2"`` and ``corrector_rule="bh1"`` / ``"bh2"`` are UniPC's own weights (Zhao et al. 2023, data
+prediction in log rho): a two-point form adds to the exact one-point step B(h) / 2 times the divided difference
+(m_other - m_start) / r, with B(h) = h (bh1) or e^h - 1 (bh2), h the step in lambda = -log rho and r the other node's
+offset in units of h; with bh2 that is the midpoint rule. Three and more points are integrated exactly, which is what
+UniPC's linear solve for its coefficients gives (B(h) cancels). UniPC's corrector takes one point more than the step's
+predictor (after a lowered step, fewer). With ``target="x0"``, ``variable="logrho"`` and ``lower_order_final`` these
+are diffusers' UniPCMultistepScheduler(solver_type=..., solver_order=points) step for step
+(tests/test_unipc_identity.py).
 
 ``lower_order_final`` lowers the number of points on the last steps (one on the last, two on the one before, ...),
 as DPM-Solver and UniPC do for short runs: steadier at a handful of steps, order at most 2.
@@ -64,8 +66,8 @@ from .kernels import (
     variable_at,
 )
 
-RULES = ("exact", "midpoint")
-CORRECTOR_RULES = ("exact", "unipc")
+RULES = ("exact", "midpoint", "bh1", "bh2")
+CORRECTOR_RULES = ("exact", "bh1", "bh2")
 
 
 def _row(i: int, m: int, newest: int, v_grid: np.ndarray, lam: np.ndarray, exact: np.ndarray,
@@ -87,6 +89,14 @@ def _row(i: int, m: int, newest: int, v_grid: np.ndarray, lam: np.ndarray, exact
     if target == "x0" and np.isinf(lam[i + 1]):
         # a step into rho = 0 in the x0 form: the kernel concentrates at the end, x_{i+1} = alpha_{i+1} p(v_{i+1})
         return [alpha_b * ell for ell in lagrange_at(nodes, v_end)]
+    if rule in ("bh1", "bh2") and m == 2:  # UniPC: the exact one-point step + B(h) / 2 x divided difference
+        base = v_grid[i]
+        r = [(v - base) / (v_end - base) for v in nodes]  # 0 at the step's start, the other node's offset in h
+        c = 0.5 * (exact[i] if rule == "bh2" else alpha_b * (base - v_end))
+        other = 1 if r[0] == 0.0 else 0
+        w = [0.0, 0.0]
+        w[other], w[1 - other] = c / r[other], exact[i] - c / r[other]
+        return w
     if rule == "midpoint":  # the polynomial's value at the step's middle, frozen over the step
         return [exact[i] * ell for ell in lagrange_at(nodes, 0.5 * (v_grid[i] + v_end))]
     return lagrange_integrals(nodes, v_q[i], k_q[i])
@@ -103,7 +113,7 @@ def adams_plan(sde: Any, grid: torch.Tensor, points: int, variable: str, lower_o
     psi = transitions(sde, t_a, t_b, target)
     exact = one_point_weights(sde, t_a, t_b, target)
     v_grid = variable_at(sde, variable, t)
-    many = (points > 1 and rule == "exact") or corrector
+    many = (points > 1 and rule != "midpoint") or corrector
     with np.errstate(over="ignore", invalid="ignore"):
         v_q, k_q = kernel_quadrature(sde, t_a, t_b, variable, target) if many else (None, None)
     scalar = not getattr(sde, "is_matrix", False)
@@ -123,10 +133,9 @@ def adams_plan(sde: Any, grid: torch.Tensor, points: int, variable: str, lower_o
         # the corrector integrates its polynomial exactly whatever the predictor's rule: that raises the order
         fixes = [_row(i, lowered(min(points + 1, i + 2), i), i + 1, v_grid, lam, exact, v_q, k_q, alpha_b[i],
                       target) for i in range(n - 1)]
-    else:  # UniPC's: one point more than this step's predictor; two points (the step's ends) by the midpoint rule
-        ms = [lowered(min(points, i + 1), i) + 1 for i in range(n - 1)]
-        fixes = [_row(i, m, i + 1, v_grid, lam, exact, v_q, k_q, alpha_b[i], target,
-                      "midpoint" if m == 2 else "exact") for i, m in enumerate(ms)]
+    else:  # UniPC's: one point more than this step's predictor, its own two-point weights
+        fixes = [_row(i, lowered(min(points, i + 1), i) + 1, i + 1, v_grid, lam, exact, v_q, k_q, alpha_b[i], target,
+                      corrector_rule) for i in range(n - 1)]
     return PredictorCorrectorPlan(**common, corrector=as_tuple2(fixes))
 
 
@@ -147,10 +156,14 @@ class ExponentialAdams(Integrator):
             raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
         if corrector_rule not in CORRECTOR_RULES:
             raise ValueError(f"unknown corrector_rule {corrector_rule!r}; valid: {', '.join(CORRECTOR_RULES)}")
+        unipc = {"bh1", "bh2"} & {rule, corrector_rule}
+        if unipc and (target != "x0" or variable != "logrho"):
+            raise ValueError(f"UniPC's weights (rule / corrector_rule {rule!r} / {corrector_rule!r}) are for the "
+                                 f"data prediction in log rho; got target={target!r}, variable={variable!r}")
         self.corrector_rule = corrector_rule
         self.name, self.points, self.variable, self.target, self.rule = name, points, variable, target, rule
         self.corrector = bool(corrector)
-        self.order = (points if rule == "exact" else min(points, 2)) + self.corrector
+        self.order = (min(points, 2) if rule == "midpoint" else points) + self.corrector
         if lower_order_final:  # the last step has one point: a local error O(h^2) that no other step makes up
             self.order = min(self.order, 2)
         self.default_grid = default_grid
