@@ -15,9 +15,11 @@ import json
 import math
 from pathlib import Path
 
-from bench_accuracy import default_config, geometric_mean, is_peer
+from bench_accuracy import add_vp_or_logrho, default_config, geometric_mean, is_peer
 
 OUT = Path(__file__).parent / "results"
+TRAINED_BOUND = 1.0  # issue 26: the uncalibrated default <= 1.0x the best peer on every trained model
+GUIDED_ABOVE = 2.0  # ei_toolkit.sampling.GUIDED_ABOVE: above it the guided default applies
 
 
 DECISION = """Decision: the default depends on the budget (`ei.sampling.default_method`): `logrhoab1-mid` up to NFE
@@ -68,13 +70,13 @@ def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
 def default_and_best(data: dict, nfe: str) -> tuple[list[float], list[float]]:
     """Per problem at ``nfe``: the default's ratio to the best peer, and the best of ours'."""
     d, b = [], []
-    for per_nfe in data.values():
+    for problem, per_nfe in data.items():
         configs = per_nfe.get(nfe, {})
         peers = [v for k, v in configs.items() if is_peer(k) and math.isfinite(v)]
         ours = [v for k, v in configs.items() if not is_peer(k) and math.isfinite(v)]
         if peers and ours:
             best = min(peers)
-            d.append(configs.get(default_config(nfe), math.inf) / best)
+            d.append(configs.get(default_config(nfe, problem), math.inf) / best)
             b.append(min(ours) / best)
     return d, b
 
@@ -85,10 +87,10 @@ def peers_alone(data: dict, nfe: str) -> list[tuple[float, float, int, int, floa
     own, problems, the worst and geometric mean of default / it, name), strongest (lowest worst ratio) first."""
     per: dict[str, list[tuple[float, float]]] = {}
     n = 0
-    for per_nfe in data.values():
+    for problem, per_nfe in data.items():
         configs = per_nfe.get(nfe, {})
         peers = {k: v for k, v in configs.items() if is_peer(k) and math.isfinite(v)}
-        ours = configs.get(default_config(nfe), math.inf)
+        ours = configs.get(default_config(nfe, problem), math.inf)
         if not peers:
             continue
         n += 1
@@ -103,13 +105,76 @@ def peers_alone(data: dict, nfe: str) -> list[tuple[float, float, int, int, floa
     return sorted(rows)
 
 
+def trained_ratios(trained: dict, models: list[str], nfe: str) -> dict[str, list[float]]:
+    """{config: [its error / the best peer's, per model in ``models``]} at ``nfe`` (bench_trained.py's JSON), for the
+    configurations of ours that ran on every one of them."""
+    out: dict[str, list[float]] = {}
+    for name in models:
+        configs = trained[name].get(nfe, {})
+        best = min((v for k, v in configs.items() if is_peer(k) and math.isfinite(v)), default=math.nan)
+        # every trained model here is variance preserving: vp_or_logrho is quadratic_t on it
+        configs = {**configs, **{k.replace(" / quadratic_t", " / vp_or_logrho"): v for k, v in configs.items()
+                                 if k.endswith(" / quadratic_t") and not is_peer(k)}}
+        for k, v in configs.items():
+            if not is_peer(k) and k != "default":
+                out.setdefault(k, []).append(v / best if math.isfinite(v) else math.inf)
+    return {k: r for k, r in out.items() if len(r) == len(models)}
+
+
+def trained_rule(data: dict, trained: dict, models: list[str], nfe: str
+                 ) -> list[tuple[float, float, float, float, str]]:
+    """Candidates at ``nfe`` ranked by the rule with trained models: those within TRAINED_BOUND of the best peer on
+    every trained model in ``models`` first, by their worst then geometric-mean ratio on the mixtures; then the rest by
+    their worst ratio on the trained models. Rows: (worst trained ratio, worst mixture ratio, gm mixture ratio,
+    gm trained ratio, config)."""
+    mix = scores(data).get(nfe, {})
+    rows = []
+    for k, r in trained_ratios(trained, models, nfe).items():
+        if k in mix:
+            rows.append((max(r), mix[k][0], mix[k][1], geometric_mean(r), k))
+    ok = sorted((row for row in rows if row[0] <= TRAINED_BOUND), key=lambda row: (row[1], row[2]))
+    rest = sorted((row for row in rows if row[0] > TRAINED_BOUND), key=lambda row: (row[0], row[1]))
+    return ok + rest
+
+
+def trained_lines(data: dict, trained: dict, top: int) -> list[str]:
+    """The rule with trained models, per NFE, for unguided models (and guidance up to GUIDED_ABOVE) and for strong
+    guidance, as tables."""
+    from ei_toolkit.models.registry import shipped_model
+
+    names = sorted(trained)
+    flow = {n for n in names if not n.startswith("digits-guided-") and shipped_model(n).prediction == "flow"}
+    guided = [n for n in names if n.startswith("digits-guided-") and float(n.rsplit("-", 1)[1]) > GUIDED_ABOVE]
+    plain = [n for n in names if n not in flow and n not in guided]
+    lines = ["## With the trained models (benchmarks/results/trained.json, bench_trained.py)", "",
+             f"Rule: per NFE, among our configurations within {TRAINED_BOUND:g}x of the best peer configuration on "
+             "every trained model of the group (issue 26's target), the lowest worst ratio on the 24 mixtures (then "
+             "the geometric mean); when none is within, the lowest worst ratio on the trained models. Groups: "
+             f"unguided ({', '.join(plain)}) and guidance above {GUIDED_ABOVE:g} ({', '.join(guided) or 'none'}).",
+             ""]
+    for label, group in (("unguided", plain), ("guided", guided)):
+        if not group:
+            continue
+        for nfe in sorted({k for n in group for k in trained[n]}, key=int):
+            ranked = trained_rule(data, trained, group, nfe)
+            if not ranked:
+                continue
+            lines += [f"### {label}, NFE {nfe}", "", "| configuration | worst trained ratio | gm trained ratio | "
+                      "worst mixture ratio | gm mixture ratio |", "|---|---|---|---|---|"]
+            lines += [f"| {k} | {tw:.2f} | {tg:.2f} | {mw:.2f} | {mg:.2f} |" for tw, mw, mg, tg, k in ranked[:top]]
+            lines.append("")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=OUT / "accuracy.json", help="accuracy.json to read (default: "
                     "benchmarks/results/accuracy.json)")
     ap.add_argument("--top", type=int, default=15, help="configurations listed per NFE (default 15)")
+    ap.add_argument("--trained", type=Path, default=OUT / "trained.json", help="bench_trained.py's JSON (default: "
+                    "benchmarks/results/trained.json; skipped when missing)")
     args = ap.parse_args()
-    data = json.loads(args.json.read_text())
+    data = add_vp_or_logrho(json.loads(args.json.read_text()))
     table = scores(data)
     nfes = sorted(table, key=int)
     lines = ["# Choosing the default", "", DECISION, "",
@@ -146,6 +211,8 @@ def main() -> None:
     for nfe in nfes:
         for own_w, own_g, wins, n, w, g, k in peers_alone(data, nfe)[: max(3, args.top // 2)]:
             lines.append(f"| {nfe} | {k} | {own_w:.2f} | {own_g:.2f} | {wins}/{n} | {w:.2f} | {g:.2f} |")
+    if args.trained.exists():
+        lines += ["", *trained_lines(data, json.loads(args.trained.read_text()), args.top)]
     text = "\n".join(lines) + "\n"
     (OUT / "default.md").write_text(text)
     print(text)

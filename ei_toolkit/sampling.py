@@ -28,53 +28,73 @@ from .sde import LinearSDE, MatrixLinearSDE
 from .solution import Solution
 from .zero_snr import solve_from_infinite_noise, solve_to_infinite_noise
 
-# Chosen by benchmarks/choose_default.py over the 24 problems of benchmarks/results/accuracy.md, all on the
-# uniform_logrho grid: see benchmarks/results/default.md. DEFAULT_METHOD is the choice at nfe=10 (and wherever a
-# single name is needed: EIScheduler's config); DEFAULTS_BY_NFE holds (largest nfe, method) in increasing order.
+# Chosen by benchmarks/choose_default.py over the 24 mixture problems of benchmarks/results/accuracy.md and the trained
+# networks of benchmarks/results/trained.md: see benchmarks/results/default.md. DEFAULTS_BY_NFE holds (largest nfe,
+# method, grid) in increasing order; the grid VP_OR_LOGRHO is grids.vp_or_logrho(sde) (quadratic_t for variance-
+# preserving schedules, uniform_logrho for the others). DEFAULT_METHOD is the choice at nfe=10 (and wherever a single
+# name is needed: EIScheduler's config).
+VP_OR_LOGRHO = "vp_or_logrho"
 DEFAULT_METHOD = "logrhoab2"
-DEFAULTS_BY_NFE: tuple[tuple[int | None, str], ...] = (
-    (6, "logrhoab1-mid"), (19, DEFAULT_METHOD), (40, "x0-logrhoab3"), (None, "logrhoab3"))
-DEFAULT_GRID = "uniform_logrho"
+DEFAULTS_BY_NFE: tuple[tuple[int | None, str, str], ...] = (
+    (6, "logrhoab1-mid", "uniform_logrho"), (19, DEFAULT_METHOD, "uniform_logrho"),
+    (40, "x0-logrhoab3", "uniform_logrho"), (None, "logrhoab3", "uniform_logrho"))
+DEFAULT_GRID = "uniform_logrho"  # the grid at nfe=10
 
 
 # Under classifier-free guidance above GUIDED_ABOVE (a model that carries ``guidance_scale``, as
 # ei.diffusion.classifier_free_guidance's do), the eps extrapolation of the defaults above overshoots at NFE <= 20;
-# the data-prediction UniPC-type method with lower-order final steps on the time-quadratic grid (the DPM-Solver
-# authors' recommendation for guided sampling) holds (benchmarks/results/guided.md). The time-quadratic grid is for
-# variance-preserving schedules; on the others (VE, EDM: t is a noise level) the log-rho grid stays.
+# GUIDED_DEFAULTS_BY_NFE holds what holds there (benchmarks/results/guided.md, trained.md); beyond its last entry
+# DEFAULTS_BY_NFE applies.
 GUIDED_ABOVE = 2.0
-GUIDED_METHOD = "x0-logrhoab1-mid-pc-lof"  # on grids.vp_or_logrho(sde)
-GUIDED_UP_TO_NFE = 20
+GUIDED_DEFAULTS_BY_NFE: tuple[tuple[int, str, str], ...] = ((20, "x0-logrhoab1-mid-pc-lof", VP_OR_LOGRHO),)
+GUIDED_METHOD = "x0-logrhoab1-mid-pc-lof"  # the guided choice at nfe=10
+GUIDED_UP_TO_NFE = GUIDED_DEFAULTS_BY_NFE[-1][0]
 # For matrix SDEs (no scalar rho): the most accurate method at NFE 10-20 in benchmarks/results/cld.md.
 DEFAULT_MATRIX_METHOD = "tab2"
 WORKING_DTYPES = (torch.float32, torch.float64)
 
 
+def _grid_name(grid: str) -> str:
+    return "quadratic_t (variance-preserving SDEs; uniform_logrho otherwise)" if grid == VP_OR_LOGRHO else grid
+
+
 def describe_defaults() -> str:
-    """The default by budget in words (for help texts): "logrhoab1-mid up to 6, ..., logrhoab3 beyond"."""
-    return ", ".join(f"{name} up to {top}" if top is not None else f"{name} beyond" for top, name in DEFAULTS_BY_NFE)
+    """The default by budget in words (for help texts): "logrhoab1-mid on uniform_logrho up to 6, ..."."""
+    return ", ".join(f"{name} on {_grid_name(grid)} " + (f"up to {top}" if top is not None else "beyond")
+                     for top, name, grid in DEFAULTS_BY_NFE)
+
+
+def _pick(table: Sequence[tuple[int | None, str, str]], n: int, sde: LinearSDE | None) -> tuple[str, str] | None:
+    for top, name, grid in table:
+        if top is None or n <= top:
+            return name, vp_or_logrho(sde) if grid == VP_OR_LOGRHO else grid
+    return None
 
 
 def default_method(nfe: int | None = None, *, guidance_scale: float | None = None,
                    sde: LinearSDE | None = None) -> tuple[str, str]:
     """sample()'s default (method, grid) for ``nfe`` model evaluations (None: 10), scalar SDEs:
-    ``logrhoab1-mid`` up to nfe=6, ``logrhoab2`` up to 19, ``x0-logrhoab3`` up to 40, ``logrhoab3`` beyond, all on
-    ``uniform_logrho`` (measured at nfe 4-10, 12, 15-20, 25, 30, 40, 50 and 100: benchmarks/results/default.md).
+    :data:`DEFAULTS_BY_NFE` (benchmarks/results/default.md; :func:`describe_defaults` says it in words).
 
-    With classifier-free guidance above scale 2 (``guidance_scale``) and nfe <= 20: ``x0-logrhoab1-mid-pc-lof``, on
-    ``quadratic_t`` when ``sde`` is variance preserving (alpha(t_max) < 1/2, or no sde given), else on
-    ``uniform_logrho`` (benchmarks/results/guided.md)."""
+    With classifier-free guidance above scale 2 (``guidance_scale``): :data:`GUIDED_DEFAULTS_BY_NFE` up to its last
+    budget. A grid given as :data:`VP_OR_LOGRHO` is ``quadratic_t`` when ``sde`` is variance preserving
+    (alpha(t_max) < 1/2, or no sde given), else ``uniform_logrho``. A family with its own measured default
+    (RectifiedFlow: benchmarks/results/flow.md) uses that."""
     n = 10 if nfe is None else positive_int("nfe", nfe)
     if guidance_scale is not None:
         g = float(guidance_scale)
         if not math.isfinite(g):
             raise ValueError(f"guidance_scale must be a finite number; got {guidance_scale!r}")
-        if g > GUIDED_ABOVE and n <= GUIDED_UP_TO_NFE:
-            return GUIDED_METHOD, vp_or_logrho(sde)
+        picked = _pick(GUIDED_DEFAULTS_BY_NFE, n, sde) if g > GUIDED_ABOVE else None
+        if picked is not None:
+            return picked
     own = getattr(sde, "default_method", None)  # a family with its own measured default (RectifiedFlow: flow.md)
     if callable(own):
         return own(n)
-    return next(name for top, name in DEFAULTS_BY_NFE if top is None or n <= top), DEFAULT_GRID
+    picked = _pick(DEFAULTS_BY_NFE, n, sde)
+    if picked is None:
+        raise RuntimeError("DEFAULTS_BY_NFE must end with an entry without a bound (None)")
+    return picked
 
 
 # The forward direction (data to noise: ei.invert, ei.log_likelihood) has its own default, chosen by
