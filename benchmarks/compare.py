@@ -19,7 +19,8 @@ import sys
 
 from peers import available_peers
 
-from ei_toolkit.__main__ import UsageError, add_compare_options, compare_command, positive_int, set_threads
+from ei_toolkit.cli.common import UsageError, positive_int, set_threads
+from ei_toolkit.cli.compare import add_compare_options, compare_command
 
 
 def main(argv: list[str] | None = None) -> int:

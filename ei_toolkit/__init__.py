@@ -6,7 +6,7 @@ from . import adapters, diffusion, grids, integrators, k_samplers
 from .adapters import FlowODE, NFEBudgetExceeded, ReverseSDE, brownian_motion, odeint, sdeint
 from .errors import NumericalError, RoundoffWarning
 from .generate import generate
-from .grid_opt import load_grid, optimize_grid, save_grid
+from .grid_opt import HeldoutCheck, HeldoutCheckFailed, heldout_check, load_grid, optimize_grid, save_grid
 from .grids import GRIDS, time_grid
 from .integrators import INTEGRATORS, Integrator, Method, register
 from .integrators.ems import EMSAdams, ModelStatistics
@@ -29,7 +29,7 @@ from .sde import (
 )
 from .shards import evaluate_shards, load_shards, verify_shards
 from .solution import Solution
-from .statistics import model_statistics
+from .statistics import check_statistics, model_statistics
 
 __version__ = "0.1.0"
 
@@ -44,6 +44,8 @@ __all__ = [
     "DiscreteVP",
     "EMSAdams",
     "FlowODE",
+    "HeldoutCheck",
+    "HeldoutCheckFailed",
     "Integrator",
     "LinearSDE",
     "MatrixLinearSDE",
@@ -61,10 +63,12 @@ __all__ = [
     "__version__",
     "adapters",
     "brownian_motion",
+    "check_statistics",
     "diffusion",
     "evaluate_shards",
     "generate",
     "grids",
+    "heldout_check",
     "integrators",
     "invert",
     "k_samplers",

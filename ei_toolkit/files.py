@@ -157,7 +157,7 @@ def model_id(model: Any) -> str:
             h.update(k.encode())
             h.update(str(v.dtype).encode())
             h.update(str(tuple(v.shape)).encode())
-            h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+            h.update(v.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
         return f"module:{type(model).__module__}.{type(model).__qualname__}:{h.hexdigest()[:32]}"
     if callable(model):
         return f"callable:{getattr(model, '__module__', '?')}.{getattr(model, '__qualname__', type(model).__name__)}"

@@ -158,7 +158,7 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
 
     * the schedule: ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule`` (linear, scaled_linear,
       squaredcos_cap_v2) or ``trained_betas``; ``rescale_betas_zero_snr`` rescales it to zero terminal SNR (Lin et
-      al. 2024), sampled from infinite noise by an exact first step (:mod:`ei_toolkit.diffusion.zero_snr`);
+      al. 2024), sampled from infinite noise by an exact first step (:mod:`ei_toolkit.zero_snr`);
     * ``prediction_type``: epsilon, v_prediction or sample; ``variance_type`` learned / learned_range drops the
       variance channels of the model output (the fixed_* types need nothing: no method here draws DDPM's variance);
     * the method: ``method`` (a name in ``ei.INTEGRATORS``), ``lam`` / ``eta`` for stochastic DDIM (``"sddim"``,
@@ -186,7 +186,7 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
     from 1 to its smallest training sigma, or the pipeline's ``sigmas=``, shifted by ``shift`` (SD3) or, with
     ``use_dynamic_shifting``, by ``mu`` per ``time_shift_type`` (Flux), stretched to ``shift_terminal`` if set, then 0;
     a ``grid`` name replaces it by that grid from sigma = 1 to 0. The first step, from sigma = 1 (rho = inf), is the
-    exact one of :mod:`ei_toolkit.diffusion.zero_snr`; :meth:`scale_noise` noises img2img latents. ``timesteps=``
+    exact one of :mod:`ei_toolkit.zero_snr`; :meth:`scale_noise` noises img2img latents. ``timesteps=``
     are used as given (unshifted; diffusers would shift the sigmas but not the timesteps).
 
     Anything else in a config is reported by diffusers' loader ("... not expected and will be ignored"), keys of

@@ -106,7 +106,7 @@ class RectifiedFlow(LinearSDE):
     1000 sigma as the timestep).
 
     Zero SNR at t = 1: :attr:`t_terminal` = 1 is the time of pure noise (alpha = 0, rho = inf), where sampling starts
-    by default through the exact first step of :mod:`ei_toolkit.diffusion.zero_snr` (the Euler step of the velocity
+    by default through the exact first step of :mod:`ei_toolkit.zero_snr` (the Euler step of the velocity
     ODE from t = 1, which is exact there for frozen x0). The SDE's domain ends at ``t_max`` (default 1 - 1e-4,
     rho = 9999), the last finite-rho time: grids are laid from it and their first point moved to 1. ``t_min``
     (default 1e-3, diffusers' smallest sigma for 1000 training steps) is the model's smallest time; t0 = 0 is the
@@ -165,7 +165,7 @@ class DiscreteVP(LinearSDE):
     data prediction x0 is defined there (x0 = -v for a v-model), so the first step is the exact
     exponential-integrator step from rho = inf with x0 frozen, x_next = alpha_next x0 + sigma_next x
     (docs/math.md section 5 with rho_t -> inf); :func:`ei_toolkit.sample` takes it through
-    :func:`ei_toolkit.diffusion.zero_snr.solve_from_infinite_noise`.
+    :func:`ei_toolkit.zero_snr.solve_from_infinite_noise`.
     """
 
     t_terminal: float | None = None
