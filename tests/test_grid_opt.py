@@ -45,12 +45,13 @@ def test_the_calibrated_grid_beats_the_default_grid_on_held_out_draws(calibrated
 
 
 def test_other_methods_and_a_grid_to_rho_zero():
-    """A multistep method in t; a grid ending at the data (rho = 0) keeps its last step from t_min."""
+    """A multistep method in t; a grid ending at the data (rho = 0) tunes its last finite point too, kept at or above
+    t_min."""
     sde = ei.DiscreteVP.linear()
     mix = get_problem("gmm2d")
     x = mix.sample_marginal(sde, sde.t_max, 8, torch.Generator().manual_seed(3))
     g = ei.optimize_grid(mix.eps_model(sde), x, sde, method="tab1", nfe=4, t_end=-1.0, max_solves=12)
-    assert len(g) == 5 and g[-1] == -1.0 and g[-2] == sde.t_min and bool((g[1:] < g[:-1]).all())
+    assert len(g) == 5 and g[-1] == -1.0 and g[-2] >= sde.t_min and bool((g[1:] < g[:-1]).all())
     assert torch.isfinite(ei.sample(mix.eps_model(sde), x, sde, method="tab1", grid=g)).all()
     # a budget smaller than the starting grids: the default grid, one solve
     g1, info = ei.optimize_grid(mix.eps_model(sde), x, sde, method="tab1", nfe=4, max_solves=1, return_info=True)
