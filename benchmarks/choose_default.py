@@ -121,18 +121,20 @@ def trained_ratios(trained: dict, models: list[str], nfe: str) -> dict[str, list
     return {k: r for k, r in out.items() if len(r) == len(models)}
 
 
-def trained_rule(data: dict, trained: dict, models: list[str], nfe: str
+def trained_rule(data: dict, trained: dict, models: list[str], nfe: str, by_mixtures: bool = True
                  ) -> list[tuple[float, float, float, float, str]]:
     """Candidates at ``nfe`` ranked by the rule with trained models: those within TRAINED_BOUND of the best peer on
-    every trained model in ``models`` first, by their worst then geometric-mean ratio on the mixtures; then the rest by
-    their worst ratio on the trained models. Rows: (worst trained ratio, worst mixture ratio, gm mixture ratio,
-    gm trained ratio, config)."""
+    every trained model in ``models`` first, by their worst then geometric-mean ratio on the mixtures (``by_mixtures``;
+    else by their geometric-mean ratio on the trained models: the mixtures are unguided); then the rest by their worst
+    ratio on the trained models. Rows: (worst trained ratio, worst mixture ratio, gm mixture ratio, gm trained ratio,
+    config)."""
     mix = scores(data).get(nfe, {})
     rows = []
     for k, r in trained_ratios(trained, models, nfe).items():
         if k in mix:
             rows.append((max(r), mix[k][0], mix[k][1], geometric_mean(r), k))
-    ok = sorted((row for row in rows if row[0] <= TRAINED_BOUND), key=lambda row: (row[1], row[2]))
+    ok = sorted((row for row in rows if row[0] <= TRAINED_BOUND),
+                key=(lambda row: (row[1], row[2])) if by_mixtures else (lambda row: (row[3], row[0])))
     rest = sorted((row for row in rows if row[0] > TRAINED_BOUND), key=lambda row: (row[0], row[1]))
     return ok + rest
 
@@ -149,14 +151,16 @@ def trained_lines(data: dict, trained: dict, top: int) -> list[str]:
     lines = ["## With the trained models (benchmarks/results/trained.json, bench_trained.py)", "",
              f"Rule: per NFE, among our configurations within {TRAINED_BOUND:g}x of the best peer configuration on "
              "every trained model of the group (issue 26's target), the lowest worst ratio on the 24 mixtures (then "
-             "the geometric mean); when none is within, the lowest worst ratio on the trained models. Groups: "
+             "the geometric mean; for the guided group, whose models the unguided mixtures do not represent, the "
+             "lowest geometric-mean ratio on its models); when none is within, the lowest worst ratio on the "
+             "trained models. Groups: "
              f"unguided ({', '.join(plain)}) and guidance above {GUIDED_ABOVE:g} ({', '.join(guided) or 'none'}).",
              ""]
     for label, group in (("unguided", plain), ("guided", guided)):
         if not group:
             continue
         for nfe in sorted({k for n in group for k in trained[n]}, key=int):
-            ranked = trained_rule(data, trained, group, nfe)
+            ranked = trained_rule(data, trained, group, nfe, by_mixtures=label == "unguided")
             if not ranked:
                 continue
             lines += [f"### {label}, NFE {nfe}", "", "| configuration | worst trained ratio | gm trained ratio | "
