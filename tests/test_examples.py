@@ -25,9 +25,13 @@ RUNS: dict[str, tuple[list[str], str, list[str]]] = {
     "train_digits.py": (["--steps", "3", "--batch", "8"], "saved digits_eps.pt", ["digits_eps.pt"]),
     "train_digits_classifier.py": (["--steps", "3", "--out", "cls.pt"], "saved cls.pt", ["cls.pt"]),
     "train_digits_cond.py": (["--steps", "3", "--batch", "8", "--out", "cond.pt"], "saved cond.pt", ["cond.pt"]),
+    "train_digits_flow.py": (["--steps", "3", "--batch", "8"], "saved digits_flow.pt", ["digits_flow.pt"]),
+    "train_patches.py": (["--form", "flow", "--steps", "3", "--batch", "4"], "saved patches_flow.pt",
+                         ["patches_flow.pt"]),
 }
 NEEDS = {"diffusers_deis_10_steps.py": "diffusers", "train_digits.py": "sklearn",
-         "train_digits_classifier.py": "sklearn", "train_digits_cond.py": "sklearn"}
+         "train_digits_classifier.py": "sklearn", "train_digits_cond.py": "sklearn", "train_digits_flow.py": "sklearn",
+         "train_patches.py": "sklearn PIL"}  # the modules each needs, space-separated
 
 
 def run_example(name: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -46,8 +50,8 @@ def test_every_example_is_run_here():
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_the_example_runs(name, tmp_path):
-    if name in NEEDS:
-        pytest.importorskip(NEEDS[name])
+    for module in NEEDS.get(name, "").split():
+        pytest.importorskip(module)
     args, expected, writes = RUNS[name]
     before = shipped_digests()
     res = run_example(name, args, tmp_path)
@@ -57,10 +61,13 @@ def test_the_example_runs(name, tmp_path):
     assert shipped_digests() == before  # the shipped weights are never overwritten
 
 
-@pytest.mark.parametrize("name", ["train_digits.py", "train_digits_classifier.py", "train_digits_cond.py"])
-def test_a_training_script_refuses_a_bad_out_before_training(name, tmp_path):
-    pytest.importorskip("sklearn")
-    res = run_example(name, ["--out", str(tmp_path / "missing" / "w.pt")], tmp_path)
+@pytest.mark.parametrize("name, extra", [("train_digits.py", []), ("train_digits_classifier.py", []),
+                                         ("train_digits_cond.py", []), ("train_digits_flow.py", []),
+                                         ("train_patches.py", ["--form", "eps"])])
+def test_a_training_script_refuses_a_bad_out_before_training(name, extra, tmp_path):
+    for module in NEEDS[name].split():
+        pytest.importorskip(module)
+    res = run_example(name, [*extra, "--out", str(tmp_path / "missing" / "w.pt")], tmp_path)
     assert res.returncode != 0 and "does not exist" in res.stderr and "step" not in res.stdout
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith("--out ")
     ro = tmp_path / "ro"
@@ -70,5 +77,5 @@ def test_a_training_script_refuses_a_bad_out_before_training(name, tmp_path):
         ro = Path("/proc")
     if not ro.is_dir():
         pytest.skip("no directory here that this user cannot write to")
-    res = run_example(name, ["--out", str(ro / "w.pt")], tmp_path)
+    res = run_example(name, [*extra, "--out", str(ro / "w.pt")], tmp_path)
     assert res.returncode != 0 and "cannot write there" in res.stderr and "step" not in res.stdout

@@ -47,7 +47,34 @@ def _digits() -> ShippedModel:
                         digits_split, digits_features, levels=16, noun="digits")
 
 
-_FACTORIES: dict[str, Callable[[], ShippedModel]] = {"digits": _digits}
+def _digits_flow() -> ShippedModel:
+    from ..metrics import digits_features
+    from ..sde import RectifiedFlow
+    from .data import digits_split
+    from .digits_flow import load_digits_flow_model
+
+    return ShippedModel("digits-flow", "velocity (flow-matching) model of scikit-learn's 8x8 digits on rectified flow",
+                        load_digits_flow_model, RectifiedFlow, "flow", (1, 8, 8), "train_digits_flow.py",
+                        digits_split, digits_features, levels=16, noun="digits")
+
+
+def _patches(form: str) -> ShippedModel:
+    from ..sde import DiscreteVP, RectifiedFlow
+    from .patch_data import patch_split
+    from .patches import load_patches_flow_model, load_patches_model
+
+    if form == "eps":
+        return ShippedModel("patches", "eps-model of 16x16 RGB patches of scikit-learn's sample photographs on the "
+                            "DDPM linear schedule", load_patches_model, DiscreteVP.linear, "eps", (3, 16, 16),
+                            "train_patches.py", patch_split, None, levels=255, noun="patches")
+    return ShippedModel("patches-flow", "velocity (flow-matching) model of 16x16 RGB patches of scikit-learn's sample "
+                        "photographs on rectified flow", load_patches_flow_model, RectifiedFlow, "flow", (3, 16, 16),
+                        "train_patches.py", patch_split, None, levels=255, noun="patches")
+
+
+_FACTORIES: dict[str, Callable[[], ShippedModel]] = {"digits": _digits, "digits-flow": _digits_flow,
+                                                     "patches": lambda: _patches("eps"),
+                                                     "patches-flow": lambda: _patches("flow")}
 
 
 def register(name: str, factory: Callable[[], ShippedModel]) -> None:
