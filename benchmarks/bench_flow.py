@@ -190,7 +190,7 @@ def main() -> None:
             continue
         rule.append((None if nxt is None else int(math.sqrt(nfe * nxt)), *picks[nfe]))
     flow_default = {nfe: flow.default_method(nfe) for nfe in NFES}
-    sampling_default = {nfe: default_method(nfe)[0] for nfe in NFES}
+    sampling_default = {nfe: default_method(nfe) for nfe in NFES}  # (method, grid): the VP-chosen default
     agrees = all(flow_default[n] == picks[n] for n in NFES)
     lines = ["# Rectified flow: the default for flow models and diffusers' flow schedulers", "",
              f"`python benchmarks/bench_flow.py` ({time.perf_counter() - start:.0f} s, one thread). "
@@ -210,7 +210,7 @@ def main() -> None:
              "## sample()'s default for flow models vs the best peer, per NFE", "",
              "Ratio = our error / the best peer configuration's (the peer with the lowest geometric mean over the "
              "rule's problems at that NFE), per problem and in geometric mean; the general default (the VP-chosen "
-             "method per NFE on uniform_logrho) for comparison.", "",
+             "method and grid per NFE; nan where this script does not run it) for comparison.", "",
              "| NFE | ours | best peer | " + " | ".join(PROBLEMS + HELD_OUT)
              + " | geometric mean ratio (rule's problems) | worst ratio | held out: geometric mean / worst "
              "| general default's ratio |",
@@ -221,12 +221,14 @@ def main() -> None:
         mine = ours[(m, g, nfe)]
         bp = best_peer(nfe, theirs)
         r = ratios(mine, theirs[(bp, nfe)])
-        general = gmean(ratios(ours[(sampling_default[nfe], "uniform_logrho", nfe)][:k], theirs[(bp, nfe)][:k]))
+        gm_, gg_ = sampling_default[nfe]
+        general = (gmean(ratios(ours[(gm_, gg_, nfe)][:k], theirs[(bp, nfe)][:k])) if (gm_, gg_, nfe) in ours
+                   else math.nan)  # nan: not among this script's candidates
         summary.append((nfe, gmean(r[:k]), max(r[:k]), gmean(r[k:]), max(r[k:])))
         lines.append(f"| {nfe} | {m} on {g} {gmean(mine[:k]):.3g} | {bp} ({used[(bp, nfe)]} evals) "
                      f"{gmean(theirs[(bp, nfe)][:k]):.3g} | " + " | ".join(f"{x:.2f}" for x in r)
                      + f" | {gmean(r[:k]):.2f} | {max(r[:k]):.2f} | {gmean(r[k:]):.2f} / {max(r[k:]):.2f} "
-                     f"| {sampling_default[nfe]} {general:.2f} |")
+                     f"| {' on '.join(sampling_default[nfe])} {general:.2f} |")
     lines += ["", "## Every peer (geometric mean error over the rule's problems; model calls used)", "",
               "UniPC bh1 with use_flow_sigmas returns NaN (nan below): its last step, into sigma = 0, has h = inf and "
               "bh1's B(h) = -h.", "",

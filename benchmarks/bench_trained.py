@@ -153,7 +153,7 @@ def fd_table(fds: dict[str, dict[int, dict[str, float]]], results: dict[str, dic
     """FD of the default, the best of ours and the best peer (both by integrator error) per model with features."""
     lines = []
     for name, per in fds.items():
-        if not per:
+        if not any(per.values()):  # no feature map
             continue
         floor = per.get(0, {}).get("near-exact solution", math.nan)
         lines += [f"### {name}: Frechet distance to the held-out data (near-exact solution: {floor:.2f})", "",
@@ -192,7 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 20])
     ap.add_argument("--json", default=str(OUT / "trained.json"))
     ap.add_argument("--md", default=str(OUT / "trained.md"))
+    ap.add_argument("--report-only", action="store_true", help="rewrite the markdown from the JSON files, run nothing")
     args = ap.parse_args(argv)
+    if args.report_only:
+        args.models = []
     torch.set_num_threads(1)
     start = time.perf_counter()
     path, fd_path = Path(args.json), Path(args.json).with_suffix(".fd.json")
@@ -206,11 +209,15 @@ def main(argv: list[str] | None = None) -> None:
         t = time.perf_counter()
         results[name], fds[name] = run_model(name, args.n, args.nfe)
         print(f"{name}: {time.perf_counter() - t:.0f} s", flush=True)
-    path.write_text(json.dumps(results, indent=1, sort_keys=True))
-    fd_path.write_text(json.dumps(fds, indent=1, sort_keys=True))
+        for file, kept in ((path, results), (fd_path, fds)):  # after each model: a long run keeps its work
+            if file.exists():  # another run may have added models meanwhile: keep them
+                saved = {m: {int(k): v for k, v in per.items()} for m, per in json.loads(file.read_text()).items()}
+                kept.update({m: v for m, v in saved.items() if m != name})
+            file.write_text(json.dumps(kept, indent=1, sort_keys=True))
     lines = ["# Trained networks: integrator error against each model's near-exact ODE solution", "",
-             f"`python benchmarks/bench_trained.py --n {args.n}` (this run: {', '.join(args.models)}; "
-             f"{time.perf_counter() - start:.0f} s, one thread). Median over {args.n} samples of the per-sample RMS "
+             "`python benchmarks/bench_trained.py --n 256` (the UNet models, patches and patches-flow, with `--n 64`: "
+             f"about 17 min each on a shared 2-core CPU; this run: {', '.join(args.models) or 'report only'}, "
+             f"{time.perf_counter() - start:.0f} s). Median over the samples of the per-sample RMS "
              "distance to the model's own dopri5 (1e-7) solution from the same noise; ratio = error / the best "
              "peer configuration's on that model and NFE. See the script's docstring; choose_default.py --trained "
              "turns these figures and the mixtures' into the default.", "", *table(results), "",

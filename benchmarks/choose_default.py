@@ -22,28 +22,21 @@ TRAINED_BOUND = 1.0  # issue 26: the uncalibrated default <= 1.0x the best peer 
 GUIDED_ABOVE = 2.0  # ei_toolkit.sampling.GUIDED_ABOVE: above it the guided default applies
 
 
-DECISION = """Decision: the default depends on the budget (`ei.sampling.default_method`): `logrhoab1-mid` up to NFE
-6, `logrhoab2` up to 19, `x0-logrhoab3` up to 40, `logrhoab3` beyond, all on the uniform log-rho grid. Against the
-peers (tables below, NFE 5 / 10 / 20) the score is the worst ratio over the problems (the target is <= 1.0 on every
-problem): `logrhoab1-mid` has the lowest at NFE 5 (2.11, geometric mean 1.05; `logrhoab1`, the exact-integral rule,
-2.29 and 1.09, though it is <= 1.0 on more problems, 11 against 8); `logrhoab2` is <= 1.0 on the most problems at NFE
-10 (19 of 24, geometric mean 0.72). At NFE 10 the UniPC-type `x0-logrhoab1-mid-pc` has a lower worst ratio (7.93
-against 10.36, the edm/256d cancellation below) but is <= 1.0 on 9 problems only (geometric mean 1.10), so
-`logrhoab2` stays. At NFE 20 `x0-logrhoab3` has the lowest worst ratio (2.00 against `logrhoab2`'s 3.60, geometric
-mean 0.85 against 0.98) though it is <= 1.0 on fewer problems (14 against 17); on the shipped digits model it has
-1.14x the best peer's error against 1.61x (digits.md) and under mild guidance 0.94x against 1.2-1.3x (guided.md), so
-it is the default from NFE 20. Between and beyond those NFE only our candidates were run (`python
-benchmarks/default_by_nfe.py`, results/default_by_nfe.md, errors relative to `logrhoab2` on the same 24 problems):
-`logrhoab1-mid` is better up to NFE 6 (0.74x at 5, 0.76x at 6; worst 1.74x and 2.14x) and even at 7 (0.99x);
-`x0-logrhoab3` is better from 20 (0.87x at 20; 0.98x at 19 but worst 2.88x; 1.18x at 18; 0.57x at 25) and `logrhoab3`
-from 50 (0.24x against 0.32x at 50, 0.10x against 0.27x at 100); at 40 the two are equal (0.33x and 0.34x), where the
-default switches. No single configuration is <= 1.0 on every problem: the best peer is the minimum over 36-37 peer
-configurations per problem, and at NFE 5-10 several minima are cancellations (e.g. edm/256d at NFE 10: UniPC bh2-3 on
-the logSNR grid reaches 9.9e-05, below its own NFE 20 figure 1.1e-04). No peer configuration meets that bar either:
-the strongest one alone, UniPC bh2-2 on the logSNR grid, has worst ratios 2.79 / 9.35 / 6.12 at NFE 5 / 10 / 20
-(our default 2.11 / 10.36 / 2.00), and the default's error is <= its own on 18, 22 and 21 of the 24 problems (last
-table). Calibrated grids (grid_opt.md) are the tool for a given model. Under classifier-free guidance above scale 2
-the default is `x0-logrhoab1-mid-pc-lof` up to NFE 20 (guided.md)."""
+DECISION = """Decision (issue 26): the default is chosen on trained networks as well as on the 24 mixtures (rule and
+tables
+in the section "With the trained models" below; `ei.sampling.DEFAULTS_BY_NFE` and `GUIDED_DEFAULTS_BY_NFE` hold the
+picks, tests/test_default_method.py checks they agree). Unguided: `x0-logrhoab1-mid-pc-lof` up to NFE 14 on
+`quadratic_t` (uniform_logrho for VE / EDM), `x0-logrhoab2-unipc-bh1` (UniPC bh1 of order 3) beyond on
+`uniform_logrho`. Its ratio to the best peer configuration on the trained models (digits, guided digits at scale 1.5,
+the image-patch UNet) at NFE 5 / 10 / 20: worst 1.72 / 1.19 / 1.06 (the previous, mixture-only default: 3.60 / 1.30 /
+1.52). No configuration of ours, and no single peer configuration, is within 1.0x of the per-model best peer on all
+three trained models at any of these budgets: the best peer differs from model to model (UniPC bh2 on time-quadratic
+for the digits, on time-uniform / logSNR for the patches). The price is on the mixtures: worst / geometric-mean ratio
+2.74 / 1.40 at NFE 5 (was 2.11 / 1.05), 11.26 / 2.77 at NFE 10 (10.36 / 0.72), 6.48 / 1.85 at NFE 20 (2.00 / 0.85):
+mixtures with exact scores reward eps extrapolation on the log-rho grid, trained networks do not. Under guidance above
+scale 2 (digits at scales 4 and 8): `euler` up to NFE 7 and `x0-logrhoab0-pc` up to 14, on `quadratic_t`, then
+`x0-logrhoab1-mid-pc` on `uniform_logrho` up to 20 (worst ratios 0.89 / 1.37 / 1.00; before 2.00 / 2.69 / 1.26); from
+21 the unguided default. Calibrated grids and EMS (grid_opt.md, ems_trained.md) are the tool for a given model."""
 
 
 def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -131,17 +124,18 @@ def trained_rule(data: dict, trained: dict, models: list[str], nfe: str, by_mixt
     mix = scores(data).get(nfe, {})
     rows = []
     for k, r in trained_ratios(trained, models, nfe).items():
-        if k in mix:
-            rows.append((max(r), mix[k][0], mix[k][1], geometric_mean(r), k))
+        if k in mix or not data:  # no mixtures (flow models: bench_flow.py has theirs): nan in their columns
+            m = mix.get(k, (math.nan, math.nan))
+            rows.append((max(r), m[0], m[1], geometric_mean(r), k))
     ok = sorted((row for row in rows if row[0] <= TRAINED_BOUND),
-                key=(lambda row: (row[1], row[2])) if by_mixtures else (lambda row: (row[3], row[0])))
+                key=(lambda row: (row[1], row[2])) if by_mixtures else (lambda row: (row[3], row[0], row[1])))
     rest = sorted((row for row in rows if row[0] > TRAINED_BOUND), key=lambda row: (row[0], row[1]))
     return ok + rest
 
 
 def trained_lines(data: dict, trained: dict, top: int) -> list[str]:
-    """The rule with trained models, per NFE, for unguided models (and guidance up to GUIDED_ABOVE) and for strong
-    guidance, as tables."""
+    """The rule with trained models, per NFE, for unguided models (and guidance up to GUIDED_ABOVE), for strong
+    guidance and for flow models (RectifiedFlow's own default; their mixtures are bench_flow.py's), as tables."""
     from ei_toolkit.models.registry import shipped_model
 
     names = sorted(trained)
@@ -156,18 +150,75 @@ def trained_lines(data: dict, trained: dict, top: int) -> list[str]:
              "trained models. Groups: "
              f"unguided ({', '.join(plain)}) and guidance above {GUIDED_ABOVE:g} ({', '.join(guided) or 'none'}).",
              ""]
-    for label, group in (("unguided", plain), ("guided", guided)):
+    picks: dict[str, dict[int, str]] = {}
+    for label, group in (("unguided", plain), ("guided", guided), ("flow", sorted(flow))):
         if not group:
             continue
         for nfe in sorted({k for n in group for k in trained[n]}, key=int):
-            ranked = trained_rule(data, trained, group, nfe, by_mixtures=label == "unguided")
+            ranked = trained_rule(data if label != "flow" else {}, trained, group, nfe,
+                                  by_mixtures=label == "unguided")
             if not ranked:
                 continue
+            picks.setdefault(label, {})[int(nfe)] = ranked[0][4]
             lines += [f"### {label}, NFE {nfe}", "", "| configuration | worst trained ratio | gm trained ratio | "
                       "worst mixture ratio | gm mixture ratio |", "|---|---|---|---|---|"]
             lines += [f"| {k} | {tw:.2f} | {tg:.2f} | {mw:.2f} | {mg:.2f} |" for tw, mw, mg, tg, k in ranked[:top]]
             lines.append("")
+    lines += ["### The rule's picks, switching at the geometric midpoints of the measured budgets", ""]
+    for label, by_nfe in picks.items():
+        nfes = sorted(by_nfe)
+        rule = []
+        for nfe, nxt in zip(nfes, [*nfes[1:], None], strict=True):
+            if nxt is not None and by_nfe[nxt] == by_nfe[nfe]:
+                continue
+            rule.append((None if nxt is None else int(math.sqrt(nfe * nxt)), *by_nfe[nfe].split(" / ")))
+        lines.append(f"- {label}: {rule!r}")
     return lines
+
+
+def flow_lines(raw: dict, trained: dict, models: list[str]) -> list[str]:
+    """Rectified flow's rule over both kinds of evidence: bench_flow.py's mixtures (``--raw``: the rule's four problems,
+    each against bench_flow's best peer configuration, the one with the lowest geometric mean there) and the trained
+    flow models (each against its own best peer). Per NFE, the configuration of ours with the lowest worst ratio over
+    all of them (ties: the geometric mean)."""
+    from bench_flow import PROBLEMS
+
+    k = len(PROBLEMS)
+    lines = ["## Rectified flow over the mixtures and the trained flow models", "",
+             f"Mixtures: bench_flow.py's {', '.join(PROBLEMS)} (`python benchmarks/bench_flow.py --raw FILE`); "
+             f"trained: {', '.join(models)}. Per NFE, the lowest worst ratio over all of them, then the geometric "
+             "mean.", ""]
+    theirs: dict[int, dict[str, list[float]]] = {}
+    for peer, nfe, errors in raw["theirs"]:
+        theirs.setdefault(int(nfe), {})[peer] = errors[:k]
+    picks = {}
+    for nfe in sorted({int(n) for _, _, n, _ in raw["ours"]}):
+        if str(nfe) not in trained[models[0]] or nfe not in theirs:
+            continue
+        peers = {p: e for p, e in theirs[nfe].items() if all(map(math.isfinite, e))}
+        best = peers[min(peers, key=lambda p: geometric_mean(peers[p]))]
+        t_ratios = trained_ratios(trained, models, str(nfe))
+        rows = []
+        for method, grid, n, errors in raw["ours"]:
+            cfg = f"{method} / {grid}"
+            if int(n) != nfe or cfg not in t_ratios:
+                continue
+            r = [a / b for a, b in zip(errors[:k], best, strict=True)] + t_ratios[cfg]
+            rows.append((max(r), geometric_mean(r), max(r[:k]), max(r[k:]), cfg))
+        rows.sort()
+        picks[nfe] = rows[0][4]
+        lines += [f"### NFE {nfe}", "",
+                  "| configuration | worst ratio | gm ratio | worst on mixtures | worst trained |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c} | {w:.2f} | {g:.2f} | {wm:.2f} | {wt:.2f} |" for w, g, wm, wt, c in rows[:8]]
+        lines.append("")
+    nfes = sorted(picks)
+    rule = []
+    for nfe, nxt in zip(nfes, [*nfes[1:], None], strict=True):
+        if nxt is not None and picks[nxt] == picks[nfe]:
+            continue
+        rule.append((None if nxt is None else int(math.sqrt(nfe * nxt)), *picks[nfe].split(" / ")))
+    return [*lines, f"- flow (mixtures and trained): {rule!r}"]
 
 
 def main() -> None:
@@ -177,6 +228,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15, help="configurations listed per NFE (default 15)")
     ap.add_argument("--trained", type=Path, default=OUT / "trained.json", help="bench_trained.py's JSON (default: "
                     "benchmarks/results/trained.json; skipped when missing)")
+    ap.add_argument("--flow-raw", type=Path, default=None, help="bench_flow.py --raw's JSON: adds the flow rule over "
+                    "its mixtures and the trained flow models")
     args = ap.parse_args()
     data = add_vp_or_logrho(json.loads(args.json.read_text()))
     table = scores(data)
@@ -216,7 +269,11 @@ def main() -> None:
         for own_w, own_g, wins, n, w, g, k in peers_alone(data, nfe)[: max(3, args.top // 2)]:
             lines.append(f"| {nfe} | {k} | {own_w:.2f} | {own_g:.2f} | {wins}/{n} | {w:.2f} | {g:.2f} |")
     if args.trained.exists():
-        lines += ["", *trained_lines(data, json.loads(args.trained.read_text()), args.top)]
+        trained = json.loads(args.trained.read_text())
+        lines += ["", *trained_lines(data, trained, args.top)]
+        if args.flow_raw is not None:
+            lines += ["", *flow_lines(json.loads(args.flow_raw.read_text()), trained,
+                                      [m for m in sorted(trained) if m.endswith("-flow")])]
     text = "\n".join(lines) + "\n"
     (OUT / "default.md").write_text(text)
     print(text)

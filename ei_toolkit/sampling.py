@@ -34,20 +34,20 @@ from .zero_snr import solve_from_infinite_noise, solve_to_infinite_noise
 # preserving schedules, uniform_logrho for the others). DEFAULT_METHOD is the choice at nfe=10 (and wherever a single
 # name is needed: EIScheduler's config).
 VP_OR_LOGRHO = "vp_or_logrho"
-DEFAULT_METHOD = "logrhoab2"
+DEFAULT_METHOD = "x0-logrhoab1-mid-pc-lof"
 DEFAULTS_BY_NFE: tuple[tuple[int | None, str, str], ...] = (
-    (6, "logrhoab1-mid", "uniform_logrho"), (19, DEFAULT_METHOD, "uniform_logrho"),
-    (40, "x0-logrhoab3", "uniform_logrho"), (None, "logrhoab3", "uniform_logrho"))
-DEFAULT_GRID = "uniform_logrho"  # the grid at nfe=10
+    (14, DEFAULT_METHOD, VP_OR_LOGRHO), (None, "x0-logrhoab2-unipc-bh1", "uniform_logrho"))
+DEFAULT_GRID = VP_OR_LOGRHO  # the grid at nfe=10
 
 
 # Under classifier-free guidance above GUIDED_ABOVE (a model that carries ``guidance_scale``, as
-# ei.diffusion.classifier_free_guidance's do), the eps extrapolation of the defaults above overshoots at NFE <= 20;
-# GUIDED_DEFAULTS_BY_NFE holds what holds there (benchmarks/results/guided.md, trained.md); beyond its last entry
-# DEFAULTS_BY_NFE applies.
+# ei.diffusion.classifier_free_guidance's do), extrapolation overshoots at NFE <= 20; GUIDED_DEFAULTS_BY_NFE holds what
+# the guided digits models at scales 4 and 8 chose (benchmarks/results/default.md, trained.md); beyond its last
+# entry, measured up to NFE 20, DEFAULTS_BY_NFE applies.
 GUIDED_ABOVE = 2.0
-GUIDED_DEFAULTS_BY_NFE: tuple[tuple[int, str, str], ...] = ((20, "x0-logrhoab1-mid-pc-lof", VP_OR_LOGRHO),)
-GUIDED_METHOD = "x0-logrhoab1-mid-pc-lof"  # the guided choice at nfe=10
+GUIDED_DEFAULTS_BY_NFE: tuple[tuple[int, str, str], ...] = (
+    (7, "euler", VP_OR_LOGRHO), (14, "x0-logrhoab0-pc", VP_OR_LOGRHO), (20, "x0-logrhoab1-mid-pc", "uniform_logrho"))
+GUIDED_METHOD = "x0-logrhoab0-pc"  # the guided choice at nfe=10
 GUIDED_UP_TO_NFE = GUIDED_DEFAULTS_BY_NFE[-1][0]
 # For matrix SDEs (no scalar rho): the most accurate method at NFE 10-20 in benchmarks/results/cld.md.
 DEFAULT_MATRIX_METHOD = "tab2"

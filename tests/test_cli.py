@@ -314,7 +314,8 @@ def test_the_roundoff_warning_suggests_a_grid_other_than_the_one_in_use(tmp_path
     from ei_toolkit.errors import RoundoffWarning
 
     with pytest.warns(RoundoffWarning) as record:
-        assert main(["sample", "--n", "2", "--nfe", "4", "--out", str(tmp_path / "d.png")]) == 0
+        assert main(["sample", "--n", "2", "--nfe", "4", "--method", "logrhoab1-mid", "--grid", "uniform_logrho",
+                     "--out", str(tmp_path / "d.png")]) == 0
     text = str(record[0].message)
     assert "on the uniform_logrho grid" in text and "e.g. uniform_logrho" not in text and "e.g. quadratic_t" in text
     capsys.readouterr()

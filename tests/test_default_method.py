@@ -1,24 +1,44 @@
-"""sample()'s default depends on the budget (issue 11: chosen by benchmarks/choose_default.py, see
-benchmarks/results/default.md): logrhoab1-mid up to nfe=6, logrhoab2 up to 19, x0-logrhoab3 up to 40, logrhoab3 beyond,
-on uniform_logrho."""
+"""sample()'s default depends on the budget (issues 11 and 26: chosen by benchmarks/choose_default.py on the mixtures
+and the trained networks, see benchmarks/results/default.md): x0-logrhoab1-mid-pc-lof up to nfe=14 on quadratic_t
+(uniform_logrho for VE / EDM), x0-logrhoab2-unipc-bh1 beyond on uniform_logrho."""
+
+import ast
+from pathlib import Path
 
 import pytest
 import torch
 
 import ei_toolkit as ei
+from ei_toolkit import sampling
 from ei_toolkit.sampling import default_method
 from ei_toolkit.testing import get_problem
 
 SDE = ei.VPSDE()
 PROBLEM = get_problem("gmm2d")
+DEFAULT_MD = Path(__file__).parents[1] / "benchmarks" / "results" / "default.md"
 
 
-@pytest.mark.parametrize(("nfe", "method"), [(1, "logrhoab1-mid"), (6, "logrhoab1-mid"), (7, "logrhoab2"),
-                                             (None, "logrhoab2"),
-                                             (19, "logrhoab2"), (20, "x0-logrhoab3"), (40, "x0-logrhoab3"),
-                                             (41, "logrhoab3"), (1000, "logrhoab3")])
-def test_default_method_by_nfe(nfe, method):
-    assert default_method(nfe) == (method, "uniform_logrho")
+@pytest.mark.parametrize(("nfe", "sde", "want"), [
+    (1, SDE, ("x0-logrhoab1-mid-pc-lof", "quadratic_t")), (None, SDE, ("x0-logrhoab1-mid-pc-lof", "quadratic_t")),
+    (14, ei.DiscreteVP.linear(), ("x0-logrhoab1-mid-pc-lof", "quadratic_t")),
+    (10, ei.EDM(), ("x0-logrhoab1-mid-pc-lof", "uniform_logrho")),  # t is a noise level: no time-quadratic grid
+    (15, SDE, ("x0-logrhoab2-unipc-bh1", "uniform_logrho")),
+    (1000, ei.EDM(), ("x0-logrhoab2-unipc-bh1", "uniform_logrho")),
+])
+def test_default_method_by_nfe(nfe, sde, want):
+    assert default_method(nfe, sde=sde) == want
+
+
+@pytest.mark.parametrize(("label", "table"), [("unguided", "DEFAULTS_BY_NFE"), ("guided", "GUIDED_DEFAULTS_BY_NFE")])
+def test_the_tables_are_the_rules_picks(label, table):
+    """benchmarks/results/default.md states the rule's picks per group; the code's tables hold them (the guided one up
+    to nfe=20, where its measurements end)."""
+    line = next(ln for ln in DEFAULT_MD.read_text().splitlines() if ln.startswith(f"- {label}: "))
+    picks = [(top, m, g) for top, m, g in ast.literal_eval(line.split(": ", 1)[1])]
+    ours = [(top, m, g) for top, m, g in getattr(sampling, table)]
+    if label == "guided":
+        picks[-1] = (sampling.GUIDED_UP_TO_NFE, *picks[-1][1:])
+    assert ours == picks
 
 
 @pytest.mark.parametrize("nfe", [5, 10, 30, 60])
@@ -36,8 +56,9 @@ def test_an_explicit_grid_without_a_method_chooses_by_its_steps():
     x = PROBLEM.sample_marginal(SDE, SDE.t_max, 4, torch.Generator().manual_seed(0))
     grid = ei.time_grid(SDE, "karras", 30, SDE.t_max, SDE.t_min)
     sol = ei.solve(model, x, SDE, grid=grid)
-    assert sol.stats["method"] == "x0-logrhoab3"
-    torch.testing.assert_close(sol.x, ei.sample(model, x, SDE, method="x0-logrhoab3", grid=grid), rtol=0, atol=0)
+    assert sol.stats["method"] == "x0-logrhoab2-unipc-bh1"
+    torch.testing.assert_close(sol.x, ei.sample(model, x, SDE, method="x0-logrhoab2-unipc-bh1", grid=grid), rtol=0,
+                               atol=0)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "10", True])
@@ -47,11 +68,12 @@ def test_a_bad_nfe_is_reported_by_name(bad):
 
 
 @pytest.mark.parametrize(("scale", "nfe", "sde", "want"), [
-    (4.0, 10, ei.DiscreteVP.linear(), ("x0-logrhoab1-mid-pc-lof", "quadratic_t")),
-    (8.0, 20, SDE, ("x0-logrhoab1-mid-pc-lof", "quadratic_t")),
-    (4.0, 10, ei.EDM(), ("x0-logrhoab1-mid-pc-lof", "uniform_logrho")),  # t is a noise level: no time-quadratic grid
-    (2.0, 10, SDE, ("logrhoab2", "uniform_logrho")),  # mild guidance: the unguided default holds
-    (8.0, 30, SDE, ("x0-logrhoab3", "uniform_logrho")),  # enough steps: the unguided default holds
+    (4.0, 5, ei.DiscreteVP.linear(), ("euler", "quadratic_t")),
+    (4.0, 10, ei.DiscreteVP.linear(), ("x0-logrhoab0-pc", "quadratic_t")),
+    (8.0, 20, SDE, ("x0-logrhoab1-mid-pc", "uniform_logrho")),
+    (4.0, 10, ei.EDM(), ("x0-logrhoab0-pc", "uniform_logrho")),  # t is a noise level: no time-quadratic grid
+    (2.0, 10, SDE, ("x0-logrhoab1-mid-pc-lof", "quadratic_t")),  # mild guidance: the unguided default holds
+    (8.0, 30, SDE, ("x0-logrhoab2-unipc-bh1", "uniform_logrho")),  # beyond the guided measurements: unguided
 ])
 def test_default_method_under_guidance(scale, nfe, sde, want):
     assert default_method(nfe, guidance_scale=scale, sde=sde) == want
@@ -66,7 +88,7 @@ def test_a_guided_model_gets_the_guided_default():
 
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     labels = torch.arange(4)
-    for scale, want in ((5.0, ("x0-logrhoab1-mid-pc-lof", "quadratic_t")), (1.0, default_method(10))):
+    for scale, want in ((5.0, ("x0-logrhoab0-pc", "quadratic_t")), (1.0, default_method(10))):
         model = ei.diffusion.classifier_free_guidance(conditional, labels, torch.zeros(4, dtype=torch.long), scale)
         assert model.guidance_scale == scale
         sol = ei.solve(model, x, sde, nfe=10)

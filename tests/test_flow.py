@@ -326,7 +326,7 @@ def test_sample_uses_the_flow_default_measured_for_flow_models(flow, gmm2d):
         sol = ei.solve(v, _noise(8), flow, prediction="flow", nfe=nfe, t_end=0.0)
         assert (sol.stats["method"], sol.grid) == (method, grid) and sol.nfe == nfe
     assert flow.default_method(10) == ("logrhoab1-pc", "quadratic_t")
-    assert ei.sampling.default_method(10) == ("logrhoab2", "uniform_logrho")  # other SDEs keep theirs
+    assert ei.sampling.default_method(10) == (ei.sampling.DEFAULT_METHOD, "quadratic_t")  # other SDEs keep theirs
 
 
 # -- the documentation ------------------------------------------------------------------------------------------------

@@ -24,7 +24,11 @@ def test_every_method_reaches_its_order_forward(name):
     32 to 512 steps), so the fit starts at 128."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ei.RoundoffWarning)
-        convergence_order(name, forward=True, steps=(128, 256, 512, 1024)).check()
+        # lowered final steps cap the order at 2 asymptotically, but forward their one-point step ends at the noise,
+        # where the x0 prediction barely moves: up to the unlowered order may show in this window
+        m = ei.INTEGRATORS[name]
+        above = 1.0 + getattr(m, "unlowered_order", m.order) - m.order
+        convergence_order(name, forward=True, steps=(128, 256, 512, 1024)).check(above=above)
 
 
 @pytest.mark.parametrize("name", MATRIX)

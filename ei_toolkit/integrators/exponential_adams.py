@@ -164,6 +164,7 @@ class ExponentialAdams(Integrator):
         self.name, self.points, self.variable, self.target, self.rule = name, points, variable, target, rule
         self.corrector = bool(corrector)
         self.order = (min(points, 2) if rule == "midpoint" else points) + self.corrector
+        self.unlowered_order = self.order  # what the steps before the lowered final ones reach
         if lower_order_final:  # the last step has one point: a local error O(h^2) that no other step makes up
             self.order = min(self.order, 2)
         self.default_grid = default_grid
