@@ -181,15 +181,21 @@ def default_calibration_dir(model: str = DEFAULT_MODEL) -> Path:
     return Path(cache) / "ei_toolkit" / f"{model}_calibration"
 
 
+def held_data(entry: ShippedModel, missing: str) -> torch.Tensor:
+    """All held-out samples of ``entry``'s data split; a usage error ending in ``missing`` when it ships no data, and
+    the install hint when its extra is missing."""
+    if entry.data is None:
+        raise UsageError(f"--model {entry.name}: its data are not shipped, so {missing}")
+    try:
+        return entry.data()[1]
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def held_out(entry: ShippedModel, n: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` of the held-out samples of ``entry``'s data split, chosen by ``generator``; usage errors for data
     that are not available (a missing extra) or too many asked."""
-    if entry.data is None:
-        raise UsageError(f"--model {entry.name}: its data are not shipped, so there is nothing held out to use")
-    try:
-        _, held = entry.data()
-    except ImportError as exc:
-        raise UsageError(str(exc)) from None
+    held = held_data(entry, "there is nothing held out to use")
     if n > len(held):
         raise UsageError(f"--n: there are {len(held)} held-out {entry.noun}; got {n}")
     return held[torch.randperm(len(held), generator=generator)[:n]]

@@ -13,7 +13,7 @@ import torch
 
 from ei_toolkit.generate import DEFAULT_BATCH, DEFAULT_BLOCK, DEFAULT_SHARD_SIZE
 
-from .common import DEFAULT_MODEL, UsageError, add_model_option, check_writable, load_model, shipped
+from .common import DEFAULT_MODEL, UsageError, add_model_option, check_writable, held_data, load_model, shipped
 
 GUIDED_MODEL = "digits"  # the one shipped model with a class-conditional twin
 
@@ -137,11 +137,6 @@ def _reference(entry: Any) -> tuple[Any, Any]:
     """(mean, covariance) of ``entry``'s features over all its held-out data."""
     from ei_toolkit.metrics import feature_statistics
 
-    if entry.data is None:
-        raise UsageError(f"--model {entry.name}: its data are not shipped, so there is no reference to compare with")
-    try:
-        _, held = entry.data()
-    except ImportError as exc:
-        raise UsageError(str(exc)) from None
+    held = held_data(entry, "there is no reference to compare with")
     with torch.no_grad():
         return feature_statistics(entry.features(held))
