@@ -23,20 +23,21 @@ GUIDED_ABOVE = 2.0  # ei_toolkit.sampling.GUIDED_ABOVE: above it the guided defa
 
 
 DECISION = """Decision (issue 26): the default is chosen on trained networks as well as on the 24 mixtures (rule and
-tables
-in the section "With the trained models" below; `ei.sampling.DEFAULTS_BY_NFE` and `GUIDED_DEFAULTS_BY_NFE` hold the
-picks, tests/test_default_method.py checks they agree). Unguided: `x0-logrhoab1-mid-pc-lof` up to NFE 14 on
+tables in the section "With the trained models" below; `ei.sampling.DEFAULTS_BY_NFE` and `GUIDED_DEFAULTS_BY_NFE` hold
+the picks, tests/test_default_method.py checks they agree). Unguided: `x0-logrhoab1-mid-pc-lof` up to NFE 14 on
 `quadratic_t` (uniform_logrho for VE / EDM), `x0-logrhoab2-unipc-bh1` (UniPC bh1 of order 3) beyond on
 `uniform_logrho`. Its ratio to the best peer configuration on the trained models (digits, guided digits at scale 1.5,
 the image-patch UNet) at NFE 5 / 10 / 20: worst 1.72 / 1.19 / 1.06 (the previous, mixture-only default: 3.60 / 1.30 /
 1.52). No configuration of ours, and no single peer configuration, is within 1.0x of the per-model best peer on all
 three trained models at any of these budgets: the best peer differs from model to model (UniPC bh2 on time-quadratic
-for the digits, on time-uniform / logSNR for the patches). The price is on the mixtures: worst / geometric-mean ratio
-2.74 / 1.40 at NFE 5 (was 2.11 / 1.05), 11.26 / 2.77 at NFE 10 (10.36 / 0.72), 6.48 / 1.85 at NFE 20 (2.00 / 0.85):
-mixtures with exact scores reward eps extrapolation on the log-rho grid, trained networks do not. Under guidance above
-scale 2 (digits at scales 4 and 8): `euler` up to NFE 7 and `x0-logrhoab0-pc` up to 14, on `quadratic_t`, then
-`x0-logrhoab1-mid-pc` on `uniform_logrho` up to 20 (worst ratios 0.89 / 1.37 / 1.00; before 2.00 / 2.69 / 1.26); from
-21 the unguided default. Calibrated grids and EMS (grid_opt.md, ems_trained.md) are the tool for a given model."""
+for the digits, on time-uniform / logSNR for the patches); the strongest single peer configuration has worst ratios
+1.84 (DPM++2S / logSNR) / 1.23 (UniPC bh2-2 / logSNR) / 1.06 (UniPC bh1-3 / logSNR). The price is on the mixtures:
+worst / geometric-mean ratio 2.74 / 1.40 at NFE 5 (was 2.11 / 1.05), 11.26 / 2.77 at NFE 10 (10.36 / 0.72), 6.48 /
+1.85 at NFE 20 (2.00 / 0.85): mixtures with exact scores reward eps extrapolation on the log-rho grid, trained
+networks do not. Under guidance above scale 2 (digits at scales 4 and 8): `euler` up to NFE 7 and `x0-logrhoab0-pc` up
+to 14, on `quadratic_t`, then `x0-logrhoab1-mid-pc` on `uniform_logrho` up to 20 (worst ratios 0.89 / 1.37 / 1.00;
+before 2.00 / 2.69 / 1.26); from 21 the unguided default. Calibrated grids and EMS (grid_opt.md, ems_trained.md) are
+the tool for a given model."""
 
 
 def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
