@@ -3,15 +3,20 @@ rtol 1e-7) at NFE 5, 10, 20 for the base registered method EMS modifies (x0-logr
 default grid), EMS on its default grid with statistics from 64 draws before (shrink=None) and after the shrinkage
 of ei.model_statistics, and EMS on a grid calibrated by ei.optimize_grid (16 other draws, checked on the 64
 held-out evaluation draws of the table: ei_toolkit.grid_opt.heldout_check). Figure: the median over the 64 draws
-of each trajectory's RMS error; the best peer's figure is quoted from benchmarks/results/digits.md (2000 draws).
+of each trajectory's RMS error; the best peer's figure is the lowest peer configuration's median error in
+benchmarks/results/trained.json (bench_trained.py: 256 other draws, the same near-exact reference rule).
 
-Models: every name of ei_toolkit.models.registry.model_names() with prediction "eps" (digits today).
+Models: every name of ei_toolkit.models.registry.model_names() (eps and flow models; "--models" to choose). Every
+solve runs under torch.no_grad: with autograd on, the reference's thousands of steps each kept their graph.
 Run: python benchmarks/bench_ems_trained.py [--draws 64] [--max-solves 60]; writes benchmarks/results/ems_trained.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,19 +27,33 @@ import ei_toolkit as ei
 from ei_toolkit.grid_opt import heldout_check
 from ei_toolkit.models.registry import model_names, shipped_model
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_accuracy import is_peer
+
 OUT = Path(__file__).parent / "results"
 POINTS = {5: 1, 10: 2, 20: 2}  # NFE -> EMS points (with the corrector), as in benchmarks/results/grid_opt.md
-BEST_PEER = {"digits": {5: 6.3e-2, 10: 1.8e-2, 20: 2.4e-3}}  # benchmarks/results/digits.md, median over 2000
+TRAINED = OUT / "trained.json"  # bench_trained.py: {model: {nfe: {config: median error}}}
 
 
 def median_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref).reshape(len(ref), -1).pow(2).mean(1).sqrt().median())
 
 
+def best_peers(name: str) -> dict[int, float]:
+    """The best peer configuration's median error per NFE for a model in trained.json (empty if not measured)."""
+    if not TRAINED.exists():
+        return {}
+    table = json.loads(TRAINED.read_text()).get(name, {})
+    return {int(nfe): min(v for k, v in configs.items() if is_peer(k) and math.isfinite(v))
+            for nfe, configs in table.items() if any(is_peer(k) for k in configs)}
+
+
+@torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", type=int, default=64, help="calibration draws for the statistics (default 64)")
     ap.add_argument("--max-solves", type=int, default=60, help="optimize_grid's budget of solves (default 60)")
+    ap.add_argument("--models", nargs="+", default=model_names(), choices=model_names(), help="default: all")
     args = ap.parse_args()
     start = time.perf_counter()
     lines = ["# EMS on trained models", "",
@@ -42,11 +61,10 @@ def main() -> None:
              "(a shared 2-core CPU). Median over 64 evaluation draws (seed 0) of the per-trajectory RMS error "
              "against method adaptive at rtol 1e-7; statistics from "
              f"{args.draws} other draws (seed 99), 200 nodes, 2 probes, 32 bootstrap resamples; grid calibrated on 16 "
-             "more (seed 1). Ratios in brackets: to the base method / to the best peer of digits.md.", ""]
-    for name in model_names():
+             "more (seed 1). Ratios in brackets: to the base method / to the best peer of trained.json.", ""]
+    for name in args.models:
         spec = shipped_model(name)
-        if spec.prediction != "eps":
-            continue
+        pred = spec.prediction
         try:
             model, sde = spec.load("cpu"), spec.sde()
         except FileNotFoundError as e:  # registered, weights not trained yet
@@ -54,15 +72,15 @@ def main() -> None:
             continue
         x = torch.randn(64, *spec.shape, generator=torch.Generator().manual_seed(0))
         t0 = time.perf_counter()
-        ref = ei.solve(model, x.double(), sde, method="adaptive",
+        ref = ei.solve(model, x.double(), sde, method="adaptive", prediction=pred,
                        options={"rtol": 1e-7, "atol": 1e-7, "max_nfe": 20000})
         ref_s = time.perf_counter() - t0
         xs = torch.randn(args.draws, *spec.shape, generator=torch.Generator().manual_seed(99))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             t0 = time.perf_counter()
-            raw = ei.model_statistics(model, xs, sde, shrink=None)
-            shrunk = ei.model_statistics(model, xs, sde)
+            raw = ei.model_statistics(model, xs, sde, shrink=None, prediction=pred)
+            shrunk = ei.model_statistics(model, xs, sde, prediction=pred)
             stats_s = (time.perf_counter() - t0) / 2
         xc = torch.randn(16, *spec.shape, generator=torch.Generator().manual_seed(1))
         lines += [f"## {name}", "", f"Reference: {ref.nfe} evaluations of the 64 draws, {ref_s:.0f} s. Statistics: "
@@ -71,23 +89,22 @@ def main() -> None:
                   f"{float(shrunk.weights[1].mean()):.2f}, b at {float(shrunk.weights[2].mean()):.2f} of the nodes"
                   + (f"; warnings: {'; '.join(str(w.message) for w in caught)}" if caught else "") + ".", "",
                   "| NFE | base method | its error | EMS raw, default grid | EMS shrunk, default grid | "
-                  "EMS + calibrated grid | best peer (digits.md) | calibration: evaluations, s | held-out check |",
+                  "EMS + calibrated grid | best peer (trained.json) | calibration: evaluations, s | held-out check |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        peer = BEST_PEER.get(name, {})
+        peer = best_peers(name)
         for nfe, points in POINTS.items():
             ems_raw, ems = ei.EMSAdams(raw, points), ei.EMSAdams(shrunk, points)
-            base = median_error(ei.solve(model, x, sde, method=ems.base_method, nfe=nfe, grid="quadratic_t").x,
-                                ref.x)
-            e_raw = median_error(ei.solve(model, x, sde, method=ems_raw, nfe=nfe).x, ref.x)
-            e_shr = median_error(ei.solve(model, x, sde, method=ems, nfe=nfe).x, ref.x)
+            base = median_error(ei.solve(model, x, sde, method=ems.base_method, nfe=nfe, prediction=pred).x, ref.x)
+            e_raw = median_error(ei.solve(model, x, sde, method=ems_raw, nfe=nfe, prediction=pred).x, ref.x)
+            e_shr = median_error(ei.solve(model, x, sde, method=ems, nfe=nfe, prediction=pred).x, ref.x)
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 grid, info = ei.optimize_grid(model, xc, sde, method=ems, nfe=nfe, max_solves=args.max_solves,
-                                              return_info=True)
+                                              prediction=pred, return_info=True)
             cal_s = time.perf_counter() - t0
-            e_cal = median_error(ei.solve(model, x, sde, method=ems, grid=grid).x, ref.x)
-            check = heldout_check(model, x, sde, method=ems, nfe=nfe, grid=grid, reference=ref.x)
+            e_cal = median_error(ei.solve(model, x, sde, method=ems, grid=grid, prediction=pred).x, ref.x)
+            check = heldout_check(model, x, sde, method=ems, nfe=nfe, grid=grid, reference=ref.x, prediction=pred)
             p = peer.get(nfe)
 
             def fmt(e: float, base: float = base, p: float | None = p) -> str:
@@ -97,10 +114,15 @@ def main() -> None:
                          f"{cal_s:.0f} s | {'passed' if check.passed else 'FAILED'} ({check.ratio:.2f}) |")
             print(lines[-1], flush=True)
         lines.append("")
+        write(lines)  # after each model: a long run that is stopped keeps what it measured
     lines.append(f"Total {time.perf_counter() - start:.0f} s.")
+    write(lines)
+    print("\n".join(lines))
+
+
+def write(lines: list[str]) -> None:
     OUT.mkdir(exist_ok=True)
     (OUT / "ems_trained.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

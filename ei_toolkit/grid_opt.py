@@ -97,6 +97,7 @@ class HeldoutCheckFailed(ValueError):
         self.report = report
 
 
+@torch.no_grad()  # a check and a calibration never need gradients: no autograd graph kept across the solves
 def heldout_check(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str | Method, nfe: int,
                   grid: Any = None, baseline: str | Method | None = None, baseline_grid: Any = None,
                   reference: torch.Tensor | None = None, prediction: str = "eps", t_start: float | None = None,
@@ -164,6 +165,7 @@ def _lam(sde: LinearSDE, t: torch.Tensor) -> np.ndarray:
         return -np.log(sde.rho(t.to(torch.float64)).numpy())
 
 
+@torch.no_grad()
 def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str | Method | None = None, nfe: int,
                   t_start: float | None = None, t_end: float | None = None, prediction: str = "eps",
                   reference: torch.Tensor | None = None, reference_rtol: float = 1e-7, max_solves: int = 200,

@@ -140,6 +140,27 @@ def test_heldout_check_catches_a_bad_grid(heldout):
         ei.optimize_grid(MODEL, xc, SDE, method=m, nfe=5, heldout=x[:1])
 
 
+def test_calibration_and_checks_keep_no_autograd_graph(heldout):
+    """optimize_grid, heldout_check and model_statistics call a network with trainable parameters hundreds of times;
+    with autograd on, each solve kept its whole graph (bench_ems_trained on the patch UNet reached 23.7 GB). The
+    model below records whether gradients were enabled at any call."""
+    x, _ = heldout
+    weight = torch.nn.Parameter(torch.ones(()))
+    seen = []
+
+    def model(xt, t):
+        seen.append(torch.is_grad_enabled())
+        return MODEL(xt, t) * weight
+
+    xc = MIX.sample_marginal(SDE, SDE.t_max, 4, torch.Generator().manual_seed(4))
+    grid = ei.optimize_grid(model, xc, SDE, method="x0-logrhoab1-pc", nfe=5, max_solves=4, heldout=x,
+                            on_failure="fallback")
+    report = heldout_check(model, x, SDE, method="x0-logrhoab1-pc", nfe=5)  # its own adaptive reference
+    st = _stats(model, 4, nodes=8)
+    assert seen and not any(seen)
+    assert not grid.requires_grad and report.evaluations > 10 and not st.l.requires_grad
+
+
 def test_shipped_digits_model_few_draws_no_worse_than_base():
     """The shipped digits model (DiscreteVP.linear, eps): statistics from 16 draws, shrunk, pass the held-out check
     at NFE 10 and 20 against x0-logrhoab1-pc (measured 0.37x / 0.30x with 16 draws)."""

@@ -263,7 +263,7 @@ class Adaptive(Method):
                     diff.add_(evals[-1 - j], alpha=float(dw[j]))
                 k = m
             tol = torch.maximum(scale(x, a_i), scale(x_n, a_n)).mul_(rtol).add_(atol)
-            err = float(((diff * (1.0 / a_n)) / tol).pow(2).mean().sqrt())
+            err = float(((diff * (1.0 / a_n)) / tol).pow(2).mean().sqrt().detach())
             if not math.isfinite(err):
                 ev.check()
                 err = math.inf
