@@ -97,6 +97,23 @@ class HeldoutCheckFailed(ValueError):
         self.report = report
 
 
+def _first_time(sde: LinearSDE, t_start: float | None) -> float:
+    """Where a solve without t_start begins: ``sde.t_terminal`` (infinite noise: zero-SNR DiscreteVP, RectifiedFlow)
+    if the SDE has one, else ``sde.t_max``; a given t_start as given."""
+    if t_start is not None:
+        return float(t_start)
+    terminal = getattr(sde, "t_terminal", None)
+    return float(sde.t_max if terminal is None else terminal)
+
+
+def _moved(grid: torch.Tensor, first: float) -> torch.Tensor:
+    """A grid laid from sde.t_max with its first time moved to ``first`` (t_terminal: the step from infinite noise,
+    as :func:`ei_toolkit.solve` lays its own grids)."""
+    grid = grid.to(torch.float64).clone()
+    grid[0] = first
+    return grid
+
+
 @torch.no_grad()  # a check and a calibration never need gradients: no autograd graph kept across the solves
 def heldout_check(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str | Method, nfe: int,
                   grid: Any = None, baseline: str | Method | None = None, baseline_grid: Any = None,
@@ -117,7 +134,7 @@ def heldout_check(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
         raise ValueError(f"tolerance must be a finite number >= 0; got {tolerance!r}")
     m = get_integrator(method)
     b = m if baseline is None else get_integrator(baseline)
-    t_start = float(sde.t_max if t_start is None else t_start)
+    t_start = _first_time(sde, t_start)
     t_end = float(sde.t_min if t_end is None else t_end)
     evaluations = 0
     if reference is None:
@@ -214,7 +231,8 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
         reference_max_nfe = max(DEFAULT_MAX_NFE, max_solves * nfe)
     if isinstance(reference_max_nfe, bool) or not isinstance(reference_max_nfe, int) or reference_max_nfe < 2:
         raise ValueError(f"reference_max_nfe must be an integer >= 2 or None; got {reference_max_nfe!r}")
-    t_start = float(sde.t_max if t_start is None else t_start)
+    first = _first_time(sde, t_start)  # the grids' first time: t_terminal (infinite noise) where solve starts there
+    t_start = min(first, float(sde.t_max))  # the grids are laid from the last finite time, then moved to first
     t_end = float(sde.t_min if t_end is None else t_end)
     if not sde.t0 <= t_end < t_start <= sde.t_max:
         raise ValueError(f"need sde.t0 <= t_end < t_start <= sde.t_max; got t_start={t_start}, t_end={t_end}")
@@ -231,7 +249,7 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
 
     info: dict[str, Any] = {"method": m.name, "nfe": nfe, "steps": steps, "solves": 0}
     if reference is None:
-        ref_sol = solve(model, x.to(torch.float64), sde, method="adaptive", t_start=t_start, t_end=t_end,
+        ref_sol = solve(model, x.to(torch.float64), sde, method="adaptive", t_start=first, t_end=t_end,
                         prediction=prediction, options={"rtol": reference_rtol, "atol": reference_rtol,
                                                         "max_nfe": reference_max_nfe})
         reference, info["nfe_reference"] = ref_sol.x, ref_sol.nfe
@@ -249,10 +267,11 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
         w = np.exp(theta - theta.max())
         lam = lam0 + np.concatenate([[0.0], np.cumsum(w / w.sum())]) * (lam1 - lam0)
         t = sde.t_of_rho(torch.from_numpy(np.exp(-lam)))
-        t[0], t[-1] = t_start, t_cap
+        t[0], t[-1] = first, t_cap
         return torch.cat([t[:steps], torch.tensor([t_end], dtype=torch.float64)]) if to_zero else t
 
     def theta_of(grid: torch.Tensor) -> np.ndarray:
+        grid = torch.cat([torch.tensor([t_start], dtype=torch.float64), grid[1:].to(torch.float64)])
         lam = np.append(_lam(sde, grid[:steps]), lam1) if to_zero else _lam(sde, grid)
         return np.log(np.maximum(np.diff(lam), 1e-12 * (lam1 - lam0)))
 
@@ -275,7 +294,7 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
     scored = []
     for name in starts:
         try:
-            g = time_grid(sde, name, steps, t_start, t_end)
+            g = _moved(time_grid(sde, name, steps, t_start, t_end), first)
         except ValueError:
             continue
         if free > 1:  # in the parameterisation (the identity up to round-off)
@@ -317,9 +336,9 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
     info["nfe_optimiser"] = info["solves"] * nfe
     grid = best["grid"].clone()
     if heldout is not None:
-        default = time_grid(sde, default_name, steps, t_start, t_end)
+        default = _moved(time_grid(sde, default_name, steps, t_start, t_end), first)
         report = heldout_check(model, heldout, sde, method=m, nfe=nfe, grid=grid, baseline_grid=default,
-                               prediction=prediction, t_start=t_start, t_end=t_end, reference_rtol=reference_rtol,
+                               prediction=prediction, t_start=first, t_end=t_end, reference_rtol=reference_rtol,
                                reference_max_nfe=reference_max_nfe)
         info["heldout"], info["nfe_heldout"] = report, report.evaluations
         if not report.passed:
@@ -424,7 +443,7 @@ def load_grid(path: str | Path, *, model: Any, sde: LinearSDE, method: str | Met
 def _check_times(t: torch.Tensor, key: dict[str, Any], m: Integrator, sde: LinearSDE, where: str) -> None:
     if t.numel() < 2 or not bool(torch.isfinite(t).all()) or not bool((t[1:] < t[:-1]).all()):
         raise ValueError(f"{where}: a grid must hold at least 2 finite, strictly decreasing times")
-    if not (float(t[-1]) >= sde.t0 and float(t[0]) <= sde.t_max):
+    if not (float(t[-1]) >= sde.t0 and (float(t[0]) <= sde.t_max or float(t[0]) == getattr(sde, "t_terminal", None))):
         raise ValueError(f"{where}: the grid runs from {float(t[0])!r} to {float(t[-1])!r}, outside the SDE's domain "
                          f"[{sde.t0!r}, {sde.t_max!r}]")
     steps = m.steps_for_nfe(key["nfe"])

@@ -113,7 +113,7 @@ def test_flow_models_calibrate_to_the_data(tmp_path, capsys, monkeypatch, name):
     stats = ei.ModelStatistics.load(out / STATISTICS_NAME, sde=flow, model=model)
     method = ei.EMSAdams.named("ems-logrhoab1-pc", stats)
     grid = ei.load_grid(out / "grid-ems-logrhoab1-pc-nfe5.json", model=model, sde=flow, method=method, nfe=5)
-    assert float(grid[-1]) == 0.0 and float(grid[0]) == flow.t_max  # from the last finite time to the data
+    assert float(grid[-1]) == 0.0 and float(grid[0]) == flow.t_terminal  # from pure noise (t = 1) to the data
     z = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         x = ei.sample(model, z, flow, method=method, grid=grid, prediction="flow")

@@ -53,14 +53,15 @@ def test_a_calibrated_flow_grid_to_the_data_starts_from_the_default_grid(fitted)
     g1, info = ei.optimize_grid(v, xc, flow, method=ems, nfe=6, prediction="flow", t_end=0.0, max_solves=1,
                                 return_info=True)
     default = ei.time_grid(flow, info["default_grid"], 6, flow.t_max, 0.0)
+    default[0] = flow.t_terminal  # laid from t_max, started where sample starts: pure noise
     assert info["start"] == info["default_grid"] and float(default[-2]) > 10 * flow.t_min
     torch.testing.assert_close(g1, default, rtol=1e-9, atol=1e-12)
     g, info = ei.optimize_grid(v, xc, flow, method=ems, nfe=6, prediction="flow", t_end=0.0, max_solves=30,
                                heldout=_noise(16, 16, 2), on_failure="fallback", return_info=True)
     assert info["loss"] <= info["loss_default"] and isinstance(info["heldout"], ei.HeldoutCheck)
     assert len(g) == 7 and float(g[-1]) == 0.0 and float(g[-2]) > flow.t_min and bool((g[1:] < g[:-1]).all())
-    x = ei.sample(v, _noise(8, 16, 0), flow, method=ems, prediction="flow",
-                  grid=torch.cat([torch.ones(1, dtype=torch.float64), g[1:]]))
+    assert float(g[0]) == flow.t_terminal
+    x = ei.sample(v, _noise(8, 16, 0), flow, method=ems, prediction="flow", grid=g)
     assert torch.isfinite(x).all()
 
 

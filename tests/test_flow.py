@@ -202,7 +202,25 @@ def test_optimize_grid_on_a_flow_model(flow, gmm2d):
     cal = _noise(64, seed=6) * flow.t_max  # states at t_max ~ the prior
     grid, info = ei.optimize_grid(v, cal, flow, method="x0-logrhoab2", nfe=6, prediction="flow", max_solves=40,
                                   return_info=True)
-    assert float(grid[0]) == flow.t_max and len(grid) == 7 and info["loss"] <= info["loss_default"]
+    assert float(grid[0]) == flow.t_terminal and len(grid) == 7 and info["loss"] <= info["loss_default"]
+
+
+def test_calibration_and_its_check_start_where_sample_starts(flow, gmm2d):
+    """optimize_grid and heldout_check begin where ei.sample does without t_start: t_terminal = 1 (pure noise), not
+    t_max (their grids were laid from t_max and their reference started there, so a calibrated grid was compared
+    with solves from another start). The check's baseline error is that of ei.sample's default run against the
+    exact flow; rel 1e-3: the check's own adaptive reference (rtol 1e-7) is 1e-4 of the NFE-8 error or less."""
+    v = gmm2d.flow_model(flow)
+    x = _noise(32, seed=7)
+    exact = gmm2d.flow_reference(x, 1.0, flow.t_min)
+    plain = ei.sample(v, x, flow, method="x0-logrhoab1-pc", nfe=8, prediction="flow")
+    expected = float((plain - exact).pow(2).mean(1).sqrt().median())
+    report = ei.heldout_check(v, x, flow, method="x0-logrhoab1-pc", nfe=8, prediction="flow")
+    assert report.passed and report.ratio == 1.0
+    assert report.baseline_error == pytest.approx(expected, rel=1e-3)
+    grid = ei.optimize_grid(v, x, flow, method="x0-logrhoab1-pc", nfe=8, prediction="flow", max_solves=1)
+    default = ei.sample(v, x, flow, method="x0-logrhoab1-pc", nfe=8, prediction="flow", grid=grid)
+    torch.testing.assert_close(default, plain, rtol=0, atol=1e-12)  # one solve: the default grid itself
 
 
 def test_stochastic_ddim_from_pure_noise_forgets_x(flow, gmm2d):
