@@ -1,9 +1,12 @@
 """EMS on trained models (issue 26 item 3): integrator error against a near-exact ODE solution (method "adaptive",
 rtol 1e-7) at NFE 5, 10, 20 for the base registered method EMS modifies (x0-logrhoab<points - 1>-pc on its
 default grid), EMS on its default grid with statistics from 64 draws before (shrink=None) and after the shrinkage
-of ei.model_statistics, and EMS on a grid calibrated by ei.optimize_grid (16 other draws, checked on the 64
-held-out evaluation draws of the table: ei_toolkit.grid_opt.heldout_check). Figure: the median over the 64 draws
-of each trajectory's RMS error; the best peer's figure is the lowest peer configuration's median error in
+of ei.model_statistics, the shrunk EMS against its base method on EMS's own default grid (EMS changes the method,
+not the grid), ei.check_statistics' verdict on the evaluation draws (EMS on its default grid against the base method
+on the base's default grid; "fell back": the base method is used), and EMS on a grid calibrated by
+ei.optimize_grid (16 other draws, checked on the 64 held-out evaluation draws of the table:
+ei_toolkit.grid_opt.heldout_check). Figure: the median over the 64 draws of each trajectory's RMS error; the best
+peer's figure is the lowest peer configuration's median error in
 benchmarks/results/trained.json (bench_trained.py: 256 other draws, the same near-exact reference rule).
 
 Models: every name of ei_toolkit.models.registry.model_names() (eps and flow models; "--models" to choose). Every
@@ -26,6 +29,7 @@ import torch
 import ei_toolkit as ei
 from ei_toolkit.grid_opt import heldout_check
 from ei_toolkit.models.registry import model_names, shipped_model
+from ei_toolkit.statistics import check_statistics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_accuracy import is_peer
@@ -89,14 +93,23 @@ def main() -> None:
                   f"{float(shrunk.weights[1].mean()):.2f}, b at {float(shrunk.weights[2].mean()):.2f} of the nodes"
                   + (f"; warnings: {'; '.join(str(w.message) for w in caught)}" if caught else "") + ".", "",
                   "| NFE | base method | its error | EMS raw, default grid | EMS shrunk, default grid | "
+                  "EMS shrunk / base on EMS's grid | check_statistics | "
                   "EMS + calibrated grid | best peer (trained.json) | calibration: evaluations, s | held-out check |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         peer = best_peers(name)
         for nfe, points in POINTS.items():
             ems_raw, ems = ei.EMSAdams(raw, points), ei.EMSAdams(shrunk, points)
             base = median_error(ei.solve(model, x, sde, method=ems.base_method, nfe=nfe, prediction=pred).x, ref.x)
             e_raw = median_error(ei.solve(model, x, sde, method=ems_raw, nfe=nfe, prediction=pred).x, ref.x)
-            e_shr = median_error(ei.solve(model, x, sde, method=ems, nfe=nfe, prediction=pred).x, ref.x)
+            shr = ei.solve(model, x, sde, method=ems, nfe=nfe, prediction=pred)
+            e_shr = median_error(shr.x, ref.x)
+            same = median_error(ei.solve(model, x, sde, method=ems.base_method, nfe=nfe, grid=shr.grid,
+                                         prediction=pred).x, ref.x)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                _, stats_check = check_statistics(model, ems, x, sde, nfe=nfe, points=points, reference=ref.x,
+                                                  on_failure="fallback", prediction=pred)
+            verdict = "passed" if stats_check.passed else "fell back"
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
@@ -109,8 +122,9 @@ def main() -> None:
 
             def fmt(e: float, base: float = base, p: float | None = p) -> str:
                 return f"{e:.2e} ({e / base:.2f} / {e / p:.2f})" if p else f"{e:.2e} ({e / base:.2f})"
-            lines.append(f"| {nfe} | {ems.base_method} | {fmt(base)} | {fmt(e_raw)} | {fmt(e_shr)} | {fmt(e_cal)} | "
-                         f"{p if p else '-'} | {info['nfe_reference']} + {info['nfe_optimiser']} of 16 draws, "
+            lines.append(f"| {nfe} | {ems.base_method} | {fmt(base)} | {fmt(e_raw)} | {fmt(e_shr)} | "
+                         f"{e_shr / same:.2f} ({shr.grid}) | {verdict} ({stats_check.ratio:.2f}) | {fmt(e_cal)} | "
+                         f"{f'{p:.2e}' if p else '-'} | {info['nfe_reference']} + {info['nfe_optimiser']} of 16 draws, "
                          f"{cal_s:.0f} s | {'passed' if check.passed else 'FAILED'} ({check.ratio:.2f}) |")
             print(lines[-1], flush=True)
         lines.append("")

@@ -7,4 +7,5 @@ bash scripts/setup.sh test,bench,docs
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 ruff check ei_toolkit tests benchmarks examples
-python -m pytest -q "$@"
+# One worker per core (-n auto), a test file per worker so module fixtures are built once; the slowest tests listed
+python -m pytest -q -n auto --dist loadfile --durations=15 "$@"
