@@ -16,9 +16,10 @@ prediction_type="flow_prediction", flow_shift 1 or 3, orders 2 and 3 (UniPC bh1 
 Ours: from t = 1 (pure noise, the exact first step of ei_toolkit.diffusion.zero_snr) to t = 0, every combination of
 the candidate methods and grids below. The rule: per NFE, among our (method, grid) within 1.5x of the best peer
 configuration on every one of the four problems (issue 21's bound), the one with the lowest geometric-mean ratio,
-switching at the geometric midpoints of the measured budgets, becomes RectifiedFlow.DEFAULTS_BY_NFE (what
-``ei.sample`` uses for a flow model when no method is given); the script reports whether the code agrees, and the
-default's ratios on two held-out mixtures the rule does not see.
+switching at the geometric midpoints of the measured budgets, is the mixture-only rule. RectifiedFlow.DEFAULTS_BY_NFE
+(what ``ei.sample`` uses for a flow model when no method is given) is chosen over these mixtures and the trained flow
+models together (issue 26: ``benchmarks/choose_default.py --flow-raw`` on this script's ``--raw`` JSON); the script
+reports both, and the code default's ratios here and on two held-out mixtures the rules do not see.
 
 Run: ``python benchmarks/bench_flow.py [--out benchmarks/results/flow.md]`` (about three minutes on one core).
 """
@@ -202,9 +203,11 @@ def main() -> None:
              f"Per NFE, among our (method, grid) within {WORST:g}x of the best peer configuration on every problem, "
              "the lowest geometric-mean ratio; switching at the geometric midpoints of the measured budgets: "
              + ", ".join(f"{m} on {g} up to {top}" if top is not None else f"{m} on {g} beyond" for top, m, g in rule)
-             + ". RectifiedFlow.DEFAULTS_BY_NFE in the code: "
+             + ". RectifiedFlow.DEFAULTS_BY_NFE in the code, chosen over these mixtures and the trained flow models "
+             "(choose_default.py --flow-raw, benchmarks/results/default.md): "
              + ", ".join(f"{n}: {m} on {g}" for n, (m, g) in flow_default.items())
-             + (" (agrees)." if agrees else " (DISAGREES with this run: update the code or say why)."), "",
+             + (" (the same as the mixture-only rule)." if agrees else " (differs from the mixture-only rule where "
+                "the trained flow models disagree with the mixtures)."), "",
              "This is an in-sample choice over four problems; the held-out columns below test it on mixtures the "
              "rule did not see.", "",
              "## sample()'s default for flow models vs the best peer, per NFE", "",

@@ -36,8 +36,16 @@ worst / geometric-mean ratio 2.74 / 1.40 at NFE 5 (was 2.11 / 1.05), 11.26 / 2.7
 1.85 at NFE 20 (2.00 / 0.85): mixtures with exact scores reward eps extrapolation on the log-rho grid, trained
 networks do not. Under guidance above scale 2 (digits at scales 4 and 8): `euler` up to NFE 7 and `x0-logrhoab0-pc` up
 to 14, on `quadratic_t`, then `x0-logrhoab1-mid-pc` on `uniform_logrho` up to 20 (worst ratios 0.89 / 1.37 / 1.00;
-before 2.00 / 2.69 / 1.26); from 21 the unguided default. Calibrated grids and EMS (grid_opt.md, ems_trained.md) are
-the tool for a given model."""
+before 2.00 / 2.69 / 1.26); from 21 the unguided default. Flow models (`RectifiedFlow.DEFAULTS_BY_NFE`, the section
+"Rectified flow over the mixtures and the trained flow models" below, with `--flow-raw`): `logrhoab1-pc` on `sd3_shift`
+up to NFE 7, `x0-logrhoab2-pc` on `uniform_sigma` up to 14, `logrhoab1-pc` on `uniform_sigma` beyond; worst ratio over
+bench_flow.py's four mixtures and digits-flow / patches-flow 2.78 / 3.28 / 1.97 at NFE 5 / 10 / 20, where the
+mixture-only rule it replaces reached 3.94 / 7.25 / 8.67 on patches-flow (its time-quadratic grids starve the
+high-noise end the patch UNet needs). Per trained model: patches-flow 1.32 / 3.28 / 1.90 (was 3.94 / 7.25 /
+8.67), digits-flow 1.99 / 1.15 / 0.81 (was 1.36 / 0.38 / 0.29). The price is on the mixtures and digits-flow, which
+reward time-quadratic grids: bench_flow.py's worst mixture ratio 2.78 / 1.28 / 1.97 (was 1.43 / 1.10 / 0.71), and
+3.44 at NFE 30 (was 1.32).
+Calibrated grids and EMS (grid_opt.md, ems_trained.md) are the tool for a given model."""
 
 
 def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:

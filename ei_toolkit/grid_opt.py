@@ -48,7 +48,7 @@ from .integrators import Integrator, Method, get_integrator
 from .integrators.adaptive import DEFAULT_MAX_NFE
 from .integrators.base import SolveRequest
 from .model import Model
-from .sampling import DEFAULT_METHOD, default_method, solve
+from .sampling import DEFAULT_METHOD, default_method, default_t_end, solve
 from .sde import LinearSDE
 
 GRID_FORMAT = "ei_toolkit.grid"
@@ -135,7 +135,7 @@ def heldout_check(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
     m = get_integrator(method)
     b = m if baseline is None else get_integrator(baseline)
     t_start = _first_time(sde, t_start)
-    t_end = float(sde.t_min if t_end is None else t_end)
+    t_end = default_t_end(sde) if t_end is None else float(t_end)
     evaluations = 0
     if reference is None:
         cap = DEFAULT_MAX_NFE if reference_max_nfe is None else reference_max_nfe
@@ -233,7 +233,7 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
         raise ValueError(f"reference_max_nfe must be an integer >= 2 or None; got {reference_max_nfe!r}")
     first = _first_time(sde, t_start)  # the grids' first time: t_terminal (infinite noise) where solve starts there
     t_start = min(first, float(sde.t_max))  # the grids are laid from the last finite time, then moved to first
-    t_end = float(sde.t_min if t_end is None else t_end)
+    t_end = default_t_end(sde) if t_end is None else float(t_end)
     if not sde.t0 <= t_end < t_start <= sde.t_max:
         raise ValueError(f"need sde.t0 <= t_end < t_start <= sde.t_max; got t_start={t_start}, t_end={t_end}")
     ends = torch.tensor([t_start, t_end], dtype=torch.float64)

@@ -71,6 +71,13 @@ def _pick(table: Sequence[tuple[int | None, str, str]], n: int, sde: LinearSDE |
     return None
 
 
+def default_t_end(sde: LinearSDE) -> float:
+    """Where a solve without ``t_end`` stops: ``sde.t_min``, the model's smallest time, or the data ``sde.t0`` for a
+    family that samples into the data by default (``ends_at_data``: RectifiedFlow, whose pipelines end at sigma = 0
+    and whose default methods were chosen on runs to t = 0)."""
+    return float(sde.t0 if getattr(sde, "ends_at_data", False) else sde.t_min)
+
+
 def default_method(nfe: int | None = None, *, guidance_scale: float | None = None,
                    sde: LinearSDE | None = None) -> tuple[str, str]:
     """sample()'s default (method, grid) for ``nfe`` model evaluations (None: 10), scalar SDEs:
@@ -171,7 +178,8 @@ def solve(
     callback: Callable[[int, float, torch.Tensor], None] | None = None,
 ) -> Solution:
     """Integrate the probability-flow ODE of ``sde`` (or, for a stochastic method, its reverse SDE) from ``t_start``
-    (default ``sde.t_max``) down to ``t_end`` (default ``sde.t_min``) with exactly ``nfe`` model evaluations
+    (default ``sde.t_max``; ``sde.t_terminal``, pure noise, where the SDE has one) down to ``t_end`` (default
+    ``sde.t_min``; the data, t0, for RectifiedFlow: :func:`default_t_end`) with exactly ``nfe`` model evaluations
     (default 10).
 
     ``method`` names a registered method (``ei_toolkit.INTEGRATORS``; default: :func:`default_method` of nfe,
@@ -229,7 +237,7 @@ def solve(
         forward = t_start is not None and t_end is not None and t_start < t_end
         if not forward:
             t_start = (sde.t_max if t_terminal is None else t_terminal) if t_start is None else t_start
-            t_end = (sde.t_min if t_end is None else t_end)
+            t_end = default_t_end(sde) if t_end is None else t_end
         if t_start == t_end:
             raise ValueError(f"t_start and t_end must differ (t_start > t_end samples, t_start < t_end inverts); got "
                              f"both {t_start}")

@@ -206,13 +206,13 @@ def test_optimize_grid_on_a_flow_model(flow, gmm2d):
 
 
 def test_calibration_and_its_check_start_where_sample_starts(flow, gmm2d):
-    """optimize_grid and heldout_check begin where ei.sample does without t_start: t_terminal = 1 (pure noise), not
-    t_max (their grids were laid from t_max and their reference started there, so a calibrated grid was compared
+    """optimize_grid and heldout_check begin and end where ei.sample does without t_start / t_end: t_terminal = 1
+    (pure noise), not t_max, and the data, t = 0 (their grids were laid from t_max and their reference started there, so a calibrated grid was compared
     with solves from another start). The check's baseline error is that of ei.sample's default run against the
     exact flow; rel 1e-3: the check's own adaptive reference (rtol 1e-7) is 1e-4 of the NFE-8 error or less."""
     v = gmm2d.flow_model(flow)
     x = _noise(32, seed=7)
-    exact = gmm2d.flow_reference(x, 1.0, flow.t_min)
+    exact = gmm2d.flow_reference(x, 1.0, 0.0)  # from pure noise to the data: sample's default ends for a flow
     plain = ei.sample(v, x, flow, method="x0-logrhoab1-pc", nfe=8, prediction="flow")
     expected = float((plain - exact).pow(2).mean(1).sqrt().median())
     report = ei.heldout_check(v, x, flow, method="x0-logrhoab1-pc", nfe=8, prediction="flow")
@@ -220,7 +220,9 @@ def test_calibration_and_its_check_start_where_sample_starts(flow, gmm2d):
     assert report.baseline_error == pytest.approx(expected, rel=1e-3)
     grid = ei.optimize_grid(v, x, flow, method="x0-logrhoab1-pc", nfe=8, prediction="flow", max_solves=1)
     default = ei.sample(v, x, flow, method="x0-logrhoab1-pc", nfe=8, prediction="flow", grid=grid)
-    torch.testing.assert_close(default, plain, rtol=0, atol=1e-12)  # one solve: the default grid itself
+    # one solve: the default grid itself, through the optimiser's log-increment parameterisation (float64 round-off
+    # of the times, ~1e-15, moved the states by 4e-12)
+    torch.testing.assert_close(default, plain, rtol=0, atol=1e-9)
 
 
 def test_stochastic_ddim_from_pure_noise_forgets_x(flow, gmm2d):
@@ -343,7 +345,7 @@ def test_sample_uses_the_flow_default_measured_for_flow_models(flow, gmm2d):
         method, grid = flow.default_method(nfe)
         sol = ei.solve(v, _noise(8), flow, prediction="flow", nfe=nfe, t_end=0.0)
         assert (sol.stats["method"], sol.grid) == (method, grid) and sol.nfe == nfe
-    assert flow.default_method(10) == ("logrhoab1-pc", "quadratic_t")
+    assert flow.default_method(10) == ("x0-logrhoab2-pc", "uniform_sigma")
     assert ei.sampling.default_method(10) == (ei.sampling.DEFAULT_METHOD, "quadratic_t")  # other SDEs keep theirs
 
 
@@ -360,8 +362,10 @@ def test_the_flow_page_runs_as_written():
     ns: dict = {"__name__": "__docs__"}
     for code in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S):
         exec(compile(code, str(page), "exec"), ns)  # the project's own documentation
-    assert float((ns["x0"] - ns["exact"]).norm() / ns["exact"].norm()) < 0.05
-    assert ns["sol"].stats["method"] == "logrhoab1-pc" and torch.isfinite(ns["out"]).all()
+    # the flow default at NFE 10 on gmm2d (256 draws, seed 0: bench_flow.py's problem): 0.0755, 1.28x diffusers'
+    # best flow scheduler there (UniPC-2 bh2, shift 1: 0.0589, benchmarks/results/flow.md); bound: 1.5x that peer
+    assert float((ns["x0"] - ns["exact"]).norm() / ns["exact"].norm()) < 1.5 * 0.0589
+    assert ns["sol"].stats["method"] == ns["flow"].default_method(10)[0] and torch.isfinite(ns["out"]).all()
     assert float((ns["noise"] - ns["z"]).norm() / ns["z"].norm()) < 0.05
     assert ns["scheduler"].prediction == "flow"
 
