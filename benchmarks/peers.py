@@ -155,24 +155,34 @@ def load_k_diffusion_sampling() -> types.ModuleType:
 
     k_diffusion.utils imports torchvision's functional transforms only for image helpers that the samplers
     never call; where torchvision cannot be imported (the CPU torch here has no matching torchvision), empty
-    stand-in modules are registered in ``sys.modules`` for that one import.
+    stand-in modules are registered in ``sys.modules`` for that one import and removed after it: left there, a
+    stand-in without ``__spec__`` made every later ``importlib.util.find_spec("torchvision")`` raise (diffusers'
+    availability check does it), so a diffusers test failed after a k-diffusion one in the same process.
     """
     if "k_diffusion.sampling" in sys.modules:
         return sys.modules["k_diffusion.sampling"]
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("k-diffusion is not installed: pip install --no-deps k-diffusion")
+    names = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
+    added: list[str] = []
     try:
         import torchvision.transforms.functional  # noqa: F401
     except Exception:
-        for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
-            sys.modules.setdefault(name, types.ModuleType(name))
+        for name in names:
+            if name not in sys.modules:
+                sys.modules[name] = types.ModuleType(name)
+                added.append(name)
         sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]  # type: ignore[attr-defined]
         sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]  # type: ignore[attr-defined]
     pkg = types.ModuleType("k_diffusion")
     pkg.__path__ = [str(Path(p)) for p in spec.submodule_search_locations]
     sys.modules.setdefault("k_diffusion", pkg)
-    return importlib.import_module("k_diffusion.sampling")
+    try:
+        return importlib.import_module("k_diffusion.sampling")
+    finally:
+        for name in added:  # k_diffusion.utils keeps its reference; nothing else sees a stand-in
+            sys.modules.pop(name, None)
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, p: float = 7.0) -> torch.Tensor:

@@ -207,9 +207,10 @@ def test_optimize_grid_on_a_flow_model(flow, gmm2d):
 
 def test_calibration_and_its_check_start_where_sample_starts(flow, gmm2d):
     """optimize_grid and heldout_check begin and end where ei.sample does without t_start / t_end: t_terminal = 1
-    (pure noise), not t_max, and the data, t = 0 (their grids were laid from t_max and their reference started there, so a calibrated grid was compared
-    with solves from another start). The check's baseline error is that of ei.sample's default run against the
-    exact flow; rel 1e-3: the check's own adaptive reference (rtol 1e-7) is 1e-4 of the NFE-8 error or less."""
+    (pure noise), not t_max, and the data, t = 0 (their grids were laid from t_max and their reference started
+    there, so a calibrated grid was compared with solves from another start). The check's baseline error is that of
+    ei.sample's default run against the exact flow; rel 1e-3: the check's own adaptive reference (rtol 1e-7) is
+    1e-4 of the NFE-8 error or less."""
     v = gmm2d.flow_model(flow)
     x = _noise(32, seed=7)
     exact = gmm2d.flow_reference(x, 1.0, 0.0)  # from pure noise to the data: sample's default ends for a flow

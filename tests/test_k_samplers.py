@@ -43,6 +43,19 @@ def K():
         pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion)")
 
 
+def test_loading_k_diffusion_leaves_no_stand_in_modules():
+    """benchmarks/peers.py imports k_diffusion.sampling with stand-in torchvision modules where torchvision cannot be
+    imported; left in sys.modules they made importlib.util.find_spec("torchvision") raise ValueError (no __spec__),
+    which diffusers' availability check calls, so tests/test_diffusers.py failed after this file in one process."""
+    import importlib.util
+
+    K()
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
+        module = sys.modules.get(name)
+        assert module is None or module.__spec__ is not None, name
+    importlib.util.find_spec("torchvision")  # raised ValueError: torchvision.__spec__ is None
+
+
 def karras(n: int, zero: bool = True) -> torch.Tensor:
     """k-diffusion's Karras sigmas (its get_sigmas_karras, in float64), optionally without the final 0."""
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
