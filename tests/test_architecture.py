@@ -164,3 +164,29 @@ def test_the_library_never_imports_its_command_line():
     outside = [m for m in graph if not m.startswith("ei_toolkit.cli") and m != "ei_toolkit.__main__"]
     users = {m: sorted(d for d in graph[m] if d.startswith("ei_toolkit.cli")) for m in outside}
     assert not {m: d for m, d in users.items() if d}, users
+
+
+def test_png_files_are_written_by_pillow_not_by_hand():
+    """Issue 25's layout: the hand-written PNG encoder (zlib + struct chunks) gave way to Pillow."""
+    tree = ast.parse((PACKAGE / "png.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "PIL" in imported and not imported & {"zlib", "struct", "binascii"}, imported
+
+
+def test_command_line_outputs_are_ignored_and_none_is_tracked():
+    """Issue 25: digits.png, a calibration folder, the main job's picture and training outputs written at the
+    checkout's top level are ignored by git, and none is committed (digits_calibration/statistics.pt once was)."""
+    import shutil
+    import subprocess
+
+    root = PACKAGE.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    outputs = ["digits.png", "digits_calibration/statistics.pt", "ei_toolkit_compare.png", "digits_eps.pt",
+               "patches_calibration/grid.json"]
+    ignored = subprocess.run(["git", "check-ignore", *outputs], cwd=root, capture_output=True, text=True).stdout.split()
+    assert sorted(ignored) == sorted(outputs)
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    assert not [p for p in tracked if p.endswith((".png", ".pt")) and not p.startswith(("ei_toolkit/models/",
+                                                                                         "docs/", "benchmarks/"))]

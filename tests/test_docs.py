@@ -123,3 +123,11 @@ def test_hand_written_methods_equal_the_built_in_ones(integrators_page):
 
 def test_the_readme_python_snippet_runs():
     assert run_page("README.md")
+
+
+def test_the_alias_table_is_the_registry():
+    """docs/integrators.md's alias table lists exactly ei.integrators.ALIASES, each with its canonical method."""
+    text = (ROOT / "docs" / "integrators.md").read_text()
+    rows = dict(re.findall(r"^\| `([\w-]+)` \| `([\w-]+)` \| (?:exact|closest):", text, flags=re.M))
+    assert rows == dict(ei.integrators.ALIASES)
+
