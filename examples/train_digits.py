@@ -41,6 +41,35 @@ def check_out(out: Path) -> None:
         raise SystemExit(f"--out {str(out)!r}: cannot write there ({exc.strerror or exc})") from None
 
 
+def train_ema(model: torch.nn.Module, loss_at: Callable[[int], torch.Tensor], steps: int, lr: float, *,
+              ema_max: float = 0.999, log_every: int = 2000) -> torch.nn.Module:
+    """The training loop of every example that trains a shipped model: AdamW (weight decay 1e-4) with a one-cycle
+    learning rate on ``loss_at(step)`` (which draws its own batch), and an exponential moving average of the weights
+    (decay min(ema_max, (1 + step) / (10 + step))), which it returns; a log line every ``log_every`` steps."""
+    ema = copy.deepcopy(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    start = time.perf_counter()
+    for step in range(steps):
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            decay = min(ema_max, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.mul_(decay).add_(pm, alpha=1 - decay)
+        if step % log_every == 0 or step == steps - 1:
+            print(f"step {step:6d}  loss {loss.item():.4f}  {time.perf_counter() - start:.0f} s", flush=True)
+    return ema
+
+
+def save(ema: torch.nn.Module, out: Path) -> None:
+    torch.save(ema.state_dict(), out)
+    print(f"saved {out} ({Path(out).stat().st_size / 1e6:.2f} MB)")
+
+
 def fit(model: torch.nn.Module, draw: Callable[[int], tuple[torch.Tensor, tuple]], steps: int, batch: int,
         lr: float, out: Path) -> None:
     """Train ``model`` (eps_hat(x_t, t, *extra)) with the DDPM objective on the linear schedule and save the EMA of
@@ -49,28 +78,15 @@ def fit(model: torch.nn.Module, draw: Callable[[int], tuple[torch.Tensor, tuple]
     sde = ei.DiscreteVP.linear()
     alpha = sde.alpha(torch.arange(1000, dtype=torch.float64)).float()
     sigma = sde.sigma(torch.arange(1000, dtype=torch.float64)).float()
-    ema = copy.deepcopy(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    start = time.perf_counter()
-    for step in range(steps):
+
+    def loss_at(step: int) -> torch.Tensor:
         x0, extra = draw(batch)
         t = torch.randint(0, 1000, (batch,))
         eps = torch.randn_like(x0)
         xt = alpha[t].view(-1, 1, 1, 1) * x0 + sigma[t].view(-1, 1, 1, 1) * eps
-        loss = (model(xt, t.float(), *extra) - eps).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            decay = min(0.999, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.mul_(decay).add_(pm, alpha=1 - decay)
-        if step % 2000 == 0 or step == steps - 1:
-            print(f"step {step:6d}  loss {loss.item():.4f}  {time.perf_counter() - start:.0f} s", flush=True)
-    torch.save(ema.state_dict(), out)
-    print(f"saved {out} ({Path(out).stat().st_size / 1e6:.2f} MB)")
+        return (model(xt, t.float(), *extra) - eps).pow(2).mean()
+
+    save(train_ema(model, loss_at, steps, lr), out)
 
 
 def main() -> None:

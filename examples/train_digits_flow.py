@@ -15,12 +15,10 @@ the torch build): two runs give identical weights.
 from __future__ import annotations
 
 import argparse
-import copy
-import time
 from pathlib import Path
 
 import torch
-from train_digits import check_out
+from train_digits import check_out, save, train_ema
 
 from ei_toolkit.models.data import digits_split
 from ei_toolkit.models.digits_flow import DigitsFlow, flow_matching_loss
@@ -31,25 +29,11 @@ def train_flow(model: torch.nn.Module, train: torch.Tensor, steps: int, batch: i
     """Train the velocity model ``model`` on ``train`` with the flow-matching loss (AdamW, one-cycle learning rate)
     and save the EMA of its weights to ``out``; ``seed`` fixes the batches, times and noise."""
     gen = torch.Generator().manual_seed(seed)
-    ema = copy.deepcopy(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    start = time.perf_counter()
-    for step in range(steps):
-        x0 = train[torch.randint(len(train), (batch,), generator=gen)]
-        loss = flow_matching_loss(model, x0, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            decay = min(0.999, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.mul_(decay).add_(pm, alpha=1 - decay)
-        if step % 2000 == 0 or step == steps - 1:
-            print(f"step {step:6d}  loss {loss.item():.4f}  {time.perf_counter() - start:.0f} s", flush=True)
-    torch.save(ema.state_dict(), out)
-    print(f"saved {out} ({Path(out).stat().st_size / 1e6:.2f} MB)")
+
+    def loss_at(step: int) -> torch.Tensor:
+        return flow_matching_loss(model, train[torch.randint(len(train), (batch,), generator=gen)], gen)
+
+    save(train_ema(model, loss_at, steps, lr), out)
 
 
 def main() -> None:

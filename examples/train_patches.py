@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from train_digits import check_out
+from train_digits import check_out, save, train_ema
 
 from ei_toolkit.models.patch_data import patch_split, random_patches, regions
 from ei_toolkit.models.patches import LOSSES, held_out_loss, patches_model
@@ -50,28 +50,14 @@ def main() -> None:
     _, held = patch_split()
     gen = torch.Generator().manual_seed(args.seed)
     loss_fn = LOSSES[args.form]
-    ema = copy.deepcopy(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     start, cpu = time.perf_counter(), time.process_time()
-    for step in range(args.steps):
-        loss = loss_fn(model, random_patches(train_regions, args.batch, gen), gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            decay = min(0.998, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.mul_(decay).add_(pm, alpha=1 - decay)
-        if step % 500 == 0 or step == args.steps - 1:
-            print(f"step {step:6d}  loss {loss.item():.4f}  {time.perf_counter() - start:.0f} s", flush=True)
+    ema = train_ema(model, lambda step: loss_fn(model, random_patches(train_regions, args.batch, gen), gen),
+                    args.steps, args.lr, ema_max=0.998, log_every=500)
     print(f"trained in {time.perf_counter() - start:.0f} s wall, {time.process_time() - cpu:.0f} s CPU")
     ema.eval()
     print(f"held-out {args.form} loss {held_out_loss(ema, args.form, held):.4f} "
           f"(untrained network: {held_out_loss(untrained, args.form, held):.4f})")
-    torch.save(ema.state_dict(), out)
-    print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    save(ema, out)
 
 
 if __name__ == "__main__":
