@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,6 +110,19 @@ def start_and_reference(sde_name: str, sde: ei.LinearSDE, mix_name: str, mix: Ga
     CACHE.mkdir(exist_ok=True)
     torch.save(ref, path)
     return x, ref
+
+
+def switch_rule(picks: dict[int, Any]) -> list[tuple[int | None, Any]]:
+    """A default per budget from the picks at the measured budgets: (largest nfe, pick) per run of equal picks,
+    switching at the geometric midpoint int(sqrt(n * next)) of the two budgets either side of a change; the last
+    entry has no bound (None)."""
+    nfes = sorted(picks)
+    rule: list[tuple[int | None, Any]] = []
+    for nfe, nxt in zip(nfes, [*nfes[1:], None], strict=True):
+        if nxt is not None and picks[nxt] == picks[nfe]:
+            continue
+        rule.append((None if nxt is None else int(math.sqrt(nfe * nxt)), picks[nfe]))
+    return rule
 
 
 def geometric_mean(r: list[float]) -> float:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_accuracy import switch_rule
 
 import ei_toolkit as ei
 from ei_toolkit.diffusion.scheduler import FLOW_METHOD
@@ -185,11 +186,7 @@ def main() -> None:
                   if n == nfe]
         within = [c for c in scored if c[1] <= WORST]
         picks[nfe] = (min(within) if within else min(scored, key=lambda c: c[1]))[2:]
-    rule: list[tuple[int | None, str, str]] = []
-    for nfe, nxt in zip(NFES, [*NFES[1:], None], strict=True):
-        if nxt is not None and picks[nxt] == picks[nfe]:
-            continue
-        rule.append((None if nxt is None else int(math.sqrt(nfe * nxt)), *picks[nfe]))
+    rule = [(top, *pick) for top, pick in switch_rule(picks)]
     flow_default = {nfe: flow.default_method(nfe) for nfe in NFES}
     sampling_default = {nfe: default_method(nfe) for nfe in NFES}  # (method, grid): the VP-chosen default
     agrees = all(flow_default[n] == picks[n] for n in NFES)

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_accuracy import switch_rule
 
 import ei_toolkit as ei
 from ei_toolkit.sampling import INVERSION_DEFAULTS_BY_NFE, INVERSION_GRID
@@ -222,14 +223,7 @@ def choose(res: dict, nfes: list[int]) -> tuple[dict, dict]:
 
 def rule_from(winner: dict, nfes: list[int]) -> tuple[tuple[int | None, str], ...]:
     """(largest nfe, method) with the switch at the geometric midpoint between measured budgets."""
-    out: list[tuple[int | None, str]] = []
-    for i, n in enumerate(nfes):
-        top = None if i == len(nfes) - 1 else int(math.sqrt(n * nfes[i + 1]))
-        if out and out[-1][1] == winner[n]:
-            out[-1] = (top, winner[n])
-        else:
-            out.append((top, winner[n]))
-    return tuple(out)
+    return tuple(switch_rule({n: winner[n] for n in nfes}))
 
 
 def method_for(rule, n: int) -> str:

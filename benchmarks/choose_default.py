@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from bench_accuracy import add_vp_or_logrho, default_config, geometric_mean, is_peer
+from bench_accuracy import add_vp_or_logrho, default_config, geometric_mean, is_peer, switch_rule
 
 OUT = Path(__file__).parent / "results"
 TRAINED_BOUND = 1.0  # issue 26: the uncalibrated default <= 1.0x the best peer on every trained model
@@ -175,12 +175,7 @@ def trained_lines(data: dict, trained: dict, top: int) -> list[str]:
             lines.append("")
     lines += ["### The rule's picks, switching at the geometric midpoints of the measured budgets", ""]
     for label, by_nfe in picks.items():
-        nfes = sorted(by_nfe)
-        rule = []
-        for nfe, nxt in zip(nfes, [*nfes[1:], None], strict=True):
-            if nxt is not None and by_nfe[nxt] == by_nfe[nfe]:
-                continue
-            rule.append((None if nxt is None else int(math.sqrt(nfe * nxt)), *by_nfe[nfe].split(" / ")))
+        rule = [(top, *pick.split(" / ")) for top, pick in switch_rule(by_nfe)]
         lines.append(f"- {label}: {rule!r}")
     return lines
 
@@ -221,12 +216,7 @@ def flow_lines(raw: dict, trained: dict, models: list[str]) -> list[str]:
                   "|---|---|---|---|---|"]
         lines += [f"| {c} | {w:.2f} | {g:.2f} | {wm:.2f} | {wt:.2f} |" for w, g, wm, wt, c in rows[:8]]
         lines.append("")
-    nfes = sorted(picks)
-    rule = []
-    for nfe, nxt in zip(nfes, [*nfes[1:], None], strict=True):
-        if nxt is not None and picks[nxt] == picks[nfe]:
-            continue
-        rule.append((None if nxt is None else int(math.sqrt(nfe * nxt)), *picks[nfe].split(" / ")))
+    rule = [(top, *pick.split(" / ")) for top, pick in switch_rule(picks)]
     return [*lines, f"- flow (mixtures and trained): {rule!r}"]
 
 
