@@ -48,7 +48,7 @@ from .integrators import Integrator, Method, get_integrator
 from .integrators.adaptive import DEFAULT_MAX_NFE
 from .integrators.base import SolveRequest
 from .model import Model
-from .sampling import DEFAULT_METHOD, default_method, default_t_end, solve
+from .sampling import DEFAULT_METHOD, default_method, default_t_end, default_t_start, solve
 from .sde import LinearSDE
 
 GRID_FORMAT = "ei_toolkit.grid"
@@ -97,15 +97,6 @@ class HeldoutCheckFailed(ValueError):
         self.report = report
 
 
-def _first_time(sde: LinearSDE, t_start: float | None) -> float:
-    """Where a solve without t_start begins: ``sde.t_terminal`` (infinite noise: zero-SNR DiscreteVP, RectifiedFlow)
-    if the SDE has one, else ``sde.t_max``; a given t_start as given."""
-    if t_start is not None:
-        return float(t_start)
-    terminal = getattr(sde, "t_terminal", None)
-    return float(sde.t_max if terminal is None else terminal)
-
-
 def _moved(grid: torch.Tensor, first: float) -> torch.Tensor:
     """A grid laid from sde.t_max with its first time moved to ``first`` (t_terminal: the step from infinite noise,
     as :func:`ei_toolkit.solve` lays its own grids)."""
@@ -134,7 +125,7 @@ def heldout_check(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
         raise ValueError(f"tolerance must be a finite number >= 0; got {tolerance!r}")
     m = get_integrator(method)
     b = m if baseline is None else get_integrator(baseline)
-    t_start = _first_time(sde, t_start)
+    t_start = default_t_start(sde) if t_start is None else float(t_start)
     t_end = default_t_end(sde) if t_end is None else float(t_end)
     evaluations = 0
     if reference is None:
@@ -231,7 +222,8 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
         reference_max_nfe = max(DEFAULT_MAX_NFE, max_solves * nfe)
     if isinstance(reference_max_nfe, bool) or not isinstance(reference_max_nfe, int) or reference_max_nfe < 2:
         raise ValueError(f"reference_max_nfe must be an integer >= 2 or None; got {reference_max_nfe!r}")
-    first = _first_time(sde, t_start)  # the grids' first time: t_terminal (infinite noise) where solve starts there
+    # the grids' first time: where solve starts, t_terminal (infinite noise) if the SDE has one
+    first = default_t_start(sde) if t_start is None else float(t_start)
     t_start = min(first, float(sde.t_max))  # the grids are laid from the last finite time, then moved to first
     t_end = default_t_end(sde) if t_end is None else float(t_end)
     if not sde.t0 <= t_end < t_start <= sde.t_max:

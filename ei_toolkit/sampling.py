@@ -71,6 +71,13 @@ def _pick(table: Sequence[tuple[int | None, str, str]], n: int, sde: LinearSDE |
     return None
 
 
+def default_t_start(sde: LinearSDE) -> float:
+    """Where a solve without ``t_start`` begins: ``sde.t_terminal`` (infinite noise: zero-SNR DiscreteVP,
+    RectifiedFlow) where the SDE has one, else ``sde.t_max``."""
+    terminal = getattr(sde, "t_terminal", None)
+    return float(sde.t_max if terminal is None else terminal)
+
+
 def default_t_end(sde: LinearSDE) -> float:
     """Where a solve without ``t_end`` stops: ``sde.t_min``, the model's smallest time, or the data ``sde.t0`` for a
     family that samples into the data by default (``ends_at_data``: RectifiedFlow, whose pipelines end at sigma = 0
@@ -233,10 +240,9 @@ def solve(
     if callback is not None and not isinstance(chosen, Integrator):
         raise ValueError(f"callback= reports the steps of a fixed-grid method; {chosen.name!r} chooses its own steps")
     if not explicit:
-        t_terminal = getattr(sde, "t_terminal", None)  # zero terminal SNR: sampling starts at infinite noise
         forward = t_start is not None and t_end is not None and t_start < t_end
         if not forward:
-            t_start = (sde.t_max if t_terminal is None else t_terminal) if t_start is None else t_start
+            t_start = default_t_start(sde) if t_start is None else t_start
             t_end = default_t_end(sde) if t_end is None else t_end
         if t_start == t_end:
             raise ValueError(f"t_start and t_end must differ (t_start > t_end samples, t_start < t_end inverts); got "
