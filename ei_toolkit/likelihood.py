@@ -9,12 +9,21 @@ Psi(T, 0)); in y = x / alpha and rho the model term's divergence is div_y eps = 
 
     log p_0(x_0) = log p_T(x_T) + d log(alpha_T / alpha_0) + int_{rho_0}^{rho_T} alpha div_x eps(x(rho), t(rho)) drho.
 
-The integral is a scalar ODE dD/drho = alpha div_x eps driven by the state's evaluations: it rides along as one
-extra channel of the state, X_D = alpha D, which obeys the same semilinear ODE as x with ``eps`` = alpha div_x eps,
-so the forward plan (the exponential integrator of the inversion issue) integrates it with its own weights, at the
-same evaluation points, with the same polynomial in rho (or log rho; x0-form plans see the channel's x0 = (X_D -
-sigma g) / alpha). The divergence is exact (one vector-Jacobian product per dimension, batched) or the
-Skilling-Hutchinson estimate E[v^T J v] with probes v drawn once per sample (Skilling 1989; Hutchinson 1990).
+In log rho the model term is int h dlog rho with h = rho alpha div_x eps = sigma div_x eps: a bounded, smooth
+function of log rho (about d at high noise, where eps is nearly linear with div_x eps ~ d / sigma, and about d
+sigma^2 / s^2 -> 0 below the data's own scale s). The forward plan (the exponential integrator of the inversion
+issue) moves the state from data to noise and evaluates h on its way; with ``quadrature="lagrange"`` (the default)
+the integral is a quadrature of the values at the grid points, where the state has the method's full order (a
+Runge-Kutta or singlestep stage inside a step sees a state of lower order, which would cap the integral at order 2):
+on each interval between them the Lagrange polynomial in log rho through the :data:`QUADRATURE_POINTS` nearest
+points (centred; extrapolated past the last point, where h is flattest), integrated exactly. As every value is known
+before the quadrature, it is centred rather than causal, and at a given NFE far more accurate than carrying the
+integral as a channel of the state (``quadrature="plan"``: X_D = alpha D obeys the same semilinear ODE as x with
+``eps`` = alpha div_x eps and is integrated by the plan's own weights; x0-form plans see the channel's x0 = (X_D -
+sigma g) / alpha), whose extrapolating multistep weights amplify the rise of h between the data's scale and the
+noise (benchmarks/results/likelihood.md). The divergence is exact (one vector-Jacobian product per dimension,
+batched) or the Skilling-Hutchinson estimate E[v^T J v] with probes v drawn once per sample (Skilling 1989;
+Hutchinson 1990).
 
 Fixed steps by default: every rank of a distributed run then makes the same number of model evaluations, so
 collective operations inside the model (DDP, sharded models) stay in step; an adaptive solver's step count depends
@@ -25,6 +34,7 @@ on the data and ranks drift apart (k-diffusion's adaptive ``log_likelihood`` dea
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +58,12 @@ from .sampling import _working_dtype, grid_ends
 from .sde import LinearSDE, MatrixLinearSDE
 from .sde.matrix import apply_block
 
+QUADRATURES = ("lagrange", "plan")
+"""``quadrature=``: a centred Lagrange quadrature in log rho of the divergence at the plan's evaluation points
+(default), or the divergence carried as a channel of the state by the plan's own weights (module docstring)."""
+QUADRATURE_POINTS = 4
+"""Points of the piecewise Lagrange interpolant of ``quadrature="lagrange"`` (cubic: error O(h^4) in the log-rho
+step h where the integrand is smooth)."""
 DIVERGENCES = ("exact", "rademacher", "gaussian", "hutchinson")
 """``divergence=``: the exact trace, or Skilling-Hutchinson with Rademacher (``"hutchinson"`` is an alias) or
 Gaussian probes."""
@@ -280,6 +296,7 @@ def log_likelihood(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     prediction: str = "eps",
     prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    quadrature: str = "lagrange",
     t_start: float | None = None,
     t_end: float | None = None,
     options: dict[str, Any] | None = None,
@@ -291,11 +308,12 @@ def log_likelihood(
     scores the encoding.
 
     ``method``/``nfe``/``grid``: a deterministic fixed-step method of :func:`ei_toolkit.solve` (default
-    :func:`default_method` of nfe on ``uniform_logrho``: ``x0-logrhoab2-pc`` at the default :data:`DEFAULT_NFE` = 64,
-    ``x0-logrhoab2`` up to 39 evaluations); the divergence channel is integrated by the same plan (module
+    :func:`default_method` of nfe on ``uniform_logrho``, :data:`DEFAULTS_BY_NFE`); the divergence at its evaluation
+    points is integrated by ``quadrature`` (:data:`QUADRATURES`: ``"lagrange"``, a centred piecewise Lagrange
+    quadrature in log rho, default; ``"plan"``, a channel of the state integrated by the plan's own weights; module
     docstring). ``"torchdiffeq:<name>"`` integrates [y, D] with torchdiffeq (``options``: ``rtol``, ``atol``,
-    ``frame``, ``max_nfe``; adaptive methods take no nfe). Matrix SDEs (CLD) default to
-    :data:`DEFAULT_MATRIX_METHOD`; ``x0`` is then the whole state u = (x, v, ...) of shape (batch, k, ...) and
+    ``frame``, ``max_nfe``; adaptive methods take no nfe; ``quadrature`` does not apply). Matrix SDEs (CLD) default
+    to :data:`DEFAULT_MATRIX_METHOD`; ``x0`` is then the whole state u = (x, v, ...) of shape (batch, k, ...) and
     ``logp`` the joint log-density of data and auxiliary blocks (``stats["aux_logp"]`` is the auxiliary blocks'
     log-density under their initial law: logp - aux_logp with v drawn from that law is, in expectation, a lower
     bound on the data's log-likelihood, Dockhorn et al. 2022).
@@ -330,6 +348,8 @@ def log_likelihood(
         raise ValueError(f"probes applies to a Hutchinson divergence ('rademacher' or 'gaussian'); got probes={probes} "
                          "with divergence='exact'")
     check_generator(generator, x0.shape[0])
+    if not isinstance(quadrature, str) or quadrature not in QUADRATURES:
+        raise ValueError(f"unknown quadrature {quadrature!r}; valid: {', '.join(QUADRATURES)}")
     if prior is not None and not callable(prior):
         raise TypeError(f"prior must be a callable x_T -> log density per sample; got {type(prior).__name__}")
     if not isinstance(progress, bool):
@@ -362,7 +382,8 @@ def log_likelihood(
             raise ValueError(f"method {chosen.name!r}: on matrix SDEs the likelihood runs a torchdiffeq method (fixed "
                              f"steps: 'torchdiffeq:rk4', default; adaptive: 'torchdiffeq:dopri5')")
         x_T, model_term, info = _solve_plan(chosen, fld, sde, x, lo, hi,
-                                            DEFAULT_NFE if nfe is None and not explicit else nfe, grid, progress)
+                                            DEFAULT_NFE if nfe is None and not explicit else nfe, grid, progress,
+                                            quadrature)
     fld.check()
     if not bool(torch.isfinite(x_T).all()) or not bool(torch.isfinite(model_term).all()):
         raise NumericalError(f"{chosen.name}: the encoding or the divergence integral is not finite at t = {hi:g}; "
@@ -375,7 +396,8 @@ def log_likelihood(
         raise ValueError(f"prior must return one log density per sample, shape ({x0.shape[0]},); got "
                          f"{getattr(prior_logp, 'shape', type(prior_logp).__name__)}")
     prior_logp = prior_logp.to(torch.float64)
-    stats: dict[str, Any] = {"method": chosen.name, "divergence": kind, "probes": probes if kind != "exact" else None,
+    stats: dict[str, Any] = {"method": chosen.name, "divergence": kind, "quadrature": info.pop("quadrature", None),
+                             "probes": probes if kind != "exact" else None,
                              "vjps": fld.vjps, "linear_term": linear, "model_term": model_term.to(torch.float64),
                              "t_start": lo, "t_end": hi, **info}
     if matrix:
@@ -430,37 +452,46 @@ def _aux_logp(sde: MatrixLinearSDE, u: torch.Tensor) -> torch.Tensor:
 
 
 def _solve_plan(method: Integrator, fld: _Field, sde: LinearSDE, x: torch.Tensor, lo: float, hi: float,
-                nfe: int | None, grid: str | torch.Tensor | None, progress: bool
+                nfe: int | None, grid: str | torch.Tensor | None, progress: bool, quadrature: str
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """The state and the divergence channel X_D = alpha D on the method's forward plan (module docstring)."""
+    """The state on the method's forward plan and the model term of delta_logp, by ``quadrature`` (module
+    docstring): the Lagrange quadrature of h = sigma div_x eps at the evaluation points, or the channel X_D = alpha D
+    carried by the plan."""
     evaluator = ModelEvaluator(fld.model, sde, fld.prediction, model_dtype=fld.model_dtype)
     request = SolveRequest(evaluator=evaluator, x=x, sde=sde, t_start=lo, t_end=hi, nfe=nfe,
                            grid=grid if grid is not None else DEFAULT_GRID)
     times, grid_name = method.times(request)
     plan = plan_for(method.for_nfe(nfe, len(times) - 1), sde, times)
-    if isinstance(plan, MultistepPlan) and type(plan).entry is not MultistepPlan.entry:
+    channel = quadrature == "plan"
+    if channel and isinstance(plan, MultistepPlan) and type(plan).entry is not MultistepPlan.entry:
         raise ValueError(f"method {method.name!r} combines something other than the model output (EMS): its plan "
-                         "cannot carry the divergence channel; use another method")
+                         "cannot carry the divergence channel; use quadrature='lagrange' or another method")
     et = plan.eval_times
     alphas, sigmas, ts = sde.alpha(et).tolist(), sde.sigma(et).tolist(), et.tolist()
     tdtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     t_dev = et.to(device=x.device, dtype=tdtype)
     b, shape, n = x.shape[0], x.shape, x[0].numel()
     target = plan.target
+    values: dict[int, torch.Tensor] = {}  # evaluation index -> h = sigma div_x eps
+
+    def prediction(out: torch.Tensor, eps: torch.Tensor, xs: torch.Tensor, k: int) -> torch.Tensor:
+        if target == "eps":
+            return eps
+        return out if fld.prediction == "x0" else to_x0(fld.prediction, out, xs, alphas[k], sigmas[k])
 
     def eps_fn(z: torch.Tensor, k: int) -> torch.Tensor:
+        if not channel:
+            out, eps, div = fld(z, t_dev[k].expand(b), ts[k], alphas[k], sigmas[k])
+            values[k] = sigmas[k] * div
+            return prediction(out, eps, z, k)
         xs = z[:, :n].reshape(shape)
         a, s = alphas[k], sigmas[k]
         out, eps, div = fld(xs, t_dev[k].expand(b), ts[k], a, s)
         g = a * div  # div_y eps = alpha div_x eps
-        if target == "eps":
-            e, e_d = eps, g
-        else:
-            e = out if fld.prediction == "x0" else to_x0(fld.prediction, out, xs, a, s)
-            e_d = (z[:, n] - s * g) / a  # the channel's data prediction: X_D = alpha x0_D + sigma g
-        return torch.cat([e.reshape(b, n), e_d.reshape(b, 1).to(z.dtype)], dim=1)
+        e_d = g if target == "eps" else (z[:, n] - s * g) / a  # the channel's x0: X_D = alpha x0_D + sigma g
+        return torch.cat([prediction(out, eps, xs, k).reshape(b, n), e_d.reshape(b, 1).to(z.dtype)], dim=1)
 
-    z = torch.cat([x.reshape(b, n), torch.zeros(b, 1, dtype=x.dtype, device=x.device)], dim=1)
+    z = x if not channel else torch.cat([x.reshape(b, n), torch.zeros(b, 1, dtype=x.dtype, device=x.device)], dim=1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -471,9 +502,58 @@ def _solve_plan(method: Integrator, fld: _Field, sde: LinearSDE, x: torch.Tensor
     finally:
         if bar is not None:
             bar.close()
-    alpha_hi = float(sde.alpha(torch.tensor(float(times[-1]), dtype=torch.float64)))
-    x_T = out[:, :n].reshape(shape)
-    return x_T, out[:, n] / alpha_hi, {"grid": grid_name, "steps": plan.steps}
+    info = {"grid": grid_name, "steps": plan.steps, "quadrature": quadrature}
+    if channel:
+        alpha_hi = float(sde.alpha(torch.tensor(float(times[-1]), dtype=torch.float64)))
+        return out[:, :n].reshape(shape), out[:, n] / alpha_hi, info
+    # the step starts only: a stage inside a step (Runge-Kutta, singlestep) sees a state of lower order
+    on_grid = torch.isclose(et[:, None], plan.grid[None, :], rtol=1e-12, atol=0.0).any(1).tolist()
+    order = [k for k in sorted(values) if on_grid[k]]
+    lams = torch.log(sde.rho(et[order])).tolist()
+    ends = torch.log(sde.rho(torch.tensor([float(times[0]), float(times[-1])], dtype=torch.float64))).tolist()
+    weights = lagrange_weights(lams, ends[0], ends[1], QUADRATURE_POINTS)
+    stacked = torch.stack([values[k] for k in order]).to(torch.float64)
+    return out, (torch.as_tensor(weights, dtype=torch.float64, device=stacked.device)[:, None] * stacked).sum(0), info
+
+
+def lagrange_weights(nodes: Sequence[float], lo: float, hi: float, points: int = QUADRATURE_POINTS) -> list[float]:
+    """Weights w with int_lo^hi h(s) ds ~ sum_k w[k] h(nodes[k]): on each interval between consecutive breakpoints
+    (lo, the nodes inside [lo, hi], hi), the Lagrange polynomial through the ``points`` nodes nearest to it (centred,
+    shifted inward at the ends), integrated exactly (Gauss-Legendre). Nodes equal to within 1e-12 are one point
+    (the later one's weight: a later stage at the same time has the better state). Float64 on the host."""
+    points = positive_int("points", points)
+    if not nodes:
+        raise ValueError("lagrange_weights needs at least one node")
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"need finite lo < hi; got lo={lo!r}, hi={hi!r}")
+    ranked = sorted(range(len(nodes)), key=lambda k: nodes[k])
+    kept: list[int] = []  # distinct nodes, ascending; of equal ones the last evaluated
+    for k in ranked:
+        if kept and abs(nodes[k] - nodes[kept[-1]]) <= 1e-12 * (1.0 + abs(nodes[k])):
+            kept[-1] = max(kept[-1], k)
+        else:
+            kept.append(k)
+    xs = np.array([nodes[k] for k in kept], dtype=np.float64)
+    m = len(xs)
+    p = min(points, m)
+    gx, gw = np.polynomial.legendre.leggauss(max(p, 2))
+    cuts = np.unique(np.concatenate([[lo], xs[(xs > lo) & (xs < hi)], [hi]]))
+    w = np.zeros(m)
+    for a, c in itertools.pairwise(cuts):
+        i = int(np.searchsorted(xs, 0.5 * (a + c)))  # xs[i - 1] < midpoint <= xs[i]
+        first = max(0, min(i - p // 2, m - p))
+        sel = xs[first:first + p]
+        s = 0.5 * (c - a) * gx + 0.5 * (c + a)
+        for j in range(p):
+            basis = np.ones_like(s)
+            for q in range(p):
+                if q != j:
+                    basis *= (s - sel[q]) / (sel[j] - sel[q])
+            w[first + j] += 0.5 * (c - a) * float(np.dot(gw, basis))
+    out = [0.0] * len(nodes)
+    for j, k in enumerate(kept):
+        out[k] = float(w[j])
+    return out
 
 
 def _solve_torchdiffeq(method: TorchDiffEq, fld: _Field, sde: LinearSDE | MatrixLinearSDE, x: torch.Tensor,
