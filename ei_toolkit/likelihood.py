@@ -74,12 +74,13 @@ CHUNK_ELEMENTS = 2**24
 """Elements of the cotangents of one batched vector-Jacobian call (the exact divergence is chunked to this)."""
 DEFAULT_NFE = 64
 """Model evaluations of the default fixed-step likelihood solve (benchmarks/results/likelihood.md)."""
-DEFAULTS_BY_NFE: tuple[tuple[int | None, str], ...] = ((39, "x0-logrhoab2"), (None, "x0-logrhoab2-pc"))
-"""The default fixed-step method for scalar SDEs by budget, (largest nfe, method), on the uniform log-rho grid: the
-lowest geometric-mean error of delta_logp over the six mixtures of benchmarks/results/likelihood.md at each NFE,
-switching at the geometric midpoint of 32 and 48 (the predictor-corrector form is 4-40x less accurate at 32 and the
-most accurate at 48 and beyond)."""
-DEFAULT_METHOD = "x0-logrhoab2-pc"
+DEFAULTS_BY_NFE: tuple[tuple[int | None, str], ...] = (
+    (71, "logrhoab3"), (110, "x0-logrhoab2-pc"), (None, "x0-logrhoab3"))
+"""The default fixed-step method for scalar SDEs by budget, (largest nfe, method), on the uniform log-rho grid with
+the Lagrange quadrature: per NFE the lowest geometric-mean error of delta_logp over the six mixtures of
+benchmarks/results/likelihood.md, keeping the previous pick while it is within 1.25x of the best, switching at the
+geometric midpoints of the measured budgets (64 / 80 and 96 / 128)."""
+DEFAULT_METHOD = "logrhoab3"
 """The default at :data:`DEFAULT_NFE` evaluations."""
 DEFAULT_GRID = "uniform_logrho"
 DEFAULT_MATRIX_METHOD = "torchdiffeq:rk4"
