@@ -202,12 +202,19 @@ def problem_sde(problem: str) -> ei.LinearSDE:
     return SDES[problem.split("/")[0]]()
 
 
+def problem_dim(problem: str) -> int:
+    """The data dimension of a problem named "sde / <dim>d-w<width>" (the keys of the results)."""
+    return int(problem.split("/", 1)[1].split("d-", 1)[0])
+
+
 def default_config(nfe: int | str, problem: str | None = None) -> str:
-    """``ei.sample``'s default configuration at ``nfe`` on ``problem``'s SDE (None: a variance-preserving one),
-    named as in the results ("method / grid")."""
+    """``ei.sample``'s default configuration at ``nfe`` on ``problem``'s SDE and dimension (None: a variance-preserving
+    one, low-dimensional), named as in the results ("method / grid")."""
     from ei_toolkit.sampling import default_method
 
-    return " / ".join(default_method(int(nfe), sde=None if problem is None else problem_sde(problem)))
+    if problem is None:
+        return " / ".join(default_method(int(nfe)))
+    return " / ".join(default_method(int(nfe), sde=problem_sde(problem), dim=problem_dim(problem)))
 
 
 def add_vp_or_logrho(results: dict) -> dict:

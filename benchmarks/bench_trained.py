@@ -177,10 +177,10 @@ def current_default(name: str, nfe: int) -> str:
     "default" entry of the JSON is what it picked when the model was measured, which a later change of the default
     leaves behind."""
     if name.startswith("digits-guided-"):
-        scale, sde = float(name.rsplit("-", 1)[1]), ei.DiscreteVP.linear()
+        scale, sde, shape = float(name.rsplit("-", 1)[1]), ei.DiscreteVP.linear(), shipped_model("digits").shape
     else:
-        scale, sde = None, shipped_model(name).sde()
-    method, grid = ei.sampling.default_method(nfe, guidance_scale=scale, sde=sde)
+        scale, sde, shape = None, shipped_model(name).sde(), shipped_model(name).shape
+    method, grid = ei.sampling.default_method(nfe, guidance_scale=scale, sde=sde, dim=math.prod(shape))
     return f"{method} / {grid}"
 
 

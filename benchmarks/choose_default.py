@@ -15,37 +15,39 @@ import json
 import math
 from pathlib import Path
 
-from bench_accuracy import add_vp_or_logrho, default_config, geometric_mean, is_peer, switch_rule
+from bench_accuracy import add_vp_or_logrho, default_config, geometric_mean, is_peer, problem_dim, switch_rule
+
+from ei_toolkit.sampling import HIGH_DIM
 
 OUT = Path(__file__).parent / "results"
 TRAINED_BOUND = 1.0  # issue 26: the uncalibrated default <= 1.0x the best peer on every trained model
 GUIDED_ABOVE = 2.0  # ei_toolkit.sampling.GUIDED_ABOVE: above it the guided default applies
 
 
-DECISION = """Decision (issue 26): the default is chosen on trained networks as well as on the 24 mixtures (rule and
-tables in the section "With the trained models" below; `ei.sampling.DEFAULTS_BY_NFE` and `GUIDED_DEFAULTS_BY_NFE` hold
-the picks, tests/test_default_method.py checks they agree). Unguided: `x0-logrhoab1-mid-pc-lof` up to NFE 14 on
-`quadratic_t` (uniform_logrho for VE / EDM), `x0-logrhoab2-unipc-bh1` (UniPC bh1 of order 3) beyond on
-`uniform_logrho`. Its ratio to the best peer configuration on the trained models (digits, guided digits at scale 1.5,
-the image-patch UNet) at NFE 5 / 10 / 20: worst 1.72 / 1.19 / 1.06 (the previous, mixture-only default: 3.60 / 1.30 /
-1.52). No configuration of ours, and no single peer configuration, is within 1.0x of the per-model best peer on all
-three trained models at any of these budgets: the best peer differs from model to model (UniPC bh2 on time-quadratic
-for the digits, on time-uniform / logSNR for the patches); the strongest single peer configuration has worst ratios
-1.84 (DPM++2S / logSNR) / 1.23 (UniPC bh2-2 / logSNR) / 1.06 (UniPC bh1-3 / logSNR). The price is on the mixtures:
-worst / geometric-mean ratio 2.74 / 1.40 at NFE 5 (was 2.11 / 1.05), 11.26 / 2.77 at NFE 10 (10.36 / 0.72), 6.48 /
-1.85 at NFE 20 (2.00 / 0.85): mixtures with exact scores reward eps extrapolation on the log-rho grid, trained
-networks do not. Under guidance above scale 2 (digits at scales 4 and 8): `euler` up to NFE 7 and `x0-logrhoab0-pc` up
-to 14, on `quadratic_t`, then `x0-logrhoab1-mid-pc` on `uniform_logrho` up to 20 (worst ratios 0.89 / 1.37 / 1.00;
-before 2.00 / 2.69 / 1.26); from 21 the unguided default. Flow models (`RectifiedFlow.DEFAULTS_BY_NFE`, the section
-"Rectified flow over the mixtures and the trained flow models" below, with `--flow-raw`): `logrhoab1-pc` on `sd3_shift`
-up to NFE 7, `x0-logrhoab2-pc` on `uniform_sigma` up to 14, `logrhoab1-pc` on `uniform_sigma` beyond; worst ratio over
-bench_flow.py's four mixtures and digits-flow / patches-flow 2.78 / 3.28 / 1.97 at NFE 5 / 10 / 20, where the
-mixture-only rule it replaces reached 3.94 / 7.25 / 8.67 on patches-flow (its time-quadratic grids starve the
-high-noise end the patch UNet needs). Per trained model: patches-flow 1.32 / 3.28 / 1.90 (was 3.94 / 7.25 /
-8.67), digits-flow 1.99 / 1.15 / 0.81 (was 1.36 / 0.38 / 0.29). The price is on the mixtures and digits-flow, which
-reward time-quadratic grids: bench_flow.py's worst mixture ratio 2.78 / 1.28 / 1.97 (was 1.43 / 1.10 / 0.71), and
-3.44 at NFE 30 (was 1.32).
-Calibrated grids and EMS (grid_opt.md, ems_trained.md) are the tool for a given model."""
+DECISION = """Decision (issue 26): the default is chosen on trained networks as well as on the mixtures, and by the
+size of the data (rule and tables in the section "With the trained models" below; `ei.sampling.DEFAULTS_BY_NFE`,
+`DEFAULTS_BY_NFE_HIGH_DIM`, `GUIDED_DEFAULTS_BY_NFE` and `RectifiedFlow`'s two tables hold the picks,
+tests/test_default_method.py and tests/test_flow.py check they agree). The trained networks disagree by size: the
+digits models (64 elements per sample), like every mixture (2-256), want their steps near the data (time-quadratic
+grids), the image-patch UNets (16 x 16 RGB, 768) want them at high noise (Karras / log-SNR / shifted grids), as SD3
+shifts its schedule toward noise for larger images and the DPM-Solver authors advise another grid at high resolution.
+One table for both left every configuration above 1.0x somewhere (worst 1.72 / 1.19 / 1.06 at NFE 5 / 10 / 20; the
+flow table 2.78 / 3.28 / 1.97). So the default now reads the data size: below `HIGH_DIM` = 512 elements the rule runs
+over the mixtures and the small models, at or above it over the large ones, which are one trained model per family so
+far (patches, patches-flow): that table is in-sample on that model. Unguided, small: `x0-logrhoab1-unipc` up to NFE 7
+and `x0-logrhoab1-mid-pc-lof` up to 14 on `quadratic_t` (uniform_logrho for VE / EDM), `x0-logrhoab2-unipc-bh1`
+beyond on `uniform_logrho`; ratio to the best peer on digits 1.00 / 0.85 / 1.00 and digits guided at 1.5 1.00 / 0.88
+/ 1.00 (1.00: the configuration is the best peer's algorithm, UniPC, on its grid); on the 24 mixtures worst /
+geometric-mean 2.79 / 1.42, 11.26 / 2.77, 6.48 / 1.85 (mixtures with exact scores reward eps extrapolation on the
+log-rho grid, trained networks do not). Unguided, large: `logrhoab1-mid` on `karras` up to 7, `x0-logrhoab1-mid-pc`
+on `uniform_logrho` up to 14, `x0-logrhoab2-unipc` beyond: patches 0.92 / 0.92 / 1.00 (was 1.72 / 1.19 / 1.06). Under
+guidance above scale 2 (digits at scales 4 and 8): `euler` up to NFE 7 and `x0-logrhoab0-pc` up to 14, on
+`quadratic_t`, then `x0-logrhoab1-mid-pc` on `uniform_logrho` up to 20 (worst ratios 0.89 / 1.37 / 1.00); from 21 the
+unguided default. Flow models, small (the section "Rectified flow over the mixtures and the trained flow models"
+below, `--flow-raw`: bench_flow.py's four mixtures and digits-flow): `x0-logrhoab1-mid-pc` on `uniform_sigma` up to
+14, on `quadratic_t` beyond: worst ratio 1.05 / 1.00 / 0.71, digits-flow 1.01 / 1.00 / 0.29. Flow models, large
+(patches-flow): `logrhoab0-pc` on `sd3_shift` up to 7, `ipndm` on `uniform_logrho` beyond: 1.24 / 0.82 / 0.40 (was
+1.32 / 3.28 / 1.90). Calibrated grids and EMS (grid_opt.md, ems_trained.md) are the tool for a given model."""
 
 
 def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -142,30 +144,56 @@ def trained_rule(data: dict, trained: dict, models: list[str], nfe: str, by_mixt
     return ok + rest
 
 
-def trained_lines(data: dict, trained: dict, top: int) -> list[str]:
-    """The rule with trained models, per NFE, for unguided models (and guidance up to GUIDED_ABOVE), for strong
-    guidance and for flow models (RectifiedFlow's own default; their mixtures are bench_flow.py's), as tables."""
+def model_dim(name: str) -> int:
+    """Elements per sample of a trained model of bench_trained.py (the guided digits: the digits model's)."""
     from ei_toolkit.models.registry import shipped_model
 
-    names = sorted(trained)
-    flow = {n for n in names if not n.startswith("digits-guided-") and shipped_model(n).prediction == "flow"}
-    guided = [n for n in names if n.startswith("digits-guided-") and float(n.rsplit("-", 1)[1]) > GUIDED_ABOVE]
-    plain = [n for n in names if n not in flow and n not in guided]
+    return math.prod(shipped_model("digits" if name.startswith("digits-guided-") else name).shape)
+
+
+def groups(trained: dict) -> dict[str, list[str]]:
+    """The trained models by default table: unguided below HIGH_DIM elements per sample ("unguided"), unguided at or
+    above it ("unguided-high"), guidance above GUIDED_ABOVE ("guided"), flow models below and at or above HIGH_DIM
+    ("flow", "flow-high")."""
+    from ei_toolkit.models.registry import shipped_model
+
+    out: dict[str, list[str]] = {"unguided": [], "unguided-high": [], "guided": [], "flow": [], "flow-high": []}
+    for n in sorted(trained):
+        high = "-high" if model_dim(n) >= HIGH_DIM else ""
+        if n.startswith("digits-guided-") and float(n.rsplit("-", 1)[1]) > GUIDED_ABOVE:
+            out["guided"].append(n)
+        elif not n.startswith("digits-guided-") and shipped_model(n).prediction == "flow":
+            out["flow" + high].append(n)
+        else:
+            out["unguided" + high].append(n)
+    return out
+
+
+def trained_lines(data: dict, trained: dict, top: int) -> list[str]:
+    """The rule with trained models, per NFE, for unguided models (and guidance up to GUIDED_ABOVE) below and at or
+    above HIGH_DIM elements per sample (each with the mixtures of its side of HIGH_DIM), for strong guidance and for
+    the high-dimensional flow models (RectifiedFlow's low-dimensional table comes from flow_lines, with
+    bench_flow.py's mixtures), as tables."""
+    by = groups(trained)
     lines = ["## With the trained models (benchmarks/results/trained.json, bench_trained.py)", "",
              f"Rule: per NFE, among our configurations within {TRAINED_BOUND:g}x of the best peer configuration on "
-             "every trained model of the group (issue 26's target), the lowest worst ratio on the 24 mixtures (then "
-             "the geometric mean; for the guided group, whose models the unguided mixtures do not represent, the "
-             "lowest geometric-mean ratio on its models); when none is within, the lowest worst ratio on the "
-             "trained models. Groups: "
-             f"unguided ({', '.join(plain)}) and guidance above {GUIDED_ABOVE:g} ({', '.join(guided) or 'none'}).",
+             "every trained model of the group (issue 26's target), the lowest worst ratio on the group's mixtures "
+             "(then the geometric mean; for groups without mixtures, the guided one and the high-dimensional ones, "
+             "the lowest geometric-mean ratio on its models); when none is within, the lowest worst ratio on the "
+             f"trained models. Groups: by data size, below {HIGH_DIM} elements per sample and at or above it (the "
+             "mixtures with it), and guidance above "
+             f"{GUIDED_ABOVE:g}: " + "; ".join(f"{label} ({', '.join(g) or 'none'})" for label, g in by.items()) + ".",
              ""]
     picks: dict[str, dict[int, str]] = {}
-    for label, group in (("unguided", plain), ("guided", guided), ("flow", sorted(flow))):
-        if not group:
+    for label, group in by.items():
+        if not group or label == "flow":
             continue
+        # the mixtures of the group's side of HIGH_DIM (none for flow models: bench_flow.py has theirs); the guided
+        # group is ranked on its models alone, among the configurations the mixtures ran
+        side = {} if label.startswith("flow") else {
+            k: v for k, v in data.items() if (problem_dim(k) >= HIGH_DIM) == label.endswith("-high")}
         for nfe in sorted({k for n in group for k in trained[n]}, key=int):
-            ranked = trained_rule(data if label != "flow" else {}, trained, group, nfe,
-                                  by_mixtures=label == "unguided")
+            ranked = trained_rule(side, trained, group, nfe, by_mixtures=label.startswith("unguided") and bool(side))
             if not ranked:
                 continue
             picks.setdefault(label, {})[int(nfe)] = ranked[0][4]
@@ -271,8 +299,7 @@ def main() -> None:
         trained = json.loads(args.trained.read_text())
         lines += ["", *trained_lines(data, trained, args.top)]
         if args.flow_raw is not None:
-            lines += ["", *flow_lines(json.loads(args.flow_raw.read_text()), trained,
-                                      [m for m in sorted(trained) if m.endswith("-flow")])]
+            lines += ["", *flow_lines(json.loads(args.flow_raw.read_text()), trained, groups(trained)["flow"])]
     text = "\n".join(lines) + "\n"
     (OUT / "default.md").write_text(text)
     print(text)

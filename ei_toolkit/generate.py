@@ -305,7 +305,8 @@ def generate(
     out_dir = Path(out_dir)
     matrix = isinstance(sde, MatrixLinearSDE)
     if method is None and not matrix:  # sample()'s default for this budget, with its grid
-        method, default_grid = default_method(nfe, guidance_scale=guidance_scale_of(model), sde=sde)
+        method, default_grid = default_method(nfe, guidance_scale=guidance_scale_of(model), sde=sde,
+                                              dim=math.prod(shape))
         grid = default_grid if grid is None else grid
     chosen = get_integrator(method if method is not None else DEFAULT_MATRIX_METHOD)
     chosen = chosen.configure(lam=lam)

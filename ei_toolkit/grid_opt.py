@@ -160,8 +160,11 @@ def heldout_check(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
                         passed=bool(ratio <= 1 + tolerance), evaluations=evaluations)
 
 
-def _check_method(method: str | Method | None, nfe: int) -> Integrator:
-    m = get_integrator(default_method(nfe)[0] if method is None else method)
+def _check_method(method: str | Method | None, nfe: int, sde: LinearSDE | None = None, dim: int | None = None
+                  ) -> Integrator:
+    """The method to tune or key: by default the one ``solve`` runs without a method for ``nfe`` on this SDE and
+    data size (``dim`` elements per sample), so that a calibrated grid serves a plain ``sample(..., grid=...)``."""
+    m = get_integrator(default_method(nfe, sde=sde, dim=dim)[0] if method is None else method)
     if not isinstance(m, Integrator) or m.stochastic:
         raise ValueError(f"optimize_grid tunes the grid of a deterministic plan-based method (an Integrator such as "
                          f"{DEFAULT_METHOD!r}); {m.name!r} chooses its own steps or is stochastic")
@@ -209,7 +212,7 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
                         f"{type(sde).__name__}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1 or x.shape[0] < 1:
         raise ValueError("x must be a floating-point tensor with a batch dimension first (the calibration batch)")
-    m = _check_method(method, nfe)
+    m = _check_method(method, nfe, sde, x[0].numel())
     steps = m.steps_for_nfe(nfe)
     if on_failure not in ("raise", "fallback"):
         raise ValueError(f"on_failure must be 'raise' or 'fallback'; got {on_failure!r}")
@@ -353,10 +356,12 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(repr(obj).encode()).hexdigest()[:32]
 
 
-def grid_key(model: Any, sde: LinearSDE, method: str | Method | None, nfe: int) -> dict[str, Any]:
+def grid_key(model: Any, sde: LinearSDE, method: str | Method | None, nfe: int, dim: int | None = None
+             ) -> dict[str, Any]:
     """The key a saved grid is valid for: model id, SDE (its class and a digest of its derivation and window),
-    method (name and a digest of its configuration) and NFE."""
-    m = _check_method(method, nfe)
+    method (name and a digest of its configuration; None: the default for ``nfe``, this SDE and ``dim`` elements per
+    sample, as :func:`optimize_grid` chooses it) and NFE."""
+    m = _check_method(method, nfe, sde, dim)
     m.steps_for_nfe(nfe)
     return {"model": model_id(model), "sde": f"{type(sde).__name__}:{_digest(sde.key)}", "method": m.name,
             "method_config": _digest(m.key), "nfe": int(nfe)}
@@ -372,12 +377,12 @@ def _grid_sha256(key: dict[str, Any], times: list[float]) -> str:
 
 
 def save_grid(path: str | Path, grid: torch.Tensor, *, model: Any, sde: LinearSDE, method: str | Method | None = None,
-              nfe: int) -> Path:
+              nfe: int, dim: int | None = None) -> Path:
     """Write ``grid`` (decreasing times) with its key (:func:`grid_key`) and the digest of both as a small JSON file
     (through a temporary file of a random name, then renamed); returns the path."""
-    key = grid_key(model, sde, method, nfe)
+    key = grid_key(model, sde, method, nfe, dim)
     t = torch.as_tensor(grid, dtype=torch.float64).flatten()
-    _check_times(t, key, _check_method(method, nfe), sde, str(path))
+    _check_times(t, key, _check_method(method, nfe, sde, dim), sde, str(path))
     times = [float(v) for v in t]
     doc = {"format": GRID_FORMAT, "version": GRID_VERSION, "key": key, "times": times,
            "sha256": _grid_sha256(key, times)}
@@ -387,7 +392,8 @@ def save_grid(path: str | Path, grid: torch.Tensor, *, model: Any, sde: LinearSD
 
 
 def load_grid(path: str | Path, *, model: Any, sde: LinearSDE, method: str | Method | None = None,
-              nfe: int, t_start: float | None = None, t_end: float | None = None) -> torch.Tensor:
+              nfe: int, t_start: float | None = None, t_end: float | None = None, dim: int | None = None
+              ) -> torch.Tensor:
     """The grid saved at ``path`` for exactly this (model, SDE, method, NFE); a ValueError naming the file otherwise:
     every key field that differs (a grid tuned for one model or method is not valid for another), a file that is not
     a regular file of at most :data:`GRID_MAX_BYTES` or not JSON, times that are not strictly decreasing inside the
@@ -405,7 +411,7 @@ def load_grid(path: str | Path, *, model: Any, sde: LinearSDE, method: str | Met
         raise ValueError(f"{where} is not a saved ei_toolkit grid (expected format {GRID_FORMAT!r})")
     if doc.get("version") != GRID_VERSION:
         raise ValueError(f"{where}: unsupported grid file version {doc.get('version')!r} (expected {GRID_VERSION})")
-    want = grid_key(model, sde, method, nfe)
+    want = grid_key(model, sde, method, nfe, dim)
     have = doc["key"]
     diff = [f"{k}: saved {have.get(k)!r}, requested {v!r}" for k, v in want.items() if have.get(k) != v]
     if diff:
@@ -425,7 +431,7 @@ def load_grid(path: str | Path, *, model: Any, sde: LinearSDE, method: str | Met
         raise ValueError(f"{where} was edited or is corrupt: its content does not match its digest (sha256); "
                          "calibrate the grid again")
     t = torch.tensor(values, dtype=torch.float64)
-    _check_times(t, want, _check_method(method, nfe), sde, where)
+    _check_times(t, want, _check_method(method, nfe, sde, dim), sde, where)
     for name, end, got in (("t_start", t_start, values[0]), ("t_end", t_end, values[-1])):
         if end is not None and got != float(end):
             raise ValueError(f"{where}: the grid runs from {values[0]!r} to {values[-1]!r}; {name}={end!r} requested")

@@ -36,8 +36,19 @@ from .zero_snr import solve_from_infinite_noise, solve_to_infinite_noise
 VP_OR_LOGRHO = "vp_or_logrho"
 DEFAULT_METHOD = "x0-logrhoab1-mid-pc-lof"
 DEFAULTS_BY_NFE: tuple[tuple[int | None, str, str], ...] = (
-    (14, DEFAULT_METHOD, VP_OR_LOGRHO), (None, "x0-logrhoab2-unipc-bh1", "uniform_logrho"))
+    (7, "x0-logrhoab1-unipc", VP_OR_LOGRHO), (14, DEFAULT_METHOD, VP_OR_LOGRHO),
+    (None, "x0-logrhoab2-unipc-bh1", "uniform_logrho"))
 DEFAULT_GRID = VP_OR_LOGRHO  # the grid at nfe=10
+# Data of HIGH_DIM or more elements per sample (16 x 16 RGB and up) take DEFAULTS_BY_NFE_HIGH_DIM: the trained image-
+# patch UNet (768 elements) wants steps at high noise where the digits model (64) and every mixture (2-256) want them
+# near the data (benchmarks/results/default.md, "With the trained models"), as SD3 shifts its schedule toward noise for
+# larger images (Esser et al. 2024, section 5.3.2) and the DPM-Solver authors advise another grid for high resolutions.
+# The threshold lies between the largest mixture and the patch model; the high-dimensional table rests on that one
+# trained model per family so far.
+HIGH_DIM = 512
+DEFAULTS_BY_NFE_HIGH_DIM: tuple[tuple[int | None, str, str], ...] = (
+    (7, "logrhoab1-mid", "karras"), (14, "x0-logrhoab1-mid-pc", "uniform_logrho"),
+    (None, "x0-logrhoab2-unipc", "uniform_logrho"))
 
 
 # Under classifier-free guidance above GUIDED_ABOVE (a model that carries ``guidance_scale``, as
@@ -60,8 +71,13 @@ def _grid_name(grid: str) -> str:
 
 def describe_defaults() -> str:
     """The default by budget in words (for help texts): "logrhoab1-mid on uniform_logrho up to 6, ..."."""
-    return ", ".join(f"{name} on {_grid_name(grid)} " + (f"up to {top}" if top is not None else "beyond")
-                     for top, name, grid in DEFAULTS_BY_NFE)
+
+    def words(table: Sequence[tuple[int | None, str, str]]) -> str:
+        return ", ".join(f"{name} on {_grid_name(grid)} " + (f"up to {top}" if top is not None else "beyond")
+                         for top, name, grid in table)
+
+    return (f"{words(DEFAULTS_BY_NFE)}; for data of {HIGH_DIM} or more elements per sample "
+            f"{words(DEFAULTS_BY_NFE_HIGH_DIM)}")
 
 
 def _pick(table: Sequence[tuple[int | None, str, str]], n: int, sde: LinearSDE | None) -> tuple[str, str] | None:
@@ -86,15 +102,18 @@ def default_t_end(sde: LinearSDE) -> float:
 
 
 def default_method(nfe: int | None = None, *, guidance_scale: float | None = None,
-                   sde: LinearSDE | None = None) -> tuple[str, str]:
+                   sde: LinearSDE | None = None, dim: int | None = None) -> tuple[str, str]:
     """sample()'s default (method, grid) for ``nfe`` model evaluations (None: 10), scalar SDEs:
-    :data:`DEFAULTS_BY_NFE` (benchmarks/results/default.md; :func:`describe_defaults` says it in words).
+    :data:`DEFAULTS_BY_NFE` (benchmarks/results/default.md; :func:`describe_defaults` says it in words), or
+    :data:`DEFAULTS_BY_NFE_HIGH_DIM` for data of ``dim`` >= :data:`HIGH_DIM` elements per sample.
 
     With classifier-free guidance above scale 2 (``guidance_scale``): :data:`GUIDED_DEFAULTS_BY_NFE` up to its last
     budget. A grid given as :data:`VP_OR_LOGRHO` is ``quadratic_t`` when ``sde`` is variance preserving
     (alpha(t_max) < 1/2, or no sde given), else ``uniform_logrho``. A family with its own measured default
-    (RectifiedFlow: benchmarks/results/flow.md) uses that."""
+    (RectifiedFlow: benchmarks/results/flow.md) uses that, with ``dim`` likewise."""
     n = 10 if nfe is None else positive_int("nfe", nfe)
+    if dim is not None:
+        dim = positive_int("dim", dim)
     if guidance_scale is not None:
         g = float(guidance_scale)
         if not math.isfinite(g):
@@ -103,9 +122,10 @@ def default_method(nfe: int | None = None, *, guidance_scale: float | None = Non
         if picked is not None:
             return picked
     own = getattr(sde, "default_method", None)  # a family with its own measured default (RectifiedFlow: flow.md)
+    high = dim is not None and dim >= HIGH_DIM
     if callable(own):
-        return own(n)
-    picked = _pick(DEFAULTS_BY_NFE, n, sde)
+        return own(n, high_dim=high)
+    picked = _pick(DEFAULTS_BY_NFE_HIGH_DIM if high else DEFAULTS_BY_NFE, n, sde)
     if picked is None:
         raise RuntimeError("DEFAULTS_BY_NFE must end with an entry without a bound (None)")
     return picked
@@ -227,7 +247,8 @@ def solve(
         if t_start is not None and t_end is not None and t_start < t_end:  # forward: the inversion default
             method, default_grid = default_inversion_method(budget)
         else:
-            method, default_grid = default_method(budget, guidance_scale=guidance_scale_of(model), sde=sde)
+            method, default_grid = default_method(budget, guidance_scale=guidance_scale_of(model), sde=sde,
+                                                  dim=x[0].numel())
         grid = default_grid if grid is None else grid
     chosen = get_integrator(method if method is not None else DEFAULT_MATRIX_METHOD)
     chosen = chosen.configure(lam=lam, eta=eta, options=options)

@@ -1,6 +1,7 @@
-"""sample()'s default depends on the budget (issues 11 and 26: chosen by benchmarks/choose_default.py on the mixtures
-and the trained networks, see benchmarks/results/default.md): x0-logrhoab1-mid-pc-lof up to nfe=14 on quadratic_t
-(uniform_logrho for VE / EDM), x0-logrhoab2-unipc-bh1 beyond on uniform_logrho."""
+"""sample()'s default depends on the budget and the data size (issues 11 and 26: chosen by benchmarks/choose_default.py
+on the mixtures and the trained networks, see benchmarks/results/default.md): below sampling.HIGH_DIM elements per
+sample x0-logrhoab1-unipc up to nfe=7 and x0-logrhoab1-mid-pc-lof up to 14 on quadratic_t (uniform_logrho for VE /
+EDM), x0-logrhoab2-unipc-bh1 beyond on uniform_logrho; at or above it DEFAULTS_BY_NFE_HIGH_DIM."""
 
 import ast
 from pathlib import Path
@@ -18,18 +19,34 @@ PROBLEM = get_problem("gmm2d")
 DEFAULT_MD = Path(__file__).parents[1] / "benchmarks" / "results" / "default.md"
 
 
-@pytest.mark.parametrize(("nfe", "sde", "want"), [
-    (1, SDE, ("x0-logrhoab1-mid-pc-lof", "quadratic_t")), (None, SDE, ("x0-logrhoab1-mid-pc-lof", "quadratic_t")),
-    (14, ei.DiscreteVP.linear(), ("x0-logrhoab1-mid-pc-lof", "quadratic_t")),
-    (10, ei.EDM(), ("x0-logrhoab1-mid-pc-lof", "uniform_logrho")),  # t is a noise level: no time-quadratic grid
-    (15, SDE, ("x0-logrhoab2-unipc-bh1", "uniform_logrho")),
-    (1000, ei.EDM(), ("x0-logrhoab2-unipc-bh1", "uniform_logrho")),
+@pytest.mark.parametrize(("nfe", "sde", "dim", "want"), [
+    (1, SDE, None, ("x0-logrhoab1-unipc", "quadratic_t")), (None, SDE, 2, ("x0-logrhoab1-mid-pc-lof", "quadratic_t")),
+    (7, SDE, 511, ("x0-logrhoab1-unipc", "quadratic_t")),
+    (14, ei.DiscreteVP.linear(), 64, ("x0-logrhoab1-mid-pc-lof", "quadratic_t")),
+    (10, ei.EDM(), None, ("x0-logrhoab1-mid-pc-lof", "uniform_logrho")),  # t is a noise level: no time-quadratic grid
+    (15, SDE, None, ("x0-logrhoab2-unipc-bh1", "uniform_logrho")),
+    (1000, ei.EDM(), None, ("x0-logrhoab2-unipc-bh1", "uniform_logrho")),
+    (5, SDE, 512, ("logrhoab1-mid", "karras")), (10, SDE, 768, ("x0-logrhoab1-mid-pc", "uniform_logrho")),
+    (20, ei.EDM(), 3 * 64 * 64, ("x0-logrhoab2-unipc", "uniform_logrho")),
 ])
-def test_default_method_by_nfe(nfe, sde, want):
-    assert default_method(nfe, sde=sde) == want
+def test_default_method_by_nfe_and_data_size(nfe, sde, dim, want):
+    assert default_method(nfe, sde=sde, dim=dim) == want
 
 
-@pytest.mark.parametrize(("label", "table"), [("unguided", "DEFAULTS_BY_NFE"), ("guided", "GUIDED_DEFAULTS_BY_NFE")])
+def test_sample_takes_the_data_size_from_x():
+    """The same budget and model: 2-element draws get the low-dimensional default, 768-element ones (16 x 16 RGB) the
+    high-dimensional one; generate() reads the size from its shape."""
+    for shape, table in (((2,), sampling.DEFAULTS_BY_NFE), ((3, 16, 16), sampling.DEFAULTS_BY_NFE_HIGH_DIM)):
+        x = torch.randn(2, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        sol = ei.solve(lambda x, t: 0.1 * x, x, SDE, nfe=10)
+        want = next((m, g) for top, m, g in table if top is None or top >= 10)
+        assert (sol.stats["method"], sol.grid) == (want[0], "quadratic_t" if want[1] == "vp_or_logrho" else want[1])
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        default_method(10, dim=0)
+
+
+@pytest.mark.parametrize(("label", "table"), [("unguided", "DEFAULTS_BY_NFE"), ("guided", "GUIDED_DEFAULTS_BY_NFE"),
+                                             ("unguided-high", "DEFAULTS_BY_NFE_HIGH_DIM")])
 def test_the_tables_are_the_rules_picks(label, table):
     """benchmarks/results/default.md states the rule's picks per group; the code's tables hold them (the guided one up
     to nfe=20, where its measurements end)."""

@@ -2,7 +2,9 @@
 Lipman et al. 2023, Esser et al. 2024), the velocity prediction ``"flow"``, the start at t = 1 (rho = inf) and the
 encoding's end there, against diffusers' flow schedulers and the exact velocity of Gaussian mixtures."""
 
+import ast
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -340,14 +342,23 @@ def test_flux_dynamic_shift_and_shift_terminal_are_static_shifts_of_the_same_sig
 
 
 def test_sample_uses_the_flow_default_measured_for_flow_models(flow, gmm2d):
-    """benchmarks/results/flow.md: per NFE, RectifiedFlow.DEFAULTS_BY_NFE (method and grid)."""
+    """Per NFE, RectifiedFlow.DEFAULTS_BY_NFE (method and grid), DEFAULTS_BY_NFE_HIGH_DIM for data of
+    sampling.HIGH_DIM elements or more, both as benchmarks/results/default.md states them."""
     v = gmm2d.flow_model(flow)
     for nfe in (4, 8, 10, 20, 40):
         method, grid = flow.default_method(nfe)
         sol = ei.solve(v, _noise(8), flow, prediction="flow", nfe=nfe, t_end=0.0)
         assert (sol.stats["method"], sol.grid) == (method, grid) and sol.nfe == nfe
-    assert flow.default_method(10) == ("x0-logrhoab2-pc", "uniform_sigma")
+    assert flow.default_method(10) == ("x0-logrhoab1-mid-pc", "uniform_sigma")
+    assert flow.default_method(10, high_dim=True) == ("ipndm", "uniform_logrho")
+    assert ei.sampling.default_method(10, sde=flow, dim=3 * 16 * 16) == ("ipndm", "uniform_logrho")
     assert ei.sampling.default_method(10) == (ei.sampling.DEFAULT_METHOD, "quadratic_t")  # other SDEs keep theirs
+    # the tables are the rule's picks in benchmarks/results/default.md
+    text = (Path(__file__).parents[1] / "benchmarks" / "results" / "default.md").read_text().splitlines()
+    for label, table in (("- flow (mixtures and trained): ", flow.DEFAULTS_BY_NFE),
+                         ("- flow-high: ", flow.DEFAULTS_BY_NFE_HIGH_DIM)):
+        line = next(ln for ln in text if ln.startswith(label))
+        assert [tuple(r) for r in ast.literal_eval(line[len(label):])] == list(table)
 
 
 # -- the documentation ------------------------------------------------------------------------------------------------

@@ -117,14 +117,15 @@ class RectifiedFlow(LinearSDE):
 
     t_terminal: float = 1.0
     ends_at_data = True  # ei.sample without t_end runs to t0 = 0 (the data), as flow pipelines do (sigma = 0)
-    # sample()'s default for flow models (issue 26: chosen on trained models too), benchmarks/choose_default.py
-    # --flow-raw (benchmarks/results/default.md, "Rectified flow over the mixtures and the trained flow models"): per
-    # NFE, the lowest worst ratio to the best peer over bench_flow.py's four mixtures and the trained flow models
-    # (digits-flow, patches-flow); (largest nfe, method, grid). Worst 2.78 / 3.28 / 1.97 at NFE 5 / 10 / 20, where
-    # the mixture-only rule of bench_flow.py had 3.94 / 7.25 / 8.67 on patches-flow.
+    # sample()'s default for flow models, benchmarks/choose_default.py --flow-raw (benchmarks/results/default.md): per
+    # NFE, the lowest worst ratio to the best peer over bench_flow.py's four mixtures and the trained flow models below
+    # sampling.HIGH_DIM elements per sample (digits-flow); (largest nfe, method, grid). DEFAULTS_BY_NFE_HIGH_DIM: the
+    # rule on the flow models at or above it (patches-flow, 768), whose velocity needs steps at high noise, as SD3
+    # shifts its schedule for larger images.
     DEFAULTS_BY_NFE: tuple[tuple[int | None, str, str], ...] = (
-        (7, "logrhoab1-pc", "sd3_shift"), (14, "x0-logrhoab2-pc", "uniform_sigma"),
-        (None, "logrhoab1-pc", "uniform_sigma"))
+        (14, "x0-logrhoab1-mid-pc", "uniform_sigma"), (None, "x0-logrhoab1-mid-pc", "quadratic_t"))
+    DEFAULTS_BY_NFE_HIGH_DIM: tuple[tuple[int | None, str, str], ...] = (
+        (7, "logrhoab0-pc", "sd3_shift"), (None, "ipndm", "uniform_logrho"))
 
     def __init__(self, *, t_min: float = 1e-3, t_max: float = 1.0 - 1e-4):
         if isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not 0 < t_max < 1:
@@ -144,9 +145,12 @@ class RectifiedFlow(LinearSDE):
         self._check_range(t, self.t0, self.t_terminal, "t", "[t0, t_terminal]")
         return 1 - t, t.clone()
 
-    def default_method(self, nfe: int) -> tuple[str, str]:
-        """sample()'s default (method, grid) for a flow model with ``nfe`` evaluations (:attr:`DEFAULTS_BY_NFE`)."""
-        return next((m, g) for top, m, g in self.DEFAULTS_BY_NFE if top is None or nfe <= top)
+    def default_method(self, nfe: int, *, high_dim: bool = False) -> tuple[str, str]:
+        """sample()'s default (method, grid) for a flow model with ``nfe`` evaluations (:attr:`DEFAULTS_BY_NFE`; for
+        data of ``sampling.HIGH_DIM`` elements per sample or more, ``high_dim=True``: :attr:`DEFAULTS_BY_NFE_HIGH_DIM`;
+        ``ei.sampling.default_method`` decides from the data size)."""
+        table = self.DEFAULTS_BY_NFE_HIGH_DIM if high_dim else self.DEFAULTS_BY_NFE
+        return next((m, g) for top, m, g in table if top is None or nfe <= top)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(t_min={self.t_min:g}, t_max={self.t_max:g})"
