@@ -188,7 +188,8 @@ def optimize_grid(model: Model, x: torch.Tensor, sde: LinearSDE, *, method: str 
     the calibration batch ``x`` (states at t_start) against the exact ODE solution; pass it as ``grid=`` to
     :func:`ei_toolkit.solve` / ``sample`` with the same method and model (see the module docstring).
 
-    ``method`` defaults to the sampler's default for ``nfe`` (:func:`ei_toolkit.sampling.default_method`).
+    ``method`` defaults to the sampler's default for ``nfe``, this SDE and x's size per sample
+    (:func:`ei_toolkit.sampling.default_method`).
     ``reference``: the exact solution at t_end for ``x`` if you have it; otherwise it is computed once by method
     ``"adaptive"`` at ``reference_rtol`` with at most ``reference_max_nfe`` evaluations (default
     ``max(10000, max_solves * nfe)``: adaptive's default cap, or what the optimiser may spend if more; rtol 1e-7

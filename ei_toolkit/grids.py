@@ -162,6 +162,12 @@ GRIDS: dict[str, GridFn] = {
 T_GRIDS = ("uniform_t", "quadratic_t")  # the grids that need no rho (all that matrix SDEs take)
 
 
+HIGH_DIM = 512
+"""Data of this many elements per sample or more (16 x 16 RGB and up) get the defaults measured on large data
+(:data:`ei_toolkit.sampling.DEFAULTS_BY_NFE_HIGH_DIM`): the trained image-patch UNets (768) want their steps at high
+noise where the digits models (64) and the mixtures (2-256) want them near the data (benchmarks/results/default.md)."""
+
+
 def vp_or_logrho(sde: LinearSDE | None) -> str:
     """``quadratic_t`` for a variance-preserving schedule (alpha(t_max) < 1/2, or no SDE given), else
     ``uniform_logrho``: for VE / EDM, whose t is sigma, quadratic_t crowds the steps at the smallest sigmas."""

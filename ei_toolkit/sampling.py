@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .errors import NumericalError, abs_max, all_finite, positive_int
-from .grids import vp_or_logrho
+from .grids import HIGH_DIM, vp_or_logrho
 from .integrators import INTEGRATORS, Integrator, Method, SolveRequest, get_integrator
 from .integrators.base import plan_for
 from .integrators.conditioning import check_roundoff
@@ -39,13 +39,12 @@ DEFAULTS_BY_NFE: tuple[tuple[int | None, str, str], ...] = (
     (7, "x0-logrhoab1-unipc", VP_OR_LOGRHO), (14, DEFAULT_METHOD, VP_OR_LOGRHO),
     (None, "x0-logrhoab2-unipc-bh1", "uniform_logrho"))
 DEFAULT_GRID = VP_OR_LOGRHO  # the grid at nfe=10
-# Data of HIGH_DIM or more elements per sample (16 x 16 RGB and up) take DEFAULTS_BY_NFE_HIGH_DIM: the trained image-
-# patch UNet (768 elements) wants steps at high noise where the digits model (64) and every mixture (2-256) want them
-# near the data (benchmarks/results/default.md, "With the trained models"), as SD3 shifts its schedule toward noise for
-# larger images (Esser et al. 2024, section 5.3.2) and the DPM-Solver authors advise another grid for high resolutions.
-# The threshold lies between the largest mixture and the patch model; the high-dimensional table rests on that one
-# trained model per family so far.
-HIGH_DIM = 512
+# Data of grids.HIGH_DIM (512) or more elements per sample (16 x 16 RGB and up) take DEFAULTS_BY_NFE_HIGH_DIM: the
+# trained image-patch UNet (768 elements) wants steps at high noise where the digits model (64) and every mixture
+# (2-256) want them near the data (benchmarks/results/default.md, "With the trained models"), as SD3 shifts its
+# schedule toward noise for larger images (Esser et al. 2024, section 5.3.2) and the DPM-Solver authors advise another
+# grid for high resolutions. The threshold lies between the largest mixture and the patch model; the high-dimensional
+# table rests on that one trained model per family so far.
 DEFAULTS_BY_NFE_HIGH_DIM: tuple[tuple[int | None, str, str], ...] = (
     (7, "logrhoab1-mid", "karras"), (14, "x0-logrhoab1-mid-pc", "uniform_logrho"),
     (None, "x0-logrhoab2-unipc", "uniform_logrho"))

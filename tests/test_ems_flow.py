@@ -86,3 +86,18 @@ def test_the_held_out_check_is_public():
     for name, obj in (("check_statistics", statistics.check_statistics), ("heldout_check", grid_opt.heldout_check),
                       ("HeldoutCheck", grid_opt.HeldoutCheck), ("HeldoutCheckFailed", grid_opt.HeldoutCheckFailed)):
         assert name in ei.__all__ and getattr(ei, name) is obj
+
+
+def test_ems_default_grid_follows_the_data_size_for_flow_models(fitted):
+    """Without grid=, EMS runs on quadratic_t for variance-preserving SDEs and small flow data, on uniform_logrho for
+    VE / EDM and for flow data of grids.HIGH_DIM elements or more (benchmarks/results/ems_trained.md: on quadratic_t
+    the patch flow UNet's EMS was 1.19-8.3x its base method); the data size comes from x."""
+    flow, _, v, stats = fitted
+    pick = ei.EMSAdams.default_grid_for
+    assert pick(flow, 16) == "quadratic_t" and pick(flow, ei.grids.HIGH_DIM) == "uniform_logrho"
+    assert pick(ei.DiscreteVP.linear(), 768) == "quadratic_t" and pick(ei.EDM(), 2) == "uniform_logrho"
+    ems = ei.EMSAdams(stats, 2)
+    assert ei.solve(v, _noise(4, 16, 0), flow, method=ems, nfe=6, prediction="flow").grid == "quadratic_t"
+    times, name = ems.times(ei.integrators.SolveRequest(evaluator=None, x=torch.zeros(1, 3, 16, 16), sde=flow,
+                                                        t_start=flow.t_max, t_end=flow.t_min, nfe=6))
+    assert name == "uniform_logrho" and len(times) == 7
