@@ -36,7 +36,8 @@ def main() -> None:
     text = ["# Bits per dimension of held-out digits against NFE", "",
             f"Command: `OMP_NUM_THREADS=1 python benchmarks/bench_likelihood_digits.py --n {args.n}`. Method and "
             "definitions: the script's docstring. bpd = mean bits per dimension over the digits (dequantised, offset "
-            "log2(levels / 2)); |d| = the largest per-digit distance to the converged value (bits per dimension).", ""]
+            "log2(levels / 2)); max per-digit abs diff = the largest per-digit distance to the converged value (bits "
+            "per dimension).", ""]
     for name in MODELS:
         entry = shipped(name)
         gen = torch.Generator().manual_seed(0)
