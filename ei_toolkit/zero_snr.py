@@ -138,7 +138,7 @@ def solve_from_infinite_noise(method: Method, request: SolveRequest,
         except ValueError as exc:
             raise ValueError(f"nfe={total} from zero terminal SNR: one evaluation at infinite noise, then "
                              f"{total - 1} for {method.name!r}: {exc}") from None
-        grid_name = request.grid or method.default_grid
+        grid_name = method.grid_for(request)
         full = terminal_grid(cached_grid(sde, grid_name, steps, sde.t_max, request.t_end), t_terminal)
         rest = full[1:]
     t1 = float(rest[0]) if rest is not None else sde.t_max
@@ -197,7 +197,7 @@ def solve_to_infinite_noise(method: Method, request: SolveRequest,
         except ValueError as exc:
             raise ValueError(f"nfe={total} to infinite noise: {total - 1} evaluations for {method.name!r}, then one "
                              f"for the last step: {exc}") from None
-        grid_name = request.grid or method.default_grid
+        grid_name = method.grid_for(request)
         body = cached_grid(sde, grid_name, steps, request.t_start, sde.t_max)[:-1]
     else:
         raise ValueError(f"{getattr(method, 'name', method)!r} chooses its own steps; an encoding to infinite noise "

@@ -101,3 +101,15 @@ def test_ems_default_grid_follows_the_data_size_for_flow_models(fitted):
     times, name = ems.times(ei.integrators.SolveRequest(evaluator=None, x=torch.zeros(1, 3, 16, 16), sde=flow,
                                                         t_start=flow.t_max, t_end=flow.t_min, nfe=6))
     assert name == "uniform_logrho" and len(times) == 7
+    # from pure noise (the default start, through the zero-SNR step), where the grid was the class attribute
+    big = torch.randn(8, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    shrink = 0.5 * torch.ones(3, 16, 16, dtype=torch.float64)  # data N(0, 0.25 I): v = (x - E[x0 | x_t]) / t
+
+    def linear(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = t.view(-1, 1, 1, 1)
+        a, c = 1 - s, shrink**2
+        return (x - a * c / (a * a * c + s * s) * x) / s.clamp_min(1e-12)
+
+    stats_big = ei.model_statistics(linear, big, flow, prediction="flow", nodes=20)
+    sol = ei.solve(linear, big[:2], flow, method=ei.EMSAdams(stats_big, 2), nfe=6, prediction="flow")
+    assert sol.stats["start"] == "infinite noise" and sol.grid == "uniform_logrho"

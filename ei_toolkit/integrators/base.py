@@ -431,12 +431,19 @@ class Integrator(Method):
                                  "evaluations")
             return times, "explicit"
         steps = self.steps_for_nfe(10 if request.nfe is None else request.nfe)
-        matrix = getattr(request.sde, "is_matrix", False)
-        name = request.grid or (self.default_matrix_grid if matrix else self.default_grid)
+        name = self.grid_for(request)
         if name not in GRIDS:
             raise ValueError(f"unknown grid {name!r}; valid grids: {', '.join(GRIDS)} (or an explicit tensor of "
                              "times)")
         return cached_grid(request.sde, name, steps, request.t_start, request.t_end), name
+
+    def grid_for(self, request: SolveRequest) -> str:
+        """The named grid a request without an explicit grid runs on: ``request.grid``, else this method's default
+        (:attr:`default_grid`; :attr:`default_matrix_grid` for matrix SDEs). Methods whose default depends on the SDE
+        or the data override it; every runner asks here (the zero-SNR start and end included)."""
+        if request.grid is not None:
+            return request.grid
+        return self.default_matrix_grid if getattr(request.sde, "is_matrix", False) else self.default_grid
 
     def accepts_nfe(self, nfe: int) -> bool:
         """Whether some number of steps uses exactly ``nfe`` evaluations."""

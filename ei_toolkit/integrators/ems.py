@@ -15,7 +15,6 @@ rho, (1, dlog alpha/dlam, 0) the x0 form; :func:`ei_toolkit.model_statistics` es
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
@@ -481,10 +480,10 @@ class EMSAdams(Integrator):
         self.name = f"ems-logrhoab{points - 1}" + ("-pc" if corrector else "")
         self.order = points + (1 if corrector else 0)
 
-    def times(self, request: SolveRequest) -> tuple[torch.Tensor, str]:
-        if request.grid is None:  # quadratic_t for VP (the digits model), uniform_logrho for VE / EDM (mixtures)
-            request = dataclasses.replace(request, grid=self.default_grid_for(request.sde, request.x[0].numel()))
-        return super().times(request)
+    def grid_for(self, request: SolveRequest) -> str:
+        if request.grid is not None:
+            return request.grid
+        return self.default_grid_for(request.sde, request.x[0].numel())
 
     @staticmethod
     def default_grid_for(sde: Any, dim: int) -> str:
