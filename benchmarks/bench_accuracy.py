@@ -202,6 +202,14 @@ def problem_sde(problem: str) -> ei.LinearSDE:
     return SDES[problem.split("/")[0]]()
 
 
+def model_dim(name: str) -> int:
+    """Elements per sample of a trained model of bench_trained.py (the guided digits ``digits-guided-<scale>``: the
+    digits model's)."""
+    from ei_toolkit.models.registry import shipped_model
+
+    return math.prod(shipped_model("digits" if name.startswith("digits-guided-") else name).shape)
+
+
 def problem_dim(problem: str) -> int:
     """The data dimension of a problem named "sde / <dim>d-w<width>" (the keys of the results)."""
     return int(problem.split("/", 1)[1].split("d-", 1)[0])

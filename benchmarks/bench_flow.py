@@ -17,7 +17,7 @@ Ours: from t = 1 (pure noise, the exact first step of ei_toolkit.diffusion.zero_
 the candidate methods and grids below. The rule: per NFE, among our (method, grid) within 1.5x of the best peer
 configuration on every one of the four problems (issue 21's bound), the one with the lowest geometric-mean ratio,
 switching at the geometric midpoints of the measured budgets, is the mixture-only rule. RectifiedFlow.DEFAULTS_BY_NFE
-(what ``ei.sample`` uses for a flow model when no method is given, below ``sampling.HIGH_DIM`` elements per sample, as
+(what ``ei.sample`` uses for a flow model when no method is given, below ``grids.HIGH_DIM`` elements per sample, as
 every mixture here is) is chosen over these mixtures and the trained flow models below that size together (issue 26:
 ``benchmarks/choose_default.py --flow-raw`` on this script's ``--raw`` JSON); the script reports both, and the code
 default's ratios here and on two held-out mixtures the rules do not see.
@@ -202,7 +202,7 @@ def main() -> None:
              "the lowest geometric-mean ratio; switching at the geometric midpoints of the measured budgets: "
              + ", ".join(f"{m} on {g} up to {top}" if top is not None else f"{m} on {g} beyond" for top, m, g in rule)
              + ". RectifiedFlow.DEFAULTS_BY_NFE in the code, chosen over these mixtures and the trained flow models "
-             "below sampling.HIGH_DIM elements per sample (choose_default.py --flow-raw, benchmarks/results/"
+             "below grids.HIGH_DIM elements per sample (choose_default.py --flow-raw, benchmarks/results/"
              "default.md): "
              + ", ".join(f"{n}: {m} on {g}" for n, (m, g) in flow_default.items())
              + (" (the same as the mixture-only rule)." if agrees else " (differs from the mixture-only rule where "

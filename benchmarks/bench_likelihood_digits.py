@@ -26,6 +26,12 @@ NFES = (8, 12, 16, 24, 32, 48, 64, 96, 128)
 MODELS = ("digits", "digits-flow")
 
 
+def bits(model, x0: torch.Tensor, sde, entry, **kw) -> tuple[torch.Tensor, int]:
+    """(bits per dimension per digit, evaluations) of ``ei.log_likelihood`` with ``kw``."""
+    r = ei.log_likelihood(model, x0, sde, prediction=entry.prediction, **kw)
+    return r.bits_per_dim(levels=entry.levels, data_range=2.0), r.nfe
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64, help="held-out digits (default 64)")
@@ -42,16 +48,10 @@ def main() -> None:
         entry = shipped(name)
         gen = torch.Generator().manual_seed(0)
         held = held_out(entry, args.n, gen)
-        levels = entry.levels
-        x0 = held.double() + (torch.rand(held.shape, generator=gen, dtype=torch.float64) - 0.5) * (2 / levels)
-        model, sde = load_model(entry).double(), entry.sde()
-
-        def bpd(model=model, x0=x0, sde=sde, entry=entry, levels=levels, **kw) -> tuple[torch.Tensor, int]:
-            r = ei.log_likelihood(model, x0, sde, prediction=entry.prediction, **kw)
-            return r.bits_per_dim(levels=levels, data_range=2.0), r.nfe
-
-        conv, conv_nfe = bpd(method="torchdiffeq:dopri5", options={"rtol": 1e-8, "atol": 1e-8})
-        check, check_nfe = bpd(method="torchdiffeq:dopri5", options={"rtol": 1e-7, "atol": 1e-7})
+        x0 = held.double() + (torch.rand(held.shape, generator=gen, dtype=torch.float64) - 0.5) * (2 / entry.levels)
+        run = (load_model(entry).double(), x0, entry.sde(), entry)
+        conv, conv_nfe = bits(*run, method="torchdiffeq:dopri5", options={"rtol": 1e-8, "atol": 1e-8})
+        check, check_nfe = bits(*run, method="torchdiffeq:dopri5", options={"rtol": 1e-7, "atol": 1e-7})
         text += [f"## {name}", "",
                  f"Converged: {float(conv.mean()):.5f} bits per dimension (dopri5 at 1e-8, {conv_nfe} evaluations; "
                  f"at 1e-7, {check_nfe} evaluations, the largest per-digit difference is "
@@ -59,8 +59,8 @@ def main() -> None:
                  "| NFE | default method | bpd | max per-digit abs diff | channel (quadrature='plan'): bpd | "
                  "max per-digit abs diff |", "|---|---|---|---|---|---|"]
         for nfe in NFES:
-            ours, _ = bpd(nfe=nfe)
-            plan, _ = bpd(nfe=nfe, quadrature="plan")
+            ours, _ = bits(*run, nfe=nfe)
+            plan, _ = bits(*run, nfe=nfe, quadrature="plan")
             text.append(f"| {nfe} | {ei.likelihood.default_method(nfe)} | {float(ours.mean()):.5f} | "
                         f"{float((ours - conv).abs().max()):.1e} | {float(plan.mean()):.5f} | "
                         f"{float((plan - conv).abs().max()):.1e} |")

@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from bench_accuracy import our_methods
+from bench_accuracy import model_dim, our_methods
 from bench_flow import peers as flow_peers
 from bench_flow import run_scheduler
 from peers import available_peers
@@ -177,10 +177,10 @@ def current_default(name: str, nfe: int) -> str:
     "default" entry of the JSON is what it picked when the model was measured, which a later change of the default
     leaves behind."""
     if name.startswith("digits-guided-"):
-        scale, sde, shape = float(name.rsplit("-", 1)[1]), ei.DiscreteVP.linear(), shipped_model("digits").shape
+        scale, sde = float(name.rsplit("-", 1)[1]), ei.DiscreteVP.linear()
     else:
-        scale, sde, shape = None, shipped_model(name).sde(), shipped_model(name).shape
-    method, grid = ei.sampling.default_method(nfe, guidance_scale=scale, sde=sde, dim=math.prod(shape))
+        scale, sde = None, shipped_model(name).sde()
+    method, grid = ei.sampling.default_method(nfe, guidance_scale=scale, sde=sde, dim=model_dim(name))
     return f"{method} / {grid}"
 
 

@@ -15,9 +15,17 @@ import json
 import math
 from pathlib import Path
 
-from bench_accuracy import add_vp_or_logrho, default_config, geometric_mean, is_peer, problem_dim, switch_rule
+from bench_accuracy import (
+    add_vp_or_logrho,
+    default_config,
+    geometric_mean,
+    is_peer,
+    model_dim,
+    problem_dim,
+    switch_rule,
+)
 
-from ei_toolkit.sampling import HIGH_DIM
+from ei_toolkit.grids import HIGH_DIM
 
 OUT = Path(__file__).parent / "results"
 TRAINED_BOUND = 1.0  # issue 26: the uncalibrated default <= 1.0x the best peer on every trained model
@@ -142,13 +150,6 @@ def trained_rule(data: dict, trained: dict, models: list[str], nfe: str, by_mixt
                 key=(lambda row: (row[1], row[2])) if by_mixtures else (lambda row: (row[3], row[0], row[1])))
     rest = sorted((row for row in rows if row[0] > TRAINED_BOUND), key=lambda row: (row[0], row[1]))
     return ok + rest
-
-
-def model_dim(name: str) -> int:
-    """Elements per sample of a trained model of bench_trained.py (the guided digits: the digits model's)."""
-    from ei_toolkit.models.registry import shipped_model
-
-    return math.prod(shipped_model("digits" if name.startswith("digits-guided-") else name).shape)
 
 
 def groups(trained: dict) -> dict[str, list[str]]:

@@ -119,7 +119,7 @@ class RectifiedFlow(LinearSDE):
     ends_at_data = True  # ei.sample without t_end runs to t0 = 0 (the data), as flow pipelines do (sigma = 0)
     # sample()'s default for flow models, benchmarks/choose_default.py --flow-raw (benchmarks/results/default.md): per
     # NFE, the lowest worst ratio to the best peer over bench_flow.py's four mixtures and the trained flow models below
-    # sampling.HIGH_DIM elements per sample (digits-flow); (largest nfe, method, grid). DEFAULTS_BY_NFE_HIGH_DIM: the
+    # grids.HIGH_DIM elements per sample (digits-flow); (largest nfe, method, grid). DEFAULTS_BY_NFE_HIGH_DIM: the
     # rule on the flow models at or above it (patches-flow, 768), whose velocity needs steps at high noise, as SD3
     # shifts its schedule for larger images.
     DEFAULTS_BY_NFE: tuple[tuple[int | None, str, str], ...] = (
@@ -147,7 +147,7 @@ class RectifiedFlow(LinearSDE):
 
     def default_method(self, nfe: int, *, high_dim: bool = False) -> tuple[str, str]:
         """sample()'s default (method, grid) for a flow model with ``nfe`` evaluations (:attr:`DEFAULTS_BY_NFE`; for
-        data of ``sampling.HIGH_DIM`` elements per sample or more, ``high_dim=True``: :attr:`DEFAULTS_BY_NFE_HIGH_DIM`;
+        data of ``grids.HIGH_DIM`` elements per sample or more, ``high_dim=True``: :attr:`DEFAULTS_BY_NFE_HIGH_DIM`;
         ``ei.sampling.default_method`` decides from the data size)."""
         table = self.DEFAULTS_BY_NFE_HIGH_DIM if high_dim else self.DEFAULTS_BY_NFE
         return next((m, g) for top, m, g in table if top is None or nfe <= top)
