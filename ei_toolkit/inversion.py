@@ -1,7 +1,8 @@
 """Inversion: the probability-flow ODE run from data to noise (encoding), and the exact inverse of a sampler.
 
-:func:`invert` integrates forward in time, from ``t_start`` (default ``sde.t_min``) up to ``t_end`` (default
-``sde.t_max``), with any deterministic method: the exponential integrators' plans are formulas in the step's two
+:func:`invert` integrates forward in time, from ``t_start`` (default ``sde.t_min``; for rectified flow the data
+time t = 0, where its first step is :mod:`ei_toolkit.data_start`'s) up to ``t_end`` (default ``sde.t_max``), with
+any deterministic method: the exponential integrators' plans are formulas in the step's two
 ends, so on an increasing grid they are the same float64 coefficients as for sampling, mirrored (docs/math.md
 section 4.12). The one-point method is DDIM inversion (Song et al. 2021, section 4.3; diffusers'
 DDIMInverseScheduler).
@@ -37,7 +38,7 @@ from .errors import NumericalError, positive_int
 from .integrators import Integrator, Method, get_integrator
 from .integrators.base import cached_grid
 from .model import Model
-from .sampling import DEFAULT_MATRIX_METHOD, _check_time, _working_dtype, default_inversion_method, solve
+from .sampling import DEFAULT_MATRIX_METHOD, _check_time, _working_dtype, default_inversion_method, default_t_end, solve
 from .sde import LinearSDE, MatrixLinearSDE
 from .solution import Solution
 
@@ -79,8 +80,9 @@ def invert(
     trajectory: bool = False,
     solution: bool = False,
 ) -> torch.Tensor | Solution:
-    """Encode ``x0`` (data at ``t_start``, default ``sde.t_min``) to the noise end ``t_end`` (default ``sde.t_max``)
-    through the probability-flow ODE; returns the encoding, or a :class:`~ei_toolkit.Solution` with ``solution=True``.
+    """Encode ``x0`` (data at ``t_start``, default ``sde.t_min``; the data time t0 itself for RectifiedFlow, whose model
+    is defined there: :mod:`ei_toolkit.data_start`) to the noise end ``t_end`` (default ``sde.t_max``) through the
+    probability-flow ODE; returns the encoding, or a :class:`~ei_toolkit.Solution` with ``solution=True``.
 
     ``method``, ``nfe`` and ``grid`` are :func:`ei_toolkit.solve`'s: default method and grid
     :func:`ei_toolkit.sampling.default_inversion_method`; a named grid is laid from ``t_start`` up to ``t_end`` (the
@@ -102,7 +104,7 @@ def invert(
         if lo is not None or hi is not None:
             raise ValueError("an explicit grid gives its own start and end: leave t_start/t_end unset")
         lo, hi = float(forward_grid[0]), float(forward_grid[-1])
-    lo = sde.t_min if lo is None else lo
+    lo = default_t_end(sde) if lo is None else lo  # the data t0 for a family sampled into it (data_start.py)
     hi = sde.t_max if hi is None else hi
     if not lo < hi:
         raise ValueError(f"invert runs from data to noise: t_start must be below t_end; got t_start={lo:g}, "

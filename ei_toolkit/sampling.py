@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .data_start import solve_from_data, starts_at_data
 from .errors import NumericalError, abs_max, all_finite, positive_int
 from .grids import HIGH_DIM, vp_or_logrho
 from .integrators import INTEGRATORS, Integrator, Method, SolveRequest, get_integrator
@@ -287,19 +288,23 @@ def solve(
     request = SolveRequest(evaluator=evaluator, x=x.to(work), sde=sde, t_start=t_start, t_end=t_end, nfe=nfe,
                            grid=grid, generator=generator, brownian=brownian, trajectory=trajectory,
                            progress=progress, callback=callback)
-    if t_start == getattr(sde, "t_terminal", None):  # hook: the first step from rho = inf (zero terminal SNR)
-        gains: list[float | None] = []
-        sol = solve_from_infinite_noise(chosen, request,
-                                        check=lambda m, r: gains.append(_check_roundoff(m, r, x.dtype)))
-        gain = max((g for g in gains if g is not None), default=None)
-    elif t_end == getattr(sde, "t_terminal", None):  # hook: an encoding's last step, into rho = inf
-        gains = []
-        sol = solve_to_infinite_noise(chosen, request,
-                                      check=lambda m, r: gains.append(_check_roundoff(m, r, x.dtype)))
-        gain = max((g for g in gains if g is not None), default=None)
-    else:
-        gain = _check_roundoff(chosen, request, x.dtype)
-        sol = _named(chosen, request, x.dtype)
+    gains: list[float | None] = []
+
+    def check(m: Method, r: SolveRequest) -> None:
+        gains.append(_check_roundoff(m, r, x.dtype))
+
+    def run(m: Method, r: SolveRequest) -> Solution:
+        """The request's own run, past a start at the data: the hooks at infinite noise, else the method."""
+        if r.t_start == getattr(sde, "t_terminal", None):  # hook: the first step from rho = inf (zero terminal SNR)
+            return solve_from_infinite_noise(m, r, check=check)
+        if r.t_end == getattr(sde, "t_terminal", None):  # hook: an encoding's last step, into rho = inf
+            return solve_to_infinite_noise(m, r, check=check)
+        check(m, r)
+        return _named(m, r, x.dtype)
+
+    # hook: an encoding's first step, out of rho = 0 (data_start.py)
+    sol = solve_from_data(chosen, request, run) if starts_at_data(sde, t_start, t_end) else run(chosen, request)
+    gain = max((g for g in gains if g is not None), default=None)
     if gain is not None:  # the plan's round-off gain for x's dtype (integrators/conditioning.py)
         sol.stats["roundoff_gain"] = gain
     end_max = abs_max(sol.x)  # one synchronisation, after the loop
@@ -346,10 +351,12 @@ def _check_divergence(method: Method, request: SolveRequest, model_dtype: torch.
 def _check_forward(method: Method, sde: LinearSDE | MatrixLinearSDE, t_start: float) -> None:
     """What a forward solve (t_start < t_end: data to noise, the probability-flow ODE run as an encoder) refuses:
     stochastic methods (the reverse SDE runs toward the data only); a start below ``sde.t_min`` (the model is
-    evaluated where a forward step starts, and the data time rho = 0 is outside its domain)."""
-    if t_start < sde.t_min:
+    evaluated where a forward step starts, and the data time rho = 0 is outside its domain), except the data time
+    itself for a family sampled into the data (:mod:`ei_toolkit.data_start`)."""
+    if t_start < sde.t_min and not starts_at_data(sde, t_start, math.inf):
         raise ValueError(f"a forward solve starts where the model is defined: t_start must be >= sde.t_min = "
-                         f"{sde.t_min:g}; got {t_start:g}")
+                         f"{sde.t_min:g}{' or be the data time t0' if getattr(sde, 'ends_at_data', False) else ''}; "
+                         f"got {t_start:g}")
     if method.stochastic:
         raise ValueError(f"{method.name!r} is stochastic: the reverse SDE runs from noise to data only; integrate "
                          f"forward (t_start < t_end) with a deterministic method")

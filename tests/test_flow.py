@@ -3,6 +3,8 @@ Lipman et al. 2023, Esser et al. 2024), the velocity prediction ``"flow"``, the 
 encoding's end there, against diffusers' flow schedulers and the exact velocity of Gaussian mixtures."""
 
 import ast
+import itertools
+import math
 import warnings
 from pathlib import Path
 
@@ -259,27 +261,109 @@ def test_invert_a_flow_model_to_t_max_and_to_pure_noise(flow, gmm2d):
     data = gmm2d.flow_reference(z, 1.0, flow.t_min)
     errors = []
     for nfe in (20, 80):
-        sol = ei.invert(v, data, flow, prediction="flow", nfe=nfe, t_end=1.0, solution=True)
+        sol = ei.invert(v, data, flow, prediction="flow", nfe=nfe, t_start=flow.t_min, t_end=1.0, solution=True)
         assert sol.nfe == nfe and float(sol.times[-1]) == 1.0 and sol.stats["end"] == "infinite noise"
         errors.append(float((sol.x - z).abs().max()))
     assert errors[1] < errors[0] / 10 and errors[1] < 0.01, errors
-    at_max = ei.invert(v, data, flow, prediction="flow", nfe=80)
+    at_max = ei.invert(v, data, flow, prediction="flow", nfe=80, t_start=flow.t_min)
     ref = gmm2d.flow_reference(data, flow.t_min, flow.t_max)
     assert float((at_max - ref).abs().max()) < 0.01
     # one step from t_a straight to pure noise: z = x + (1 - t_a) v(x, t_a)
-    one = ei.invert(v, data, flow, prediction="flow", nfe=1, method="ddim", t_end=1.0)
+    one = ei.invert(v, data, flow, prediction="flow", nfe=1, method="ddim", t_start=flow.t_min, t_end=1.0)
     tt = torch.full((64,), flow.t_min, dtype=torch.float64)
     torch.testing.assert_close(one, data + (1 - flow.t_min) * v(data, tt), rtol=0, atol=1e-13)
 
 
 def test_round_trip_through_pure_noise(flow, gmm2d):
-    """sample(invert(x0)) with 40 evaluations each way returns x0 to the two discretisation errors."""
+    """sample(invert(x0)) with 40 evaluations each way returns x0 to the two discretisation errors, both ends at the
+    data (t = 0, the default of both) and at pure noise."""
     v = gmm2d.flow_model(flow)
-    data = gmm2d.flow_reference(_noise(), 1.0, flow.t_min)
+    data = gmm2d.flow_reference(_noise(), 1.0, 0.0)
     z = ei.invert(v, data, flow, prediction="flow", nfe=40, t_end=1.0)
     back = ei.sample(v, z, flow, prediction="flow", nfe=40)
     assert float((back - data).abs().max()) < 0.05
     assert np.isfinite(back.numpy()).all()
+
+
+def test_an_encoding_from_the_data_is_eulers_step_then_the_method(flow, gmm2d):
+    """From t = 0 (rho = 0, the default start of ei.invert for flow models): one evaluation at the data and the
+    one-point step x_1 = x + t_1 v(x, 0), then the method on the rest of the grid (data_start.py). DDIM is Euler on
+    dx/dt = v in this direction too, so DDIM from the data is the Euler chain to round-off; the grid is the sampling
+    grid into the data, reversed; nfe, callback, trajectory and the end at pure noise compose."""
+    v = gmm2d.flow_model(flow)
+    data = gmm2d.flow_reference(_noise(), 1.0, 0.0)
+    grid = torch.tensor([0.0, 0.05, 0.2, 0.45, 0.8], dtype=torch.float64)
+    x = data
+    for t, s in itertools.pairwise(grid):
+        x = x + (s - t) * v(x, torch.full((len(x),), float(t), dtype=torch.float64))
+    seen = []
+    sol = ei.solve(v, data, flow, method="ddim", grid=grid, prediction="flow", trajectory=True,
+                   callback=lambda i, t, y: seen.append((i, t)))
+    torch.testing.assert_close(sol.x, x, rtol=0, atol=1e-14)
+    assert sol.nfe == 4 and sol.stats["start"] == "data" and sol.times.tolist() == grid.tolist()
+    assert seen == [(i + 1, float(t)) for i, t in enumerate(grid[1:])] and sol.trajectory.shape == (5, 64, 2)
+    torch.testing.assert_close(sol.trajectory[-1], sol.x, rtol=0, atol=0)
+    for nfe, method in ((9, "x0-logrhoab2"), (9, "rhork-heun"), (1, "ddim")):
+        enc = ei.invert(v, data, flow, prediction="flow", nfe=nfe, method=method, solution=True)
+        sampling = ei.grids.time_grid(flow, enc.grid, len(enc.times) - 1, flow.t_max, 0.0)
+        assert enc.nfe == nfe and float(enc.times[0]) == 0.0
+        # the same formula laid from the other end: equal to a few float64 ulps of t <= 1
+        torch.testing.assert_close(enc.times, sampling.flip(0), rtol=0, atol=4 * torch.finfo(torch.float64).eps)
+    one = ei.invert(v, data, flow, prediction="flow", nfe=1, method="ddim", t_end=0.5)  # a single step from t = 0
+    torch.testing.assert_close(one, data + 0.5 * v(data, torch.zeros(64, dtype=torch.float64)), rtol=0, atol=1e-14)
+    to_noise = ei.invert(v, data, flow, prediction="flow", nfe=80, t_end=1.0, solution=True)
+    assert to_noise.nfe == 80 and to_noise.stats["end"] == "infinite noise" and float(to_noise.times[-1]) == 1.0
+    assert float((to_noise.x - gmm2d.flow_reference(data, 0.0, 1.0)).abs().max()) < 0.01  # measured 1.3e-3
+
+
+@pytest.mark.parametrize("name", ORDERED)
+def test_every_method_encodes_from_the_data_at_its_order(flow, gmm2d, name):
+    """Every deterministic method from t = 0 to 0.5 on quadratic_t, against DOP853 at 1e-11: the data step's local
+    error rho_1^2 / 2 |d eps / d rho| falls as steps^-4 there (rho_1 ~ steps^-2), so each method keeps its order
+    (measured slopes from 80 to 160 steps: 0.97-4.2; the x0 forms and logrhoab3 approach theirs from below, the
+    slowest x0-logrhoab3: 2.97, 3.21, 3.40 from 20 to 160 steps, so the bound is the order less 0.65). iPNDM needs
+    equal rho steps for its order (convergence_grid) and is held to 1.8."""
+    m = ei.INTEGRATORS[name]
+    v = gmm2d.flow_model(flow)
+    data = gmm2d.sample_data(32, generator=torch.Generator().manual_seed(0))
+    ref = gmm2d.flow_reference(data, 0.0, 0.5)
+    steps = (40, 80, 160)
+    errors = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ei.RoundoffWarning)
+        for n in steps:
+            x = ei.invert(v, data, flow, prediction="flow", method=name, nfe=1 + n * m.evals_per_step,
+                          grid="quadratic_t", t_end=0.5)
+            errors.append(float((x - ref).norm() / ref.norm()))
+    slope = math.log(errors[1] / errors[2]) / math.log(2)
+    want = 1.8 if m.convergence_grid else min(m.order, 4) - 0.65
+    assert errors[2] < errors[1] < errors[0] and slope >= want, (errors, slope)
+
+
+def test_exact_inversion_from_the_data(flow, gmm2d):
+    """exact=True from t = 0: the default sampler run back into the data reproduces x0 to the tolerance."""
+    v = gmm2d.flow_model(flow)
+    data = gmm2d.flow_reference(_noise(8), 1.0, 0.0)
+    sol = ei.invert(v, data, flow, prediction="flow", nfe=10, exact=True, solution=True)
+    back = ei.sample(v, sol.x, flow, prediction="flow", method=sol.method, nfe=10, t_start=flow.t_max)
+    assert float(((back - data).norm(dim=1) / data.norm(dim=1)).max()) <= 1e-6
+
+
+def test_a_start_at_the_data_needs_the_noise_prediction_there(flow, gmm2d):
+    """An x0 or score model says nothing about the noise at sigma = 0; a VP model is not defined at t = 0."""
+    v = gmm2d.flow_model(flow)
+    data = gmm2d.flow_reference(_noise(4), 1.0, 0.0)
+
+    def x0_model(x, t):
+        return x - t[:, None] * v(x, t)
+
+    with pytest.raises(ValueError, match=r"needs the model's noise prediction at sigma = 0, which prediction='x0'"):
+        ei.invert(x0_model, data, flow, prediction="x0", nfe=8)
+    ok = ei.invert(x0_model, data, flow, prediction="x0", nfe=8, t_start=flow.t_min)  # above t0: fine
+    assert torch.isfinite(ok).all()
+    vp = ei.VPSDE()
+    with pytest.raises(ValueError, match=r"t_start must be >= sde.t_min = 0.001; got 0"):
+        ei.invert(gmm2d.eps_model(vp), data, vp, t_start=0.0)
 
 
 # -- time shifting as grids (SD3, Flux) -------------------------------------------------------------------------------

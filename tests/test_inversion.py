@@ -194,9 +194,11 @@ def test_rectified_flow_models_invert_too():
     v = mix.flow_model(sde)
     x0 = mix.sample_marginal(sde, sde.t_min, 4, torch.Generator().manual_seed(0))
     exact = mix.reference(sde, x0, sde.t_min, sde.t_max, rtol=1e-12, atol=1e-12)
-    errors = [float((ei.invert(v, x0, sde, prediction="flow", nfe=n) - exact).abs().max()) for n in (10, 20, 40)]
+    errors = [float((ei.invert(v, x0, sde, prediction="flow", nfe=n, t_start=sde.t_min) - exact).abs().max())
+              for n in (10, 20, 40)]
     assert errors[2] < errors[1] < errors[0] and errors[2] < 1e-2 * float(exact.abs().max()), errors
     for end in (sde.t_max, sde.t_terminal):  # to the last finite time, and to pure noise (t = 1, rho = inf)
-        sol = ei.invert(v, x0, sde, prediction="flow", nfe=10, t_end=end, exact=True, solution=True)
+        sol = ei.invert(v, x0, sde, prediction="flow", nfe=10, t_start=sde.t_min, t_end=end, exact=True,
+                        solution=True)
         back = ei.sample(v, sol.x, sde, prediction="flow", method=sol.method, nfe=10, t_start=end, t_end=sde.t_min)
         assert float(((back - x0).norm(dim=1) / x0.norm(dim=1)).max()) <= 1e-6

@@ -61,7 +61,8 @@ def invert_command(args: argparse.Namespace) -> int:
         enc = ei.invert(model, x0, sde, exact=args.exact, tol=args.tol, solution=True, progress=args.progress, **kw)
         took = time.perf_counter() - start
         back = ei.sample(model, enc.x, sde, method=enc.method, nfe=args.nfe, grid=args.grid or enc.grid,
-                         t_start=sde.t_max, t_end=sde.t_min, prediction=entry.prediction)
+                         t_start=sde.t_max, t_end=ei.sampling.default_t_end(sde),  # invert's default start
+                         prediction=entry.prediction)
     rel = (back - x0).flatten(1).norm(dim=1) / x0.flatten(1).norm(dim=1)
     z = enc.x.double()
     kind = (f"exactly (tol {enc.stats['tol']:.2g}: {enc.stats['iterations']} Newton iterations, "
