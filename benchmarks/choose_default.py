@@ -11,6 +11,7 @@ Run: python benchmarks/choose_default.py [--json benchmarks/results/accuracy.jso
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 from pathlib import Path
@@ -29,6 +30,7 @@ from ei_toolkit.grids import HIGH_DIM
 
 OUT = Path(__file__).parent / "results"
 TRAINED_BOUND = 1.0  # issue 26: the uncalibrated default <= 1.0x the best peer on every trained model
+FLOW_WORST = 1.5  # issue 21: the flow default never above 1.5x the best peer on a mixture (<= 1.0x in geometric mean)
 GUIDED_ABOVE = 2.0  # ei_toolkit.sampling.GUIDED_ABOVE: above it the guided default applies
 
 
@@ -52,10 +54,13 @@ on `uniform_logrho` up to 14, `x0-logrhoab2-unipc` beyond: patches 0.92 / 0.92 /
 guidance above scale 2 (digits at scales 4 and 8): `euler` up to NFE 7 and `x0-logrhoab0-pc` up to 14, on
 `quadratic_t`, then `x0-logrhoab1-mid-pc` on `uniform_logrho` up to 20 (worst ratios 0.89 / 1.37 / 1.00); from 21 the
 unguided default. Flow models, small (the section "Rectified flow over the mixtures and the trained flow models"
-below, `--flow-raw`: bench_flow.py's four mixtures and digits-flow): `x0-logrhoab1-mid-pc` on `uniform_sigma` up to
-14, on `quadratic_t` beyond: worst ratio 1.05 / 1.00 / 0.71, digits-flow 1.01 / 1.00 / 0.29. Flow models, large
-(patches-flow): `logrhoab0-pc` on `sd3_shift` up to 7, `ipndm` on `uniform_logrho` beyond: 1.24 / 0.82 / 0.40 (was
-1.32 / 3.28 / 1.90). Calibrated grids and EMS (grid_opt.md, ems_trained.md) are the tool for a given model."""
+below, `--flow-raw`: bench_flow.py's four mixtures and digits-flow; per NFE the lowest max(geometric mean, worst
+trained ratio) within 1.5x on every mixture, the switches placed by the mixtures at NFE 8 and 15): `x0-logrhoab2-pc` on
+`uniform_sigma` up to 8, `logrhoab1-pc` on `quadratic_t` up to 12, `x0-logrhoab1-mid-pc` on `quadratic_t` beyond:
+geometric mean over the mixtures 0.98 / 0.30 / 0.25 (worst 1.06 / 1.10 / 0.71), digits-flow 1.00 / 0.38 / 0.29.
+Flow models, large (patches-flow): `logrhoab0-pc` on `sd3_shift` up to 7, `ipndm` on `uniform_logrho` beyond: 1.24 /
+0.82 / 0.40 (was 1.32 / 3.28 / 1.90). Calibrated grids and EMS (grid_opt.md, ems_trained.md) are the tool for a given
+model."""
 
 
 def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -212,39 +217,61 @@ def trained_lines(data: dict, trained: dict, top: int) -> list[str]:
 def flow_lines(raw: dict, trained: dict, models: list[str]) -> list[str]:
     """Rectified flow's rule over both kinds of evidence: bench_flow.py's mixtures (``--raw``: the rule's four problems,
     each against bench_flow's best peer configuration, the one with the lowest geometric mean there) and the trained
-    flow models (each against its own best peer). Per NFE, the configuration of ours with the lowest worst ratio over
-    all of them (ties: the geometric mean)."""
+    flow models (each against its own best peer). The targets are issue 21's (the geometric mean over the problems
+    <= 1.0x the best peer, never above FLOW_WORST on a mixture) and issue 26's (<= 1.0x on every trained model), so
+    per NFE, among the configurations within FLOW_WORST on every mixture, the lowest max(geometric-mean ratio, worst
+    ratio on a trained model): both targets hold where it is <= 1, and otherwise it is the nearest miss."""
     from bench_flow import PROBLEMS
 
     k = len(PROBLEMS)
     lines = ["## Rectified flow over the mixtures and the trained flow models", "",
              f"Mixtures: bench_flow.py's {', '.join(PROBLEMS)} (`python benchmarks/bench_flow.py --raw FILE`); "
-             f"trained: {', '.join(models)}. Per NFE, the lowest worst ratio over all of them, then the geometric "
-             "mean.", ""]
+             f"trained: {', '.join(models)}. Per NFE, among the configurations within {FLOW_WORST:g}x the best peer "
+             "on every mixture, the lowest score max(geometric-mean ratio over all of them, worst ratio on a trained "
+             "model): issue 21's target (gm <= 1.0) and issue 26's (<= 1.0 on every trained model) both hold where "
+             "it is <= 1.", ""]
     theirs: dict[int, dict[str, list[float]]] = {}
     for peer, nfe, errors in raw["theirs"]:
         theirs.setdefault(int(nfe), {})[peer] = errors[:k]
-    picks = {}
-    for nfe in sorted({int(n) for _, _, n, _ in raw["ours"]}):
-        if str(nfe) not in trained[models[0]] or nfe not in theirs:
-            continue
-        peers = {p: e for p, e in theirs[nfe].items() if all(map(math.isfinite, e))}
+    mixture: dict[int, dict[str, list[float]]] = {}  # per NFE, each configuration's ratios on the mixtures
+    for nfe, by_peer in theirs.items():
+        peers = {p: e for p, e in by_peer.items() if all(map(math.isfinite, e))}
         best = peers[min(peers, key=lambda p: geometric_mean(peers[p]))]
+        mixture[nfe] = {f"{m} / {g}": [a / b for a, b in zip(errors[:k], best, strict=True)]
+                        for m, g, n, errors in raw["ours"] if int(n) == nfe}
+    picks = {}
+    for nfe in sorted(n for n in mixture if str(n) in trained[models[0]]):
         t_ratios = trained_ratios(trained, models, str(nfe))
         rows = []
-        for method, grid, n, errors in raw["ours"]:
-            cfg = f"{method} / {grid}"
-            if int(n) != nfe or cfg not in t_ratios:
+        for cfg, r_mix in mixture[nfe].items():
+            if cfg not in t_ratios:
                 continue
-            r = [a / b for a, b in zip(errors[:k], best, strict=True)] + t_ratios[cfg]
-            rows.append((max(r), geometric_mean(r), max(r[:k]), max(r[k:]), cfg))
+            r = r_mix + t_ratios[cfg]
+            gm, worst_trained = geometric_mean(r), max(r[k:])
+            rows.append((max(r[:k]) > FLOW_WORST, max(gm, worst_trained), max(r), gm, max(r[:k]), worst_trained, cfg))
         rows.sort()
-        picks[nfe] = rows[0][4]
+        picks[nfe] = rows[0][-1]
         lines += [f"### NFE {nfe}", "",
-                  "| configuration | worst ratio | gm ratio | worst on mixtures | worst trained |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {c} | {w:.2f} | {g:.2f} | {wm:.2f} | {wt:.2f} |" for w, g, wm, wt, c in rows[:8]]
+                  "| configuration | score: max(gm, worst trained) | worst ratio | gm ratio | worst on mixtures | "
+                  "worst trained |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c} | {score:.3f}{' (over 1.5 on a mixture)' if out else ''} | {w:.2f} | {g:.2f} | {wm:.2f} | "
+                  f"{wt:.2f} |" for out, score, w, g, wm, wt, c in rows[:8]]
         lines.append("")
+    # between two measured budgets whose picks differ, a budget measured on the mixtures only (bench_flow's 8, 15)
+    # takes the neighbour's pick that does better there (within FLOW_WORST on every mixture first, then the
+    # geometric mean): the switch is placed by evidence, not only at the geometric midpoint
+    measured = sorted(picks)
+    between = []
+    for a, b in itertools.pairwise(measured):
+        for m in sorted(n for n in mixture if a < n < b and picks[a] != picks[b]):
+            def mixture_score(cfg: str, m: int = m) -> tuple[bool, float]:
+                r = mixture[m].get(cfg, [math.inf])
+                return max(r) > FLOW_WORST, geometric_mean(r)
+            picks[m] = min((picks[a], picks[b]), key=mixture_score)
+            r = mixture[m].get(picks[m], [math.inf])
+            between.append(f"NFE {m}: {picks[m]} (worst {max(r):.2f}, gm {geometric_mean(r):.2f} on the mixtures)")
+    if between:
+        lines += ["Budgets between the measured ones, on the mixtures alone: " + "; ".join(between) + ".", ""]
     rule = [(top, *pick.split(" / ")) for top, pick in switch_rule(picks)]
     return [*lines, f"- flow (mixtures and trained): {rule!r}"]
 

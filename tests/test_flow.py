@@ -433,7 +433,7 @@ def test_sample_uses_the_flow_default_measured_for_flow_models(flow, gmm2d):
         method, grid = flow.default_method(nfe)
         sol = ei.solve(v, _noise(8), flow, prediction="flow", nfe=nfe, t_end=0.0)
         assert (sol.stats["method"], sol.grid) == (method, grid) and sol.nfe == nfe
-    assert flow.default_method(10) == ("x0-logrhoab1-mid-pc", "uniform_sigma")
+    assert flow.default_method(10) == ("logrhoab1-pc", "quadratic_t")
     assert flow.default_method(10, high_dim=True) == ("ipndm", "uniform_logrho")
     assert ei.sampling.default_method(10, sde=flow, dim=3 * 16 * 16) == ("ipndm", "uniform_logrho")
     assert ei.sampling.default_method(10) == (ei.sampling.DEFAULT_METHOD, "quadratic_t")  # other SDEs keep theirs

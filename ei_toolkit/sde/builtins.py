@@ -118,12 +118,15 @@ class RectifiedFlow(LinearSDE):
     t_terminal: float = 1.0
     ends_at_data = True  # ei.sample without t_end runs to t0 = 0 (the data), as flow pipelines do (sigma = 0)
     # sample()'s default for flow models, benchmarks/choose_default.py --flow-raw (benchmarks/results/default.md): per
-    # NFE, the lowest worst ratio to the best peer over bench_flow.py's four mixtures and the trained flow models below
-    # grids.HIGH_DIM elements per sample (digits-flow); (largest nfe, method, grid). DEFAULTS_BY_NFE_HIGH_DIM: the
+    # NFE, among the configurations within 1.5x the best peer on each of bench_flow.py's four mixtures, the lowest
+    # max(geometric-mean ratio, worst ratio on a trained flow model below grids.HIGH_DIM elements per sample:
+    # digits-flow), the two targets of issues 21 and 26, at NFE 5, 10, 20; the switches placed by the mixtures at NFE 8
+    # and 15; (largest nfe, method, grid). DEFAULTS_BY_NFE_HIGH_DIM: the
     # rule on the flow models at or above it (patches-flow, 768), whose velocity needs steps at high noise, as SD3
     # shifts its schedule for larger images.
     DEFAULTS_BY_NFE: tuple[tuple[int | None, str, str], ...] = (
-        (14, "x0-logrhoab1-mid-pc", "uniform_sigma"), (None, "x0-logrhoab1-mid-pc", "quadratic_t"))
+        (8, "x0-logrhoab2-pc", "uniform_sigma"), (12, "logrhoab1-pc", "quadratic_t"),
+        (None, "x0-logrhoab1-mid-pc", "quadratic_t"))
     DEFAULTS_BY_NFE_HIGH_DIM: tuple[tuple[int | None, str, str], ...] = (
         (7, "logrhoab0-pc", "sd3_shift"), (None, "ipndm", "uniform_logrho"))
 
