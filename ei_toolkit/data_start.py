@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -53,9 +53,37 @@ def starts_at_data(sde: object, t_start: float, t_end: float) -> bool:
             and t_start == float(getattr(sde, "t0", float("nan"))))
 
 
+def check_data_start_prediction(prediction: str, sde: Any) -> None:
+    """A clear error for a model whose output gives no noise prediction at sigma = 0."""
+    if prediction not in DATA_START_PREDICTIONS:
+        raise ValueError(f"an encoding from the data (t_start = t0 = {float(sde.t0):g}) needs the model's noise "
+                         f"prediction at sigma = 0, which prediction={prediction!r} does not give; use a model "
+                         f"with prediction in {DATA_START_PREDICTIONS} or start at t_start=sde.t_min")
+
+
 def data_step(x: torch.Tensor, eps: torch.Tensor, ratio: float, sigma_1: float) -> torch.Tensor:
     """The one-point step out of rho = 0: ``ratio * x + sigma_1 * eps`` with ratio = alpha_1 / alpha_0."""
     return torch.add(torch.mul(x, ratio), eps, alpha=sigma_1)
+
+
+def rest_of_grid(method: Integrator, sde: Any, grid_name: str, total: int, t0: float, t_end: float) -> torch.Tensor:
+    """The grid after the step out of the data for ``total`` evaluations in all: the named grid laid from ``t0`` to
+    ``t_end`` with one more point than ``method`` needs for the other ``total - 1`` (and the last step to infinite
+    noise, where ``t_end`` is ``sde.t_terminal``: that grid is laid to ``sde.t_max`` and its end moved), without t0."""
+    terminal = t_end == getattr(sde, "t_terminal", None)
+    if total == 1:  # the data step alone, straight to t_end
+        return torch.tensor([t_end], dtype=torch.float64)
+    try:  # the evaluations left: the method's steps (and the last step to infinite noise, where it ends)
+        body = 1 if terminal and total == 2 else (
+            1 + method.steps_for_nfe(total - 2) if terminal else method.steps_for_nfe(total - 1))
+    except ValueError as exc:
+        raise ValueError(f"nfe={total} from the data: one evaluation at t0, then {total - 1} for {method.name!r}"
+                         f"{' and the last step to infinite noise' if terminal else ''}: {exc}") from None
+    full = cached_grid(sde, grid_name, body + 1, t0, float(sde.t_max) if terminal else t_end)
+    if terminal:
+        full = full.clone()
+        full[-1] = t_end
+    return full[1:]
 
 
 def solve_from_data(method: Method, request: SolveRequest,
@@ -65,12 +93,8 @@ def solve_from_data(method: Method, request: SolveRequest,
     encoding's last step to infinite noise and the round-off check included); ``nfe`` counts every evaluation."""
     start = time.perf_counter()
     sde, ev = request.sde, request.evaluator
-    if ev.prediction not in DATA_START_PREDICTIONS:
-        raise ValueError(f"an encoding from the data (t_start = t0 = {float(sde.t0):g}) needs the model's noise "
-                         f"prediction at sigma = 0, which prediction={ev.prediction!r} does not give; use a model "
-                         f"with prediction in {DATA_START_PREDICTIONS} or start at t_start=sde.t_min")
+    check_data_start_prediction(ev.prediction, sde)
     t0, t_end = float(request.t_start), float(request.t_end)
-    terminal = t_end == getattr(sde, "t_terminal", None)
     nfe = request.nfe
     rest: torch.Tensor | None = None
     grid_name = "adaptive"
@@ -78,23 +102,8 @@ def solve_from_data(method: Method, request: SolveRequest,
         times = torch.as_tensor(request.grid, dtype=torch.float64).flatten()
         rest, grid_name = times[1:], "explicit"
     elif isinstance(method, Integrator):
-        total = 10 if nfe is None else positive_int("nfe", nfe)
         grid_name = method.grid_for(request)
-        if total == 1:  # the data step alone, straight to t_end
-            rest = torch.tensor([t_end], dtype=torch.float64)
-        else:
-            try:  # the evaluations left: the method's steps (and the last step to infinite noise, where it ends)
-                body = 1 if terminal and total == 2 else (
-                    1 + method.steps_for_nfe(total - 2) if terminal else method.steps_for_nfe(total - 1))
-            except ValueError as exc:
-                raise ValueError(f"nfe={total} from the data: one evaluation at t0, then {total - 1} for "
-                                 f"{method.name!r}{' and the last step to infinite noise' if terminal else ''}: "
-                                 f"{exc}") from None
-            full = cached_grid(sde, grid_name, body + 1, t0, float(sde.t_max) if terminal else t_end)
-            if terminal:
-                full = full.clone()
-                full[-1] = t_end
-            rest = full[1:]
+        rest = rest_of_grid(method, sde, grid_name, 10 if nfe is None else positive_int("nfe", nfe), t0, t_end)
     t1 = float(rest[0]) if rest is not None else float(sde.t_min)
     a0, _ = alpha_sigma_at(sde, t0)
     a1, s1 = alpha_sigma_at(sde, t1)

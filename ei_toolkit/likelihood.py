@@ -30,6 +30,11 @@ collective operations inside the model (DDP, sharded models) stay in step; an ad
 on the data and ranks drift apart (k-diffusion's adaptive ``log_likelihood`` deadlocks under DDP, its issue #79).
 ``method="torchdiffeq:dopri5"`` (any torchdiffeq method) integrates the augmented system [y, D] in the log-rho frame
 (the y frame for matrix SDEs) instead, adaptive on request.
+
+Rectified flow starts at the data, t = 0 (rho = 0), where its model is trained: the state takes the step out of
+rho = 0 of :mod:`ei_toolkit.data_start`, and the model term on [0, rho_1], below the log-rho quadrature's first node,
+integrates g = alpha div_x eps in rho through its values at rho = 0 and the first grid points (the rho frame for
+torchdiffeq methods).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import torch
 import torchdiffeq
 
 from .adapters import FlowODE, NFEBudgetExceeded
+from .data_start import check_data_start_prediction, data_step, rest_of_grid, starts_at_data
 from .errors import NumericalError, abs_max, positive_int
 from .grids import time_grid
 from .integrators import Integrator, Method, SolveRequest, get_integrator
@@ -54,7 +60,7 @@ from .integrators.base import MultistepPlan, plan_for
 from .integrators.torchdiffeq import TorchDiffEq
 from .model import Model, ModelEvaluator, check_prediction, to_eps, to_x0
 from .noise import check_generator
-from .sampling import _working_dtype, grid_ends
+from .sampling import _working_dtype, default_t_end, grid_ends
 from .sde import LinearSDE, MatrixLinearSDE
 from .sde.matrix import apply_block
 
@@ -94,7 +100,8 @@ class LogLikelihood:
     """What :func:`log_likelihood` returns; every tensor has one float64 value per sample unless stated.
 
     ``logp = prior_logp + delta_logp`` (nats per sample): the log-density of the data at ``t_start`` (the truncation
-    at t_min: the density of x_{t_min}, which for small t_min approximates the data density). ``delta_logp`` is
+    at t_min: the density of x_{t_min}, which for small t_min approximates the data density; rectified flow starts at
+    the data itself, t = 0). ``delta_logp`` is
     the integral of the flow's divergence (linear part in closed form plus the model term), ``x_T`` the encoding at
     ``t_end`` (x's dtype), ``nfe`` the model evaluations of the solve, ``dim`` the data dimensions per sample and
     ``stats`` the rest (method, grid, divergence, probes, vector-Jacobian products, linear term, seconds; for a
@@ -304,7 +311,8 @@ def log_likelihood(
     progress: bool = False,
     dtype: torch.dtype | None = None,
 ) -> LogLikelihood:
-    """The log-likelihood of ``x0`` (data at ``t_start``, default ``sde.t_min``) under the model's probability-flow
+    """The log-likelihood of ``x0`` (data at ``t_start``, default ``sde.t_min``; the data time t0 itself for
+    RectifiedFlow, whose first step is :mod:`ei_toolkit.data_start`'s) under the model's probability-flow
     ODE, integrated up to ``t_end`` (default ``sde.t_max``), where ``prior`` (default :func:`default_prior`)
     scores the encoding.
 
@@ -362,12 +370,16 @@ def log_likelihood(
                          f"sample is above MAX_EXACT_DIM = {MAX_EXACT_DIM}; use divergence='rademacher' (Hutchinson)")
     times, lo, hi = grid_ends(grid, t_start, t_end)
     explicit = times is not None
-    lo = sde.t_min if lo is None else lo
+    lo = (sde.t_min if matrix else default_t_end(sde)) if lo is None else lo  # t0 for rectified flow
     hi = sde.t_max if hi is None else hi
-    if not sde.t_min <= lo < hi <= sde.t_max:
+    from_data = not matrix and starts_at_data(sde, lo, hi)  # the data step first (data_start.py)
+    if not (sde.t_min <= lo or from_data) or not lo < hi <= sde.t_max:
         raise ValueError(f"the likelihood integrates from data to noise inside the model's window: need t_min = "
-                         f"{sde.t_min:g} <= t_start < t_end <= t_max = {sde.t_max:g}; got t_start={lo:g}, "
-                         f"t_end={hi:g}")
+                         f"{sde.t_min:g} <= t_start < t_end <= t_max = {sde.t_max:g}"
+                         f"{' (or t_start = t0, the data)' if getattr(sde, 'ends_at_data', False) else ''}; got "
+                         f"t_start={lo:g}, t_end={hi:g}")
+    if from_data:
+        check_data_start_prediction(prediction, sde)
     if not math.isfinite(abs_max(x0)):  # one synchronisation, before the solve
         raise ValueError("x0 is not finite (it holds NaN or inf)")
     if nfe is not None:
@@ -382,9 +394,13 @@ def log_likelihood(
         if matrix:
             raise ValueError(f"method {chosen.name!r}: on matrix SDEs the likelihood runs a torchdiffeq method (fixed "
                              f"steps: 'torchdiffeq:rk4', default; adaptive: 'torchdiffeq:dopri5')")
-        x_T, model_term, info = _solve_plan(chosen, fld, sde, x, lo, hi,
-                                            DEFAULT_NFE if nfe is None and not explicit else nfe, grid, progress,
-                                            quadrature)
+        budget = DEFAULT_NFE if nfe is None and not explicit else nfe
+        if from_data:
+            x_T, model_term, info = _solve_plan_from_data(chosen, fld, sde, x, lo, hi, budget, grid, progress,
+                                                          quadrature)
+        else:
+            x_T, model_term, info = _solve_plan(chosen, fld, sde, x, lo, hi, budget, grid, progress, quadrature)
+    info.pop("h_nodes", None)
     fld.check()
     if not bool(torch.isfinite(x_T).all()) or not bool(torch.isfinite(model_term).all()):
         raise NumericalError(f"{chosen.name}: the encoding or the divergence integral is not finite at t = {hi:g}; "
@@ -488,6 +504,7 @@ def _solve_plan(method: Integrator, fld: _Field, sde: LinearSDE, x: torch.Tensor
         xs = z[:, :n].reshape(shape)
         a, s = alphas[k], sigmas[k]
         out, eps, div = fld(xs, t_dev[k].expand(b), ts[k], a, s)
+        values[k] = s * div
         g = a * div  # div_y eps = alpha div_x eps
         e_d = g if target == "eps" else (z[:, n] - s * g) / a  # the channel's x0: X_D = alpha x0_D + sigma g
         return torch.cat([prediction(out, eps, xs, k).reshape(b, n), e_d.reshape(b, 1).to(z.dtype)], dim=1)
@@ -503,18 +520,55 @@ def _solve_plan(method: Integrator, fld: _Field, sde: LinearSDE, x: torch.Tensor
     finally:
         if bar is not None:
             bar.close()
-    info = {"grid": grid_name, "steps": plan.steps, "quadrature": quadrature}
-    if channel:
-        alpha_hi = float(sde.alpha(torch.tensor(float(times[-1]), dtype=torch.float64)))
-        return out[:, :n].reshape(shape), out[:, n] / alpha_hi, info
     # the step starts only: a stage inside a step (Runge-Kutta, singlestep) sees a state of lower order
     on_grid = torch.isclose(et[:, None], plan.grid[None, :], rtol=1e-12, atol=0.0).any(1).tolist()
     order = [k for k in sorted(values) if on_grid[k]]
+    info = {"grid": grid_name, "steps": plan.steps, "quadrature": quadrature,
+            "h_nodes": ([ts[k] for k in order], [values[k] for k in order])}  # for a start at the data
+    if channel:
+        alpha_hi = float(sde.alpha(torch.tensor(float(times[-1]), dtype=torch.float64)))
+        return out[:, :n].reshape(shape), out[:, n] / alpha_hi, info
     lams = torch.log(sde.rho(et[order])).tolist()
     ends = torch.log(sde.rho(torch.tensor([float(times[0]), float(times[-1])], dtype=torch.float64))).tolist()
     weights = lagrange_weights(lams, ends[0], ends[1], QUADRATURE_POINTS)
     stacked = torch.stack([values[k] for k in order]).to(torch.float64)
     return out, (torch.as_tensor(weights, dtype=torch.float64, device=stacked.device)[:, None] * stacked).sum(0), info
+
+
+def _solve_plan_from_data(method: Integrator, fld: _Field, sde: LinearSDE, x: torch.Tensor, t0: float, hi: float,
+                          nfe: int | None, grid: str | torch.Tensor | None, progress: bool, quadrature: str
+                          ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """From the data (t0, rho = 0; rectified flow): one evaluation there and the step out of rho = 0
+    (:mod:`ei_toolkit.data_start`), then :func:`_solve_plan` from t_1. The model term on [0, rho_1], where the log-rho
+    quadrature cannot reach, integrates g = alpha div_x eps in rho by the Lagrange polynomial through g at rho = 0 and
+    at the first QUADRATURE_POINTS - 1 grid points (g_k = h_k / rho_k): g turns on the data's own scale in rho (about
+    the smallest component's standard deviation), which rho_1 need not be far below, so a trapezoid left a floor of
+    4e-4 nats on the 16-dimensional mixture."""
+    if grid is not None and not isinstance(grid, str):
+        rest, name = torch.as_tensor(grid, dtype=torch.float64).flatten()[1:], "explicit"
+    else:
+        name = grid or DEFAULT_GRID
+        rest = rest_of_grid(method, sde, name, DEFAULT_NFE if nfe is None else nfe, t0, hi)
+    t1 = float(rest[0])
+    a0, a1, s1 = (float(f(torch.tensor(t, dtype=torch.float64))) for f, t in
+                  ((sde.alpha, t0), (sde.alpha, t1), (sde.sigma, t1)))
+    tdtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    _, eps0, div0 = fld(x, torch.full((x.shape[0],), t0, dtype=tdtype, device=x.device), t0, a0, 0.0)
+    x1 = data_step(x, eps0, a1 / a0, s1)
+    if len(rest) < 2:  # the data step alone: g at t_1 takes one more evaluation there
+        _, _, div1 = fld(x1, torch.full((x.shape[0],), t1, dtype=tdtype, device=x.device), t1, a1, s1)
+        term = 0.5 * float(sde.rho(torch.tensor(t1, dtype=torch.float64))) * (a0 * div0 + a1 * div1)
+        return x1, term.to(torch.float64), {"grid": name, "steps": 1, "quadrature": quadrature}
+    x_T, term, info = _solve_plan(method, fld, sde, x1, t1, hi, None, rest, progress, quadrature)
+    info["steps"] += 1
+    info["grid"] = name
+    ts, hs = info.pop("h_nodes")
+    ts, hs = ts[:QUADRATURE_POINTS - 1], hs[:QUADRATURE_POINTS - 1]
+    rhos = sde.rho(torch.tensor(ts, dtype=torch.float64)).tolist()
+    weights = lagrange_weights([0.0, *rhos], 0.0, rhos[0], QUADRATURE_POINTS)
+    gs = [a0 * div0.to(torch.float64)] + [h.to(torch.float64) / r for h, r in zip(hs, rhos, strict=True)]
+    head = sum(w * g for w, g in zip(weights, gs, strict=True))
+    return x_T, term.to(torch.float64) + head, info
 
 
 def lagrange_weights(nodes: Sequence[float], lo: float, hi: float, points: int = QUADRATURE_POINTS) -> list[float]:
@@ -562,7 +616,13 @@ def _solve_torchdiffeq(method: TorchDiffEq, fld: _Field, sde: LinearSDE | Matrix
                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """The augmented system [y, D] with torchdiffeq: dy/dlog rho = rho eps, dD/dlog rho = rho alpha div_x eps
     (frames "rho" and "t" likewise; matrix SDEs: dy/dt = Psi(t0, t) K eps, dD/dt = tr(K J), K = 1/2 G G^T R^-T)."""
-    flow = FlowODE(fld.model, sde, method.frame, fld.prediction)
+    frame = method.frame
+    if starts_at_data(sde, lo, hi):  # rho = 0: the log-rho frame starts at -inf and the t frame divides by sigma
+        if frame not in (None, "rho"):
+            raise ValueError(f"{method.name} from the data (t_start = t0): frame {frame!r} is singular at rho = 0; "
+                             "use frame='rho' (the default there)")
+        frame = "rho"
+    flow = FlowODE(fld.model, sde, frame, fld.prediction)
     matrix = flow.matrix
     b = x.shape[0]
     max_nfe = method.max_nfe if method.max_nfe is not None else DEFAULT_MAX_NFE

@@ -125,6 +125,34 @@ def test_the_lagrange_quadrature_converges_at_its_own_order_and_never_caps_the_m
     assert fitted_order(nfes, delta) > bound, (state, delta)
 
 
+def test_a_flow_models_likelihood_starts_at_the_data():
+    """Rectified flow: the default start is t = 0, the data itself (no truncation: logp is log p_0(x0)), with the
+    step out of rho = 0 of ei_toolkit/data_start.py and the model term on [0, rho_1] by a Lagrange rule in rho.
+    dopri5 in the rho frame (the default there) meets the exact mixture log-density up to the prior mismatch; the
+    plan converges to it until the data step's floor: its state error rho_1^2 / 2 |d eps / d rho| with rho_1 = t_min
+    on uniform_logrho (x_T off by 6e-5, 4.3e-4 nats over 16 dimensions, measured)."""
+    sde = ei.RectifiedFlow()
+    p = get_problem("gmm16")
+    v = p.flow_model(sde)
+    x0 = p.sample_data(4, generator=torch.Generator().manual_seed(0))
+    exact = p.log_prob(x0, sde, 0.0)
+
+    def error(r):
+        return float((r.logp + p.log_prob(r.x_T, sde, sde.t_max) - r.prior_logp - exact).abs().max())
+
+    ref = ei.log_likelihood(v, x0, sde, method="torchdiffeq:dopri5", prediction="flow",
+                            options={"rtol": 1e-8, "atol": 1e-8})
+    assert ref.stats["t_start"] == 0.0 and ref.stats["frame"] == "rho" and error(ref) < 1e-4
+    runs = [ei.log_likelihood(v, x0, sde, nfe=n, prediction="flow") for n in (65, 257)]
+    assert all(r.stats["t_start"] == 0.0 for r in runs) and runs[1].nfe == 257
+    assert error(runs[1]) < error(runs[0]) / 5 and error(runs[1]) < 1e-3, [error(r) for r in runs]
+    assert error(ei.log_likelihood(v, x0, sde, nfe=129, prediction="flow", quadrature="plan")) < 1e-3  # 2.1e-4
+    with pytest.raises(ValueError, match=r"needs the model's noise prediction at sigma = 0, which prediction='x0'"):
+        ei.log_likelihood(v, x0, sde, prediction="x0")
+    with pytest.raises(ValueError, match=r"frame 'logrho' is singular at rho = 0"):
+        ei.log_likelihood(v, x0, sde, method="torchdiffeq:dopri5", prediction="flow", options={"frame": "logrho"})
+
+
 @pytest.mark.parametrize("method", ["ddim", "logrhoab3", "x0-logrhoab2-pc", "rhork-rk4", "x0-logrhoss3"])
 @pytest.mark.parametrize("nfe", [12, 24, 36])
 def test_gaussian_delta_is_the_plans_quadrature_of_a_known_function_at_any_nfe(method, nfe):
@@ -369,7 +397,7 @@ def test_rectified_flow_and_velocity_models_plug_in():
     p = get_problem("gmm16")
     model = p.eps_model(sde)
     x0 = p.sample_marginal(sde, sde.t_min, 4, torch.Generator().manual_seed(0))
-    runs = [ei.log_likelihood(model, x0, sde, nfe=n) for n in (256, 512)]
+    runs = [ei.log_likelihood(model, x0, sde, nfe=n, t_start=sde.t_min) for n in (256, 512)]
     mismatch = p.log_prob(runs[1].x_T, sde, sde.t_max) - runs[1].prior_logp
     estimate = float((runs[1].logp - runs[0].logp).abs().max()) / 15
     err = float((runs[1].logp + mismatch - p.log_prob(x0, sde, sde.t_min)).abs().max())
@@ -380,8 +408,9 @@ def test_rectified_flow_and_velocity_models_plug_in():
         s = t.view(-1, 1)
         return eps - (x - s * eps) / (1 - s)
 
-    flow = ei.log_likelihood(velocity, x0, sde, nfe=32, prediction="flow")
-    assert torch.allclose(flow.logp, ei.log_likelihood(model, x0, sde, nfe=32).logp, rtol=0, atol=1e-9)
+    flow = ei.log_likelihood(velocity, x0, sde, nfe=32, prediction="flow", t_start=sde.t_min)
+    assert torch.allclose(flow.logp, ei.log_likelihood(model, x0, sde, nfe=32, t_start=sde.t_min).logp, rtol=0,
+                          atol=1e-9)
 
 
 @pytest.mark.parametrize("method", ["ddim", "logrhoab3", "x0-logrhoab2-pc", "rhork-rk4", "x0-logrhoss3"])
