@@ -101,10 +101,13 @@ def test_ddim_is_flow_match_euler_step_for_step(shift):
         torch.testing.assert_close(b, a, rtol=0, atol=16 * F32 * 4)
 
 
-def test_a_flow_run_equals_ei_sample_on_its_grid_and_restarts_mid_schedule():
+@pytest.mark.parametrize("method", [FLOW_METHOD, "x0-logrhoab2-unipc", "x0-logrhoab1-mid-pc"])
+def test_a_flow_run_equals_ei_sample_on_its_grid_and_restarts_mid_schedule(method):
+    """The scheduler's loop is ei.sample on its grid, from sigma = 1 (a data-prediction plan keeps the evaluation at
+    infinite noise as its first node, zero_snr.py) and from mid-schedule (img2img: the plan on the rest)."""
     v = get_problem("gmm16").flow_model(ei.RectifiedFlow())
     flow = ei.RectifiedFlow()
-    sched = from_flow(shift=3.0)
+    sched = from_flow(shift=3.0, method=method)
     sched.set_timesteps(10)
     x = torch.randn(8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
 
@@ -117,7 +120,7 @@ def test_a_flow_run_equals_ei_sample_on_its_grid_and_restarts_mid_schedule():
         return y
 
     grid = sched.sigmas.double()
-    torch.testing.assert_close(run(x), ei.sample(v, x, flow, method=FLOW_METHOD, grid=torch.as_tensor(
+    torch.testing.assert_close(run(x), ei.sample(v, x, flow, method=method, grid=torch.as_tensor(
         sched._grid), prediction="flow"), rtol=0, atol=1e-12)
     # img2img: noised by scale_noise at timesteps[4], then the plan on the rest of the grid (lower order first)
     x0 = torch.randn(8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
@@ -132,7 +135,7 @@ def test_a_flow_run_equals_ei_sample_on_its_grid_and_restarts_mid_schedule():
     torch.testing.assert_close(noised.float(), ref.scale_noise(x0.float(), ref.timesteps[4:5], x.float()),
                                rtol=0, atol=1e-6)
     tail = torch.as_tensor(sched._grid)[4:]
-    torch.testing.assert_close(run(noised, 4), ei.sample(v, noised, flow, method=FLOW_METHOD, grid=tail,
+    torch.testing.assert_close(run(noised, 4), ei.sample(v, noised, flow, method=method, grid=tail,
                                                          prediction="flow"), rtol=0, atol=1e-12)
 
 

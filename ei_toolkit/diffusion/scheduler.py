@@ -416,6 +416,13 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         self._single = self.order > 1
         self._final_x0 = self._single and float(rest[-1]) < sde.t_min
         body = rest[:-1] if self._final_x0 else rest
+        # From infinite noise a data-prediction multistep plan keeps the first evaluation as its first node, laid at
+        # t_max (ei_toolkit/zero_snr.py: the state is moved there by the exact step with x0 frozen), as ei.sample
+        self._keep = bool(self._offset and not self._single and not self.method.stochastic and len(body) > 1
+                          and getattr(self.method, "target", "eps") == "x0" and float(body[0]) < sde.t_max)
+        if self._keep:
+            body = torch.cat([torch.tensor([float(sde.t_max)], dtype=torch.float64), body])
+        self._body = body
         plan = plan_for(self.method, sde, body) if len(body) > 1 else None
         if plan is not None and not isinstance(plan, (MultistepPlan, RungeKuttaPlan)):
             raise ValueError(f"{self.method.name!r} makes a {type(plan).__name__}, which EIScheduler cannot step")
@@ -629,14 +636,20 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         if i < self._offset:  # zero terminal SNR: the exact step from rho = inf
             check_prediction(self.prediction)
             x0 = self._threshold(to_x0(self.prediction, out, x, a, s))
-            a1, s1 = (float(v) for v in self.sde.alpha_sigma(self._grid[1:2]))
-            e = terminal_mixing(self.method)
-            z = self._noise(generator, variance_noise)(0, x) if e != 1.0 else None
-            prev = infinite_noise_step(x, x0, a1, s1, e, z)
+            if self._keep:  # to t_max, then the plan's first step with this x0 as its first evaluation
+                a1, s1 = (float(v) for v in self.sde.alpha_sigma(self._body[:1]))
+                x0, prev = self._multistep(0, infinite_noise_step(x, x0, a1, s1), out, a, s,
+                                           self._noise(generator, variance_noise), given=x0)
+            else:
+                a1, s1 = (float(v) for v in self.sde.alpha_sigma(self._grid[1:2]))
+                e = terminal_mixing(self.method)
+                z = self._noise(generator, variance_noise)(0, x) if e != 1.0 else None
+                prev = infinite_noise_step(x, x0, a1, s1, e, z)
         elif self._single:
             x0, prev = self._stage(i - self._offset, x, out, a, s)
         else:
-            x0, prev = self._multistep(i - self._offset, x, out, a, s, self._noise(generator, variance_noise))
+            x0, prev = self._multistep(i - self._offset + self._keep, x, out, a, s,
+                                       self._noise(generator, variance_noise))
         self._step_index = i + 1
         prev, x0 = prev.to(sample.dtype), x0.to(sample.dtype)
         if not return_dict:
@@ -683,14 +696,15 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
             return self._plan
         hit = self._subplans.get(restart)
         if hit is None:
-            hit = self._subplans[restart] = plan_for(self.method, self.sde, self._grid[self._offset + restart:])
+            hit = self._subplans[restart] = plan_for(self.method, self.sde, self._body[restart:])
         return hit
 
-    def _multistep(self, j: int, x: torch.Tensor, out: torch.Tensor, a: float, s: float, noise: Any
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _multistep(self, j: int, x: torch.Tensor, out: torch.Tensor, a: float, s: float, noise: Any,
+                   given: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step j of the plan with the model output ``out`` at (x, a, s), or with its data prediction ``given``."""
         if self._plan is None:  # a lone step from infinite noise was the whole run
             raise RuntimeError("no steps left in this run")
-        x0, e = self._convert(out, x, a, s, self._plan.target)
+        x0, e = (given, given) if given is not None else self._convert(out, x, a, s, self._plan.target)
         if j != self._last + 1:  # the history is not contiguous: start again at lower order
             self._hist, self._restart, self._x_prev = [], j, None
         plan = self._subplan(self._restart)
