@@ -6,6 +6,8 @@ every run), 64 dimensions, exact divergence, float64. Ours: ``ei.log_likelihood`
 (Lagrange quadrature) and, for comparison, the divergence carried as a channel of the plan (``quadrature="plan"``,
 the default method). Converged value: ``method="torchdiffeq:dopri5"`` at rtol = atol = 1e-8, checked against 1e-7.
 Columns: the mean bits per dimension over the digits, and the largest per-digit distance to the converged value.
+Each model's default window: ``digits`` from t_min, ``digits-flow`` from the data itself (t = 0, no truncation;
+ei_toolkit/data_start.py).
 
 Run: OMP_NUM_THREADS=1 python benchmarks/bench_likelihood_digits.py [--n 64]; writes
 benchmarks/results/likelihood_digits.md.

@@ -11,14 +11,14 @@ y_s = x0 + rho_s (e eps_t + sqrt(1 - e^2) z), so in x
 
 with e = 1 for every deterministic method (the probability-flow ODE: x_s = alpha_s x0 + sigma_s x_t), and for
 stochastic DDIM e = 0 when lambda > 0 and e = sqrt(1 - eta^2) for DDIM's eta. A deterministic plan on the data
-prediction takes this step only to the last finite time t_max and keeps the evaluation as its own first one there
-(x0 barely moves between rho = inf and rho_max: by about alpha_max / sigma_max), so its multistep history starts
-with the evaluation at infinite noise; every other method's solve is its own on the finite part of the schedule,
-started afresh after the step to the grid's second point (an eps-form multistep method cannot extrapolate through
-rho = inf). This module is the hook that :func:`ei_toolkit.solve` calls when ``t_start`` is ``sde.t_terminal``
-(it sits beside the core, below :mod:`ei_toolkit.diffusion`); :class:`~ei_toolkit.diffusion.EIScheduler` takes the
-same first step. A ``callback`` of the request sees the whole grid: grid point 1 after the step from infinite noise,
-then 2 .. steps, as on any other run.
+prediction (:func:`keeps_terminal_evaluation`) takes this step only to the last finite time t_max and keeps the
+evaluation as its own first one there (x0 barely moves between rho = inf and rho_max: by about alpha_max /
+sigma_max), so its multistep history starts with the evaluation at infinite noise; every other method's solve is
+its own on the finite part of the schedule, started afresh after the step to the grid's second point (an eps-form
+multistep method cannot extrapolate through rho = inf). This module is the hook that :func:`ei_toolkit.solve`
+calls when ``t_start`` is ``sde.t_terminal`` (it sits beside the core, below :mod:`ei_toolkit.diffusion`);
+:class:`~ei_toolkit.diffusion.EIScheduler` takes the same first step. A ``callback`` of the request sees the
+whole grid: grid point 1 after the step from infinite noise, then 2 .. steps, as on any other run.
 
 Two families end at infinite noise: :class:`~ei_toolkit.DiscreteVP` with zero terminal SNR (t_terminal = N - 1) and
 :class:`~ei_toolkit.RectifiedFlow` (t_terminal = 1, alpha = 1 - t: Liu et al. 2023, Esser et al. 2024), whose
@@ -178,12 +178,17 @@ def solve_from_infinite_noise(method: Method, request: SolveRequest,
                     trajectory=traj, stats={"seconds": time.perf_counter() - start, "start": "infinite noise"})
 
 
-def keeps_terminal_evaluation(method: Method, request: SolveRequest) -> bool:
+def keeps_terminal_evaluation(method: Method, request: SolveRequest | None) -> bool:
     """Whether the run from infinite noise keeps its first evaluation as the plan's first (a deterministic fixed-grid
-    method on the data prediction; an explicit grid needs a second point below ``sde.t_max``)."""
+    method on the data prediction; an explicit grid needs a second point below ``sde.t_max``). Not the two-point
+    rule frozen at the step's middle (DPM-Solver-2M's, ``-mid``): with the node at lam_max its error on the flow
+    mixtures of benchmarks/bench_flow.py at NFE 20 on quadratic_t was 8-9x the restarted run's (other x0 plans:
+    0.5-1.4x, most near 1), so it restarts as before."""
     if not isinstance(method, Integrator) or method.stochastic or getattr(method, "target", "eps") != "x0":
         return False
-    if request.explicit_grid:
+    if getattr(method, "rule", None) == "midpoint":  # measured: a node at lam_max hurts the frozen-midpoint rule
+        return False
+    if request is not None and request.explicit_grid:
         times = torch.as_tensor(request.grid, dtype=torch.float64).flatten()
         return len(times) >= 2 and float(times[1]) < float(request.sde.t_max)
     return True

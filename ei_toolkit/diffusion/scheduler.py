@@ -46,7 +46,7 @@ from ..integrators.base import combine
 from ..integrators.ems import EMSAdams, ModelStatistics
 from ..model import threshold_x0, to_eps, to_x0
 from ..sde import DiscreteVP, RectifiedFlow
-from ..zero_snr import check_prediction, infinite_noise_step, terminal_grid, terminal_mixing
+from ..zero_snr import check_prediction, infinite_noise_step, keeps_terminal_evaluation, terminal_grid, terminal_mixing
 from .diffusers_integration import prediction_from_config, sde_from_scheduler_config
 
 __all__ = ["ConfigMixin", "EIScheduler", "EISchedulerOutput", "SchedulerMixin"]
@@ -418,8 +418,8 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         body = rest[:-1] if self._final_x0 else rest
         # From infinite noise a data-prediction multistep plan keeps the first evaluation as its first node, laid at
         # t_max (ei_toolkit/zero_snr.py: the state is moved there by the exact step with x0 frozen), as ei.sample
-        self._keep = bool(self._offset and not self._single and not self.method.stochastic and len(body) > 1
-                          and getattr(self.method, "target", "eps") == "x0" and float(body[0]) < sde.t_max)
+        self._keep = bool(self._offset and not self._single and len(body) > 1 and float(body[0]) < sde.t_max
+                          and keeps_terminal_evaluation(self.method, None))
         if self._keep:
             body = torch.cat([torch.tensor([float(sde.t_max)], dtype=torch.float64), body])
         self._body = body
