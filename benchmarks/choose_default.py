@@ -55,11 +55,12 @@ guidance above scale 2 (digits at scales 4 and 8): `euler` up to NFE 7 and `x0-l
 `quadratic_t`, then `x0-logrhoab1-mid-pc` on `uniform_logrho` up to 20 (worst ratios 0.89 / 1.37 / 1.00); from 21 the
 unguided default. Flow models, small (the section "Rectified flow over the mixtures and the trained flow models"
 below, `--flow-raw`: bench_flow.py's four mixtures and digits-flow; per NFE the lowest max(geometric mean, worst
-trained ratio) within 1.5x on every mixture, the switches placed by the mixtures at NFE 8 and 15): `x0-logrhoab2-pc` on
-`uniform_sigma` up to 8, `logrhoab1-pc` on `quadratic_t` up to 12, `x0-logrhoab1-mid-pc` on `quadratic_t` beyond:
-geometric mean over the mixtures 0.98 / 0.30 / 0.25 (worst 1.06 / 1.10 / 0.71), digits-flow 1.00 / 0.38 / 0.29.
-Flow models, large (patches-flow): `logrhoab0-pc` on `sd3_shift` up to 7, `ipndm` on `uniform_logrho` beyond: 1.24 /
-0.82 / 0.40 (was 1.32 / 3.28 / 1.90). Calibrated grids and EMS (grid_opt.md, ems_trained.md) are the tool for a given
+trained ratio) within 1.5x on every mixture, the switches placed by the mixtures at NFE 8 and 15): `x0-logrhoab1-pc`
+on `quadratic_t` up to 6, `logrhoab1-pc` on `quadratic_t` up to 12, `x0-logrhoab1-mid-pc` on `quadratic_t` beyond:
+geometric mean over the mixtures 0.92 / 0.30 / 0.25 (worst 1.41 / 1.10 / 0.71), digits-flow 0.90 / 0.38 / 0.29.
+Flow models, large (patches-flow): `x0-logrhoab2-pc` on `sd3_shift` up to 7, `ipndm` on `uniform_logrho` beyond: 0.75
+/ 0.82 / 0.40 (was 1.32 / 3.28 / 1.90; 1.24 at NFE 5 before a data-prediction plan kept its evaluation at pure
+noise). Calibrated grids and EMS (grid_opt.md, ems_trained.md) are the tool for a given
 model."""
 
 

@@ -125,10 +125,10 @@ class RectifiedFlow(LinearSDE):
     # rule on the flow models at or above it (patches-flow, 768), whose velocity needs steps at high noise, as SD3
     # shifts its schedule for larger images.
     DEFAULTS_BY_NFE: tuple[tuple[int | None, str, str], ...] = (
-        (8, "x0-logrhoab2-pc", "uniform_sigma"), (12, "logrhoab1-pc", "quadratic_t"),
+        (6, "x0-logrhoab1-pc", "quadratic_t"), (12, "logrhoab1-pc", "quadratic_t"),
         (None, "x0-logrhoab1-mid-pc", "quadratic_t"))
     DEFAULTS_BY_NFE_HIGH_DIM: tuple[tuple[int | None, str, str], ...] = (
-        (7, "logrhoab0-pc", "sd3_shift"), (None, "ipndm", "uniform_logrho"))
+        (7, "x0-logrhoab2-pc", "sd3_shift"), (None, "ipndm", "uniform_logrho"))
 
     def __init__(self, *, t_min: float = 1e-3, t_max: float = 1.0 - 1e-4):
         if isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not 0 < t_max < 1:
