@@ -146,11 +146,13 @@ def test_sampling_from_zero_terminal_snr_starts_at_infinite_noise_and_converges(
     # one step from infinite noise straight to the data returns x0 = -v at t_terminal: the data mean
     one = ei.sample(model, x, sde, prediction="v", nfe=1, t_end=-1.0, **kw)
     torch.testing.assert_close(one, torch.full_like(x, m), rtol=0, atol=1e-12)
-    # the trajectory's second state is the exact step from rho = inf
+    # the trajectory's second state is the exact step from rho = inf (a data-prediction plan that keeps the
+    # evaluation takes it to t_max and then its own one-point step, the same state; a corrector then moves it)
     sol = ei.solve(model, x, sde, prediction="v", nfe=5, t_end=-1.0, trajectory=True, **kw)
     t1 = sol.times[1:2]
     a1, s1 = sde.alpha(t1).item(), sde.sigma(t1).item()
-    torch.testing.assert_close(sol.trajectory[1], a1 * m + s1 * x, rtol=1e-12, atol=1e-12)
+    if not getattr(ei.INTEGRATORS[sol.stats["method"]], "corrector", False):
+        torch.testing.assert_close(sol.trajectory[1], a1 * m + s1 * x, rtol=1e-12, atol=1e-12)
     assert sol.trajectory.shape[0] == 6
 
 
