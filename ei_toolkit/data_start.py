@@ -66,10 +66,14 @@ def data_step(x: torch.Tensor, eps: torch.Tensor, ratio: float, sigma_1: float) 
     return torch.add(torch.mul(x, ratio), eps, alpha=sigma_1)
 
 
-def rest_of_grid(method: Integrator, sde: Any, grid_name: str, total: int, t0: float, t_end: float) -> torch.Tensor:
-    """The grid after the step out of the data for ``total`` evaluations in all: the named grid laid from ``t0`` to
-    ``t_end`` with one more point than ``method`` needs for the other ``total - 1`` (and the last step to infinite
-    noise, where ``t_end`` is ``sde.t_terminal``: that grid is laid to ``sde.t_max`` and its end moved), without t0."""
+def rest_of_grid(method: Integrator, sde: Any, grid: str | torch.Tensor, total: int, t0: float,
+                 t_end: float) -> torch.Tensor:
+    """The grid after the step out of the data for ``total`` evaluations in all: an explicit grid without its first
+    point t0, or the named grid laid from ``t0`` to ``t_end`` with one more point than ``method`` needs for the other
+    ``total - 1`` (and the last step to infinite noise, where ``t_end`` is ``sde.t_terminal``: that grid is laid to
+    ``sde.t_max`` and its end moved), without t0."""
+    if not isinstance(grid, str):
+        return torch.as_tensor(grid, dtype=torch.float64).flatten()[1:]
     terminal = t_end == getattr(sde, "t_terminal", None)
     if total == 1:  # the data step alone, straight to t_end
         return torch.tensor([t_end], dtype=torch.float64)
@@ -79,7 +83,7 @@ def rest_of_grid(method: Integrator, sde: Any, grid_name: str, total: int, t0: f
     except ValueError as exc:
         raise ValueError(f"nfe={total} from the data: one evaluation at t0, then {total - 1} for {method.name!r}"
                          f"{' and the last step to infinite noise' if terminal else ''}: {exc}") from None
-    full = cached_grid(sde, grid_name, body + 1, t0, float(sde.t_max) if terminal else t_end)
+    full = cached_grid(sde, grid, body + 1, t0, float(sde.t_max) if terminal else t_end)
     if terminal:
         full = full.clone()
         full[-1] = t_end
@@ -98,12 +102,10 @@ def solve_from_data(method: Method, request: SolveRequest,
     nfe = request.nfe
     rest: torch.Tensor | None = None
     grid_name = "adaptive"
-    if request.explicit_grid:
-        times = torch.as_tensor(request.grid, dtype=torch.float64).flatten()
-        rest, grid_name = times[1:], "explicit"
-    elif isinstance(method, Integrator):
-        grid_name = method.grid_for(request)
-        rest = rest_of_grid(method, sde, grid_name, 10 if nfe is None else positive_int("nfe", nfe), t0, t_end)
+    if request.explicit_grid or isinstance(method, Integrator):
+        grid = request.grid if request.explicit_grid else method.grid_for(request)
+        grid_name = "explicit" if request.explicit_grid else grid
+        rest = rest_of_grid(method, sde, grid, 10 if nfe is None else positive_int("nfe", nfe), t0, t_end)
     t1 = float(rest[0]) if rest is not None else float(sde.t_min)
     a0, _ = alpha_sigma_at(sde, t0)
     a1, s1 = alpha_sigma_at(sde, t1)

@@ -63,6 +63,7 @@ from .noise import check_generator
 from .sampling import _working_dtype, default_t_end, grid_ends
 from .sde import LinearSDE, MatrixLinearSDE
 from .sde.matrix import apply_block
+from .zero_snr import alpha_sigma_at
 
 QUADRATURES = ("lagrange", "plan")
 """``quadrature=``: a centred Lagrange quadrature in log rho of the divergence at the plan's evaluation points
@@ -544,14 +545,11 @@ def _solve_plan_from_data(method: Integrator, fld: _Field, sde: LinearSDE, x: to
     at the first QUADRATURE_POINTS - 1 grid points (g_k = h_k / rho_k): g turns on the data's own scale in rho (about
     the smallest component's standard deviation), which rho_1 need not be far below, so a trapezoid left a floor of
     4e-4 nats on the 16-dimensional mixture."""
-    if grid is not None and not isinstance(grid, str):
-        rest, name = torch.as_tensor(grid, dtype=torch.float64).flatten()[1:], "explicit"
-    else:
-        name = grid or DEFAULT_GRID
-        rest = rest_of_grid(method, sde, name, DEFAULT_NFE if nfe is None else nfe, t0, hi)
+    grid = DEFAULT_GRID if grid is None else grid
+    name = grid if isinstance(grid, str) else "explicit"
+    rest = rest_of_grid(method, sde, grid, DEFAULT_NFE if nfe is None else nfe, t0, hi)
     t1 = float(rest[0])
-    a0, a1, s1 = (float(f(torch.tensor(t, dtype=torch.float64))) for f, t in
-                  ((sde.alpha, t0), (sde.alpha, t1), (sde.sigma, t1)))
+    (a0, _), (a1, s1) = alpha_sigma_at(sde, t0), alpha_sigma_at(sde, t1)
     tdtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     _, eps0, div0 = fld(x, torch.full((x.shape[0],), t0, dtype=tdtype, device=x.device), t0, a0, 0.0)
     x1 = data_step(x, eps0, a1 / a0, s1)
