@@ -162,9 +162,12 @@ def solve_from_infinite_noise(method: Method, request: SolveRequest,
         out, times, evals = x1, torch.tensor([t_terminal, t1], dtype=torch.float64), torch.tensor([t_terminal])
         traj = torch.stack(states) if request.trajectory else None
     else:
+        # the method's budget after the evaluation at infinite noise, on a named grid too: a singlestep method
+        # spends it with a lower-order last step where its stages do not divide it (without it nfe=8 took 9)
+        left = (total - 1 if rest is not None and not request.explicit_grid
+                else None if nfe is None else nfe - 1)
         sub = dataclasses.replace(request, x=x1, t_start=t1,
-                                  grid=rest if rest is not None else request.grid,
-                                  nfe=None if rest is not None else (None if nfe is None else nfe - 1),
+                                  grid=rest if rest is not None else request.grid, nfe=left,
                                   callback=None if user is None else _shifted(user, 1))
         if check is not None:
             check(method, sub)
@@ -239,8 +242,10 @@ def _solve_keeping_the_terminal_evaluation(method: Method, request: SolveRequest
     a_max, s_max = alpha_sigma_at(sde, t_max)
     nfe0 = ev.nfe
     x0 = ev(x, t_terminal, "x0", alpha=0.0, sigma=1.0)
+    # the plan's own budget, the first evaluation included (a singlestep plan's lower-order last step reads it);
+    # a callback sees grid points 1, 2, ... as usual
     sub = dataclasses.replace(request, evaluator=_FirstGiven(ev, x0), x=infinite_noise_step(x, x0, a_max, s_max),
-                              t_start=t_max, grid=grid, nfe=None)  # a callback sees grid points 1, 2, ... as usual
+                              t_start=t_max, grid=grid, nfe=request.nfe if request.explicit_grid else total)
     if check is not None:
         check(method, sub)
     sol = method.solve(sub)
@@ -291,7 +296,8 @@ def solve_to_infinite_noise(method: Method, request: SolveRequest,
         times_run, evals = body, torch.empty(0, dtype=torch.float64)
         traj_head = x[None] if request.trajectory else None
     else:
-        sub = dataclasses.replace(request, t_end=float(body[-1]), grid=body, nfe=None)
+        left = total - 1 if not request.explicit_grid else None if nfe is None else nfe - 1  # before the last step
+        sub = dataclasses.replace(request, t_end=float(body[-1]), grid=body, nfe=left)
         if check is not None:
             check(method, sub)
         sol = method.solve(sub)

@@ -143,6 +143,31 @@ def test_every_method_reaches_its_order_on_rectified_flow(flow, name):
         convergence_order(name, sde=flow, t_start=0.9, t_end=end).check()
 
 
+@pytest.mark.parametrize("name", ORDERED)
+def test_every_method_spends_exactly_the_budget_through_the_special_ends(flow, gmm2d, name):
+    """nfe is what a run costs, whatever special step it takes: from pure noise (t = 1), from the data (t = 0), to
+    pure noise, and from the data to pure noise, for every budget the method can spend there. A singlestep method
+    whose stages do not divide what is left takes a lower-order last step; before the budget reached it past the
+    special step, logrhoss3 at nfe = 20 from pure noise spent 22, an unfair count in every comparison."""
+    m = ei.INTEGRATORS[name]
+    v, z = gmm2d.flow_model(flow), _noise(4)
+    runs = {"from pure noise": dict(t_start=1.0, t_end=0.0), "from the data": dict(t_start=0.0, t_end=0.5),
+            "to pure noise": dict(t_start=0.5, t_end=1.0), "from the data to pure noise": dict(t_start=0.0, t_end=1.0)}
+    spent = 0
+    for where, ends in runs.items():
+        special = 2 if where == "from the data to pure noise" else 1
+        for nfe in (5, 8, 9, 10, 20):
+            if not m.accepts_nfe(nfe - special) and nfe - special > 0:
+                continue  # the method cannot spend what the special steps leave (rhork-*: whole steps only)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ei.RoundoffWarning)
+                sol = ei.solve(v, z, flow, method=name, nfe=nfe, prediction="flow", **ends)
+            assert sol.nfe == nfe, (where, nfe, sol.nfe)
+            assert len(sol.eval_times) == nfe, (where, nfe)
+            spent += 1
+    assert spent >= 4  # every method has budgets it can spend on each kind of run
+
+
 @pytest.mark.parametrize("method", [None, "ddim", "logrhoab2", "x0-logrhoab2", "x0-logrhoab1-mid", "logrhoss3",
                                     "rhork-heun", "x0-logrhoab1-mid-pc-lof", "ipndm", "euler"])
 def test_sampling_from_pure_noise_converges_to_the_exact_flow(flow, gmm2d, method):

@@ -389,6 +389,18 @@ def test_the_default_method_follows_the_budget():
     assert ei.log_likelihood(m, x, sde, grid=grid).stats["method"] == "x0-logrhoab2-pc"
 
 
+@pytest.mark.parametrize("method", ["logrhoab3", "logrhoss2", "logrhoss3", "x0-logrhoss3"])
+def test_the_budget_is_what_the_likelihood_spends(method):
+    """nfe counts every evaluation, the step out of the data included: a singlestep method whose stages do not
+    divide the rest takes a lower-order last step (logrhoss3 at nfe = 20 from the data spent 22 before)."""
+    p = get_problem("gmm2d")
+    x = 0.3 * torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    for sde, model, prediction in ((ei.RectifiedFlow(), p.flow_model(ei.RectifiedFlow()), "flow"),
+                                   (ei.VPSDE(), p.eps_model(ei.VPSDE()), "eps")):
+        for nfe in (8, 9, 10, 20):
+            assert ei.log_likelihood(model, x, sde, method=method, nfe=nfe, prediction=prediction).nfe == nfe
+
+
 def test_rectified_flow_and_velocity_models_plug_in():
     """Rectified flow (alpha = 1 - t, sigma = t) is a scalar SDE like the others: at 512 evaluations the result
     equals the exact mixture log-density up to the prior mismatch (a-posteriori estimate as in the first test), and a
