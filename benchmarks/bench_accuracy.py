@@ -194,7 +194,9 @@ def run(sdes: list[str], mixtures: list[str], nfes: list[int], n: int, seed: int
 
 
 def is_peer(config: str) -> bool:
-    return config.startswith(("diffusers ", "k-diffusion "))
+    """A peer's configuration (every benchmark names them so): diffusers', k-diffusion's, the flow_matching
+    package's."""
+    return config.startswith(("diffusers ", "k-diffusion ", "flow_matching "))
 
 
 def problem_sde(problem: str) -> ei.LinearSDE:

@@ -11,7 +11,10 @@ Peers (diffusers, driven step by step as a pipeline drives them, the model calle
 calls counted by a wrapper; a peer whose smallest run exceeds the budget is left out at that NFE):
 FlowMatchEulerDiscreteScheduler (shift 1, 3), FlowMatchHeunDiscreteScheduler (shift 1, 3; the largest step count within
 the budget), DPMSolverMultistepScheduler and UniPCMultistepScheduler with use_flow_sigmas=True,
-prediction_type="flow_prediction", flow_shift 1 or 3, orders 2 and 3 (UniPC bh1 and bh2).
+prediction_type="flow_prediction", flow_shift 1 or 3, orders 2 and 3 (UniPC bh1 and bh2). The ``flow_matching``
+package (Lipman et al. 2024, "Flow Matching Guide and Code"): its ``ODESolver.sample`` with the fixed-step torchdiffeq
+methods its documentation names (euler, midpoint, heun3) and rk4, on its uniform time grid (its time runs from noise,
+0, to data, 1: sigma = 1 - t and its velocity is minus ours), the most steps within the budget.
 
 Ours: from t = 1 (pure noise, the exact first step of ei_toolkit.diffusion.zero_snr) to t = 0, every combination of
 the candidate methods and grids below. The rule: per NFE, among our (method, grid) within 1.5x of the best peer
@@ -52,7 +55,9 @@ SCHEDULER_METHODS = ("ddim", "logrhoab1", "logrhoab1-pc", "logrhoab2-pc", "logrh
                      "x0-logrhoab1-mid-pc", "logrhoab3")  # EIScheduler's candidates on FlowMatchEuler's own sigmas
 METHODS = ("ddim", "logrhoab1-mid", "logrhoab2", "logrhoab3", "x0-logrhoab1", "x0-logrhoab2", "x0-logrhoab3",
            "x0-logrhoab1-mid", "x0-logrhoab1-mid-pc", "logrhoab1-pc", "x0-logrhoab1-pc", "logrhoab2-pc",
-           "x0-logrhoab2-pc")
+           "x0-logrhoab2-pc", "ipndm", "logrhoss2", "logrhoss3", "x0-logrhoss2", "x0-logrhoss3")
+"""Our candidates: the multistep family, iPNDM and the singlestep methods (the flow_matching peers' Runge-Kutta
+steps on uniform time are strong from NFE 15 on)."""
 
 
 def held_out(name: str) -> GaussianMixture:
@@ -113,6 +118,35 @@ def peers() -> dict[str, tuple[object, bool]]:
     return out
 
 
+FM_METHODS = {"euler": 1, "midpoint": 2, "heun3": 3, "rk4": 4}  # flow_matching ODESolver method -> evaluations a step
+
+
+def run_flow_matching(method: str, steps: int, v, z: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """(x at sigma = 0, the first sigma, model calls) of the flow_matching package's ODESolver on ``steps`` uniform
+    steps of its time t = 1 - sigma (noise at 0, data at 1; its velocity dx/dt is -v)."""
+    from flow_matching.solver import ODESolver
+
+    model = Counted(v)
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -model(x, 1.0 - float(t))
+
+    grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    x = ODESolver(velocity_model=velocity).sample(x_init=z.clone(), step_size=None, method=method, time_grid=grid)
+    return x, 1.0, model.calls
+
+
+def flow_matching_peers() -> dict[str, str]:
+    """peer name -> torchdiffeq method of the flow_matching package's ODESolver, or none if the package is not
+    installed (pip install flow_matching; it needs only torch, numpy and torchdiffeq)."""
+    try:
+        import flow_matching.solver  # noqa: F401
+    except ImportError:
+        print("flow_matching is not installed: its ODESolver is left out of the peers", flush=True)
+        return {}
+    return {f"flow_matching ODESolver {m}": m for m in FM_METHODS}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "flow.md"))
@@ -125,6 +159,7 @@ def main() -> None:
     theirs: dict[tuple[str, int], list[float]] = {}
     used: dict[tuple[str, int], int] = {}
     peer_list = peers()
+    fm_list = flow_matching_peers()
     on_sched: dict[tuple[str, float, int], list[float]] = {}
     import diffusers as d
 
@@ -158,6 +193,13 @@ def main() -> None:
                 x, s0, calls = best
                 if s0 not in refs:
                     refs[s0] = mix.flow_reference(z, s0, 0.0)
+                theirs.setdefault((peer, nfe), []).append(rel_error(x, refs[s0]))
+                used[(peer, nfe)] = calls
+            for peer, fm_method in fm_list.items():  # the most steps whose evaluations fit the budget
+                steps = nfe // FM_METHODS[fm_method]
+                if steps < 1:
+                    continue
+                x, s0, calls = run_flow_matching(fm_method, steps, v, z)
                 theirs.setdefault((peer, nfe), []).append(rel_error(x, refs[s0]))
                 used[(peer, nfe)] = calls
 
@@ -235,7 +277,7 @@ def main() -> None:
               "UniPC bh1 with use_flow_sigmas returns NaN (nan below): its last step, into sigma = 0, has h = inf and "
               "bh1's B(h) = -h.", "",
               "| peer | " + " | ".join(f"NFE {n}" for n in NFES) + " |", "|---|" + "---|" * len(NFES)]
-    for peer in peer_list:
+    for peer in [*peer_list, *fm_list]:
         cells = [f"{gmean(theirs[(peer, n)][:k]):.3g} ({used[(peer, n)]})" if (peer, n) in theirs else "-"
                  for n in NFES]
         lines.append(f"| {peer} | " + " | ".join(cells) + " |")

@@ -5,8 +5,9 @@ Per problem: z ~ N(0, I) (float64, bench_flow.BATCH draws, seed 0) from pure noi
 error is bench_flow's, the relative RMS distance over the batch to the exact ODE solution from each sampler's own
 start. Columns:
 
-* the best peer configuration by bench_flow's definition: per NFE, the diffusers flow scheduler (bench_flow.peers)
-  with the lowest geometric-mean error over bench_flow.PROBLEMS;
+* the best peer configuration by bench_flow's definition: per NFE, the diffusers flow scheduler (bench_flow.peers) or
+  the flow_matching package's ODESolver (bench_flow.flow_matching_peers) with the lowest geometric-mean error over
+  bench_flow.PROBLEMS;
 * the flow default (``ei.sample`` without ``method=``: RectifiedFlow.DEFAULTS_BY_NFE);
 * EMS (``ei.EMSAdams(stats, points)`` with the corrector, points as in bench_ems_trained.POINTS) on its default grid,
   statistics from ``--draws`` other draws (seed 99; ``ei.model_statistics(..., prediction="flow")``: 200 nodes,
@@ -34,7 +35,18 @@ from pathlib import Path
 
 import torch
 from bench_ems_trained import POINTS
-from bench_flow import BATCH, HELD_OUT, PROBLEMS, held_out, peers, rel_error, run_scheduler
+from bench_flow import (
+    BATCH,
+    FM_METHODS,
+    HELD_OUT,
+    PROBLEMS,
+    flow_matching_peers,
+    held_out,
+    peers,
+    rel_error,
+    run_flow_matching,
+    run_scheduler,
+)
 
 import ei_toolkit as ei
 from ei_toolkit.statistics import check_statistics
@@ -72,6 +84,10 @@ def run_problem(name: str, draws: int, max_solves: int) -> dict:
                         refs[s0] = mix.flow_reference(z, s0, 0.0)
                     out["peers"][(peer, nfe)] = rel_error(x, refs[s0])
                     break
+        for peer, fm_method in flow_matching_peers().items():  # the most steps within the budget
+            if nfe // FM_METHODS[fm_method]:
+                x, _, _ = run_flow_matching(fm_method, nfe // FM_METHODS[fm_method], v, z)
+                out["peers"][(peer, nfe)] = rel_error(x, refs[1.0])
         out["default"][nfe] = rel_error(ei.sample(v, z, flow, prediction="flow", nfe=nfe, t_end=0.0), refs[1.0])
     xs, xc, xh = _noise(draws, mix.dim, 99), _noise(CAL_DRAWS, mix.dim, 1), _noise(HELDOUT_DRAWS, mix.dim, 2)
     t0 = time.perf_counter()
@@ -116,9 +132,11 @@ def main() -> None:
     k = len(PROBLEMS)
     best = {}
     for nfe in NFES:  # bench_flow's best peer: the lowest geometric mean over its PROBLEMS, finite everywhere
-        errs = {p: [res[n]["peers"].get((p, nfe), math.nan) for n in PROBLEMS] for p in peers()}
+        errs = {p: [res[n]["peers"].get((p, nfe), math.nan) for n in PROBLEMS]
+                for p in [*peers(), *flow_matching_peers()]}
         best[nfe] = min((p for p in errs if math.isfinite(gmean(errs[p]))), key=lambda p: gmean(errs[p]))
-    lines = ["# EMS on rectified flow: calibrated statistics and grids against diffusers' flow schedulers", "",
+    lines = ["# EMS on rectified flow: calibrated statistics and grids against diffusers' and flow_matching's "
+             "samplers", "",
              f"`python benchmarks/bench_flow_ems.py --draws {args.draws} --max-solves {args.max_solves}` "
              f"({time.perf_counter() - start:.0f} s, one thread, a shared 2-core CPU). bench_flow's mixtures, "
              f"peers and error (relative RMS distance over {BATCH} draws of z, seed 0, to the exact ODE solution from "

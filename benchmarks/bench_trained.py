@@ -9,7 +9,8 @@ preserving models with ``ei.odeint`` in the log-rho frame, flow models directly 
 
 Peers: variance-preserving models, benchmarks/peers.py (diffusers DPM-Solver++ 2M/3M/2S/3S, UniPC bh1/bh2 on the
 official DPM-Solver grids and Karras sigmas; k-diffusion on Karras sigmas); flow models, bench_flow.py's (diffusers
-FlowMatchEuler / FlowMatchHeun, DPM-Solver++ and UniPC with use_flow_sigmas, shift 1 and 3).
+FlowMatchEuler / FlowMatchHeun, DPM-Solver++ and UniPC with use_flow_sigmas, shift 1 and 3; the flow_matching
+package's ODESolver where its evaluations a step divide the NFE).
 Ours: every deterministic, plan-based, fixed-NFE method of the registry on every grid of ``GRIDS`` (flow models: the
 flow grids too), named "method / grid"; and "default" (``ei.sample`` with no method).
 
@@ -32,9 +33,9 @@ import warnings
 from pathlib import Path
 
 import torch
-from bench_accuracy import model_dim, our_methods
+from bench_accuracy import is_peer, model_dim, our_methods
+from bench_flow import FM_METHODS, flow_matching_peers, run_flow_matching, run_scheduler
 from bench_flow import peers as flow_peers
-from bench_flow import run_scheduler
 from peers import available_peers
 
 import ei_toolkit as ei
@@ -134,6 +135,10 @@ def run_model(name: str, n: int, nfes: list[int]) -> tuple[dict[int, dict[str, f
                     if s0 not in refs:
                         refs[s0] = flow_reference(model, z, s0)
                     record(k, f"diffusers {peer}", x, refs[s0])
+                for peer, fm_method in flow_matching_peers().items():  # uniform steps of t from pure noise
+                    if k % FM_METHODS[fm_method] == 0:  # exactly k evaluations, as every peer here
+                        x, _, _ = run_flow_matching(fm_method, k // FM_METHODS[fm_method], model, z)
+                        record(k, peer, x, refs[1.0])
             else:
                 for peer, run in available_peers().items():
                     x, _, used = run(model, z, sde, k)
@@ -142,10 +147,6 @@ def run_model(name: str, n: int, nfes: list[int]) -> tuple[dict[int, dict[str, f
         if fd is not None:
             fds[0] = {"near-exact solution": fd(ref)}
     return out, fds
-
-
-def is_peer(config: str) -> bool:
-    return config.startswith(("diffusers ", "k-diffusion "))
 
 
 def fd_table(fds: dict[str, dict[int, dict[str, float]]], results: dict[str, dict[int, dict[str, float]]]

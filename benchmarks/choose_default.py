@@ -31,6 +31,7 @@ from ei_toolkit.grids import HIGH_DIM
 OUT = Path(__file__).parent / "results"
 TRAINED_BOUND = 1.0  # issue 26: the uncalibrated default <= 1.0x the best peer on every trained model
 FLOW_WORST = 1.5  # issue 21: the flow default never above 1.5x the best peer on a mixture (<= 1.0x in geometric mean)
+NEAR_MISS = 1.25  # where no configuration holds FLOW_WORST: the worst mixture ratios counted as near the lowest
 GUIDED_ABOVE = 2.0  # ei_toolkit.sampling.GUIDED_ABOVE: above it the guided default applies
 
 
@@ -55,13 +56,15 @@ guidance above scale 2 (digits at scales 4 and 8): `euler` up to NFE 7 and `x0-l
 `quadratic_t`, then `x0-logrhoab1-mid-pc` on `uniform_logrho` up to 20 (worst ratios 0.89 / 1.37 / 1.00); from 21 the
 unguided default. Flow models, small (the section "Rectified flow over the mixtures and the trained flow models"
 below, `--flow-raw`: bench_flow.py's four mixtures and digits-flow; per NFE the lowest max(geometric mean, worst
-trained ratio) within 1.5x on every mixture, the switches placed by the mixtures at NFE 8 and 15): `x0-logrhoab1-pc`
-on `quadratic_t` up to 6, `logrhoab1-pc` on `quadratic_t` up to 12, `x0-logrhoab1-mid-pc` on `quadratic_t` beyond:
-geometric mean over the mixtures 0.92 / 0.30 / 0.25 (worst 1.41 / 1.10 / 0.71), digits-flow 0.90 / 0.38 / 0.29.
-Flow models, large (patches-flow): `x0-logrhoab2-pc` on `sd3_shift` up to 7, `ipndm` on `uniform_logrho` beyond: 0.75
-/ 0.82 / 0.40 (was 1.32 / 3.28 / 1.90; 1.24 at NFE 5 before a data-prediction plan kept its evaluation at pure
-noise). Calibrated grids and EMS (grid_opt.md, ems_trained.md) are the tool for a given
-model."""
+trained ratio) within 1.5x on every mixture, or, where none is, the lowest such score among the near misses; the
+switches placed by the mixtures at NFE 8 and 15): `x0-logrhoab1-pc` on `quadratic_t` up to 6, `logrhoab1-pc` on
+`quadratic_t` up to 12, `x0-logrhoab1-mid-pc` on `quadratic_t` beyond. The peers include the flow_matching package's
+ODESolver (Runge-Kutta on uniform time), the best peer on the mixtures from NFE 15 and on the trained flow models at
+NFE 10 / 20 (patches-flow) and 20 (digits-flow): geometric mean over the mixtures 0.92 / 0.30 / 0.38 (worst 1.41 /
+1.10 / 2.01: no candidate stays within 1.5x at NFE 20), digits-flow 0.90 / 0.38 / 0.39. Flow models, large
+(patches-flow): `x0-logrhoab2-pc` on `sd3_shift` up to 7, `ipndm` on `uniform_logrho` beyond: 0.75 / 1.07 / 0.58
+(1.07: no candidate beats flow_matching's midpoint rule at NFE 10 there). Calibrated grids and EMS (grid_opt.md,
+ems_trained.md) are the tool for a given model."""
 
 
 def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -221,7 +224,10 @@ def flow_lines(raw: dict, trained: dict, models: list[str]) -> list[str]:
     flow models (each against its own best peer). The targets are issue 21's (the geometric mean over the problems
     <= 1.0x the best peer, never above FLOW_WORST on a mixture) and issue 26's (<= 1.0x on every trained model), so
     per NFE, among the configurations within FLOW_WORST on every mixture, the lowest max(geometric-mean ratio, worst
-    ratio on a trained model): both targets hold where it is <= 1, and otherwise it is the nearest miss."""
+    ratio on a trained model): both targets hold where it is <= 1, and otherwise it is the nearest miss. Where no
+    configuration stays within FLOW_WORST on every mixture (the flow_matching package's Runge-Kutta steps on uniform
+    time beat every candidate somewhere from NFE 15 on), a score <= 1 first, then the lowest score among those within
+    NEAR_MISS of the lowest worst mixture ratio."""
     from bench_flow import PROBLEMS
 
     k = len(PROBLEMS)
@@ -250,7 +256,12 @@ def flow_lines(raw: dict, trained: dict, models: list[str]) -> list[str]:
             r = r_mix + t_ratios[cfg]
             gm, worst_trained = geometric_mean(r), max(r[k:])
             rows.append((max(r[:k]) > FLOW_WORST, max(gm, worst_trained), max(r), gm, max(r[:k]), worst_trained, cfg))
-        rows.sort()
+        # within FLOW_WORST on every mixture: the lowest score; where none is, the lowest score among the near
+        # misses, within NEAR_MISS of the lowest worst mixture ratio (the lowest score alone took 6.7x on a mixture
+        # where 2.0x was to be had at about the same score)
+        holding = [r for r in rows if r[1] <= 1.0] or rows  # the score's targets first
+        near = min(r[4] for r in holding) * NEAR_MISS
+        rows.sort(key=lambda r: (r[0], r[0] and r[1] > 1.0, r[0] and r[4] > near, r[1]))
         picks[nfe] = rows[0][-1]
         lines += [f"### NFE {nfe}", "",
                   "| configuration | score: max(gm, worst trained) | worst ratio | gm ratio | worst on mixtures | "
@@ -259,16 +270,22 @@ def flow_lines(raw: dict, trained: dict, models: list[str]) -> list[str]:
                   f"{wt:.2f} |" for out, score, w, g, wm, wt, c in rows[:8]]
         lines.append("")
     # between two measured budgets whose picks differ, a budget measured on the mixtures only (bench_flow's 8, 15)
-    # takes the neighbour's pick that does better there (within FLOW_WORST on every mixture first, then the
-    # geometric mean): the switch is placed by evidence, not only at the geometric midpoint
+    # takes the neighbour's pick that does better there (within FLOW_WORST on every mixture first, then a geometric
+    # mean <= 1, then within NEAR_MISS of the lower worst ratio, then the geometric mean): the switch is placed by
+    # evidence, not only at the geometric midpoint
     measured = sorted(picks)
     between = []
     for a, b in itertools.pairwise(measured):
         for m in sorted(n for n in mixture if a < n < b and picks[a] != picks[b]):
-            def mixture_score(cfg: str, m: int = m) -> tuple[bool, float]:
+            pair = (picks[a], picks[b])
+            holding = [c for c in pair if geometric_mean(mixture[m].get(c, [math.inf])) <= 1.0] or pair
+            near = min(max(mixture[m].get(c, [math.inf])) for c in holding) * NEAR_MISS
+
+            def mixture_score(cfg: str, m: int = m, near: float = near) -> tuple[bool, bool, bool, float]:
                 r = mixture[m].get(cfg, [math.inf])
-                return max(r) > FLOW_WORST, geometric_mean(r)
-            picks[m] = min((picks[a], picks[b]), key=mixture_score)
+                gm = geometric_mean(r)
+                return max(r) > FLOW_WORST, gm > 1.0, max(r) > near, gm
+            picks[m] = min(pair, key=mixture_score)
             r = mixture[m].get(picks[m], [math.inf])
             between.append(f"NFE {m}: {picks[m]} (worst {max(r):.2f}, gm {geometric_mean(r):.2f} on the mixtures)")
     if between:
