@@ -183,11 +183,14 @@ def solve_from_infinite_noise(method: Method, request: SolveRequest,
 
 def keeps_terminal_evaluation(method: Method, request: SolveRequest | None) -> bool:
     """Whether the run from infinite noise keeps its first evaluation as the plan's first (a deterministic fixed-grid
-    method on the data prediction; an explicit grid needs a second point below ``sde.t_max``). Not the two-point
+    method on the data prediction, or one that says so with a true ``keeps_terminal_evaluation`` attribute: EMS with
+    one point; an explicit grid needs a second point below ``sde.t_max``). Not the two-point
     rule frozen at the step's middle (DPM-Solver-2M's, ``-mid``): with the node at lam_max its error on the flow
     mixtures of benchmarks/bench_flow.py at NFE 20 on quadratic_t was 8-9x the restarted run's (other x0 plans:
     0.5-1.4x, most near 1), so it restarts as before."""
-    if not isinstance(method, Integrator) or method.stochastic or getattr(method, "target", "eps") != "x0":
+    if not isinstance(method, Integrator) or method.stochastic:
+        return False
+    if getattr(method, "target", "eps") != "x0" and not getattr(method, "keeps_terminal_evaluation", False):
         return False
     if getattr(method, "rule", None) == "midpoint":  # measured: a node at lam_max hurts the frozen-midpoint rule
         return False
@@ -199,18 +202,20 @@ def keeps_terminal_evaluation(method: Method, request: SolveRequest | None) -> b
 
 class _FirstGiven:
     """The request's evaluator with the plan's first evaluation (index 0) given: the data prediction at t_terminal,
-    already computed (and counted) by the runner; everything else is the evaluator's own."""
+    already computed (and counted) by the runner, or for a plan on eps (EMS) the noise it implies at the state the
+    plan starts from, (y - alpha x0) / sigma at t_max (the terminal state itself: the exact step put y = alpha x0 +
+    sigma x there); everything else is the evaluator's own."""
 
-    def __init__(self, evaluator: Any, first: torch.Tensor) -> None:
-        self._evaluator, self._first = evaluator, first
+    def __init__(self, evaluator: Any, first: torch.Tensor, alpha: float, sigma: float) -> None:
+        self._evaluator, self._first, self._alpha, self._sigma = evaluator, first, alpha, sigma
 
     def bind(self, times: torch.Tensor, x: torch.Tensor, target: str = "eps") -> Callable[[torch.Tensor, int],
                                                                                           torch.Tensor]:
-        if target != "x0":
-            raise AssertionError("the terminal evaluation is a data prediction; the plan wants eps")
         inner = self._evaluator.bind(times, x, target)
-        first = self._first
-        return lambda y, k: first if k == 0 else inner(y, k)
+        first, a, s = self._first, self._alpha, self._sigma
+        if target == "x0":
+            return lambda y, k: first if k == 0 else inner(y, k)
+        return lambda y, k: (y - a * first) / s if k == 0 else inner(y, k)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._evaluator, name)
@@ -244,7 +249,8 @@ def _solve_keeping_the_terminal_evaluation(method: Method, request: SolveRequest
     x0 = ev(x, t_terminal, "x0", alpha=0.0, sigma=1.0)
     # the plan's own budget, the first evaluation included (a singlestep plan's lower-order last step reads it);
     # a callback sees grid points 1, 2, ... as usual
-    sub = dataclasses.replace(request, evaluator=_FirstGiven(ev, x0), x=infinite_noise_step(x, x0, a_max, s_max),
+    sub = dataclasses.replace(request, evaluator=_FirstGiven(ev, x0, a_max, s_max),
+                              x=infinite_noise_step(x, x0, a_max, s_max),
                               t_start=t_max, grid=grid, nfe=request.nfe if request.explicit_grid else total)
     if check is not None:
         check(method, sub)

@@ -638,8 +638,10 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
             x0 = self._threshold(to_x0(self.prediction, out, x, a, s))
             if self._keep:  # to t_max, then the plan's first step with this x0 as its first evaluation
                 a1, s1 = (float(v) for v in self.sde.alpha_sigma(self._body[:1]))
+                # the plan's first answer: this x0, or for a plan on eps (EMS) the noise it implies at t_max, x
                 x0, prev = self._multistep(0, infinite_noise_step(x, x0, a1, s1), out, a, s,
-                                           self._noise(generator, variance_noise), given=x0)
+                                           self._noise(generator, variance_noise),
+                                           given=(x0, x0 if self._plan.target == "x0" else x))
             else:
                 a1, s1 = (float(v) for v in self.sde.alpha_sigma(self._grid[1:2]))
                 e = terminal_mixing(self.method)
@@ -700,11 +702,12 @@ class EIScheduler(SchedulerMixin, ConfigMixin):
         return hit
 
     def _multistep(self, j: int, x: torch.Tensor, out: torch.Tensor, a: float, s: float, noise: Any,
-                   given: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step j of the plan with the model output ``out`` at (x, a, s), or with its data prediction ``given``."""
+                   given: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step j of the plan with the model output ``out`` at (x, a, s), or with ``given`` = (its data prediction,
+        the plan's target value)."""
         if self._plan is None:  # a lone step from infinite noise was the whole run
             raise RuntimeError("no steps left in this run")
-        x0, e = (given, given) if given is not None else self._convert(out, x, a, s, self._plan.target)
+        x0, e = given if given is not None else self._convert(out, x, a, s, self._plan.target)
         if j != self._last + 1:  # the history is not contiguous: start again at lower order
             self._hist, self._restart, self._x_prev = [], j, None
         plan = self._subplan(self._restart)
