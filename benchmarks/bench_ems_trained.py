@@ -11,7 +11,9 @@ benchmarks/results/trained.json (bench_trained.py: 256 other draws, the same nea
 
 Models: every name of ei_toolkit.models.registry.model_names() (eps and flow models; "--models" to choose). Every
 solve runs under torch.no_grad: with autograd on, the reference's thousands of steps each kept their graph.
-Run: python benchmarks/bench_ems_trained.py [--draws 64] [--max-solves 60]; writes benchmarks/results/ems_trained.md.
+Run: python benchmarks/bench_ems_trained.py [--draws 64] [--max-solves 60] [--models ...]; writes
+benchmarks/results/ems_trained.md, replacing only the sections of the models it ran (each section says its run's
+seconds), so that one model can be rerun without the hour the patch UNets take.
 """
 
 from __future__ import annotations
@@ -66,7 +68,10 @@ def main() -> None:
              "against method adaptive at rtol 1e-7; statistics from "
              f"{args.draws} other draws (seed 99), 200 nodes, 2 probes, 32 bootstrap resamples; grid calibrated on 16 "
              "more (seed 1). Ratios in brackets: to the base method / to the best peer of trained.json.", ""]
+    head = len(lines)
+    sections: dict[str, list[str]] = {}
     for name in args.models:
+        first, t_model = len(lines), time.perf_counter()
         spec = shipped_model(name)
         pred = spec.prediction
         try:
@@ -127,16 +132,29 @@ def main() -> None:
                          f"{f'{p:.2e}' if p else '-'} | {info['nfe_reference']} + {info['nfe_optimiser']} of 16 draws, "
                          f"{cal_s:.0f} s | {'passed' if check.passed else 'FAILED'} ({check.ratio:.2f}) |")
             print(lines[-1], flush=True)
-        lines.append("")
-        write(lines)  # after each model: a long run that is stopped keeps what it measured
-    lines.append(f"Total {time.perf_counter() - start:.0f} s.")
-    write(lines)
-    print("\n".join(lines))
+        lines += ["", f"This model's run: {time.perf_counter() - t_model:.0f} s.", ""]
+        sections[name] = lines[first:]
+        write(lines[:head], sections)  # after each model: a long run that is stopped keeps what it measured
+    print(f"Total {time.perf_counter() - start:.0f} s.")
 
 
-def write(lines: list[str]) -> None:
+def write(header: list[str], sections: dict[str, list[str]]) -> None:
+    """The header and every model's section: those run now, the others as the file had them (in registry order)."""
     OUT.mkdir(exist_ok=True)
-    (OUT / "ems_trained.md").write_text("\n".join(lines) + "\n")
+    path = OUT / "ems_trained.md"
+    kept: dict[str, list[str]] = {}
+    if path.exists():
+        name = None
+        for line in path.read_text().splitlines():
+            if line.startswith("## "):
+                name = line[3:].strip()
+                kept[name] = []
+            if name is not None and not line.startswith("Total "):
+                kept[name].append(line)
+    kept.update(sections)
+    order = [n for n in model_names() if n in kept] + [n for n in kept if n not in model_names()]
+    body = [line for n in order for line in kept[n]]
+    path.write_text("\n".join(header + body).rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":
