@@ -57,11 +57,11 @@ guidance above scale 2 (digits at scales 4 and 8): `euler` up to NFE 7 and `x0-l
 unguided default. Flow models, small (the section "Rectified flow over the mixtures and the trained flow models"
 below, `--flow-raw`: bench_flow.py's four mixtures and digits-flow; per NFE the lowest max(geometric mean, worst
 trained ratio) within 1.5x on every mixture, or, where none is, the lowest such score among the near misses; the
-switches placed by the mixtures at NFE 8 and 15): `x0-logrhoab1-pc` on `quadratic_t` up to 6, `logrhoab1-pc` on
-`quadratic_t` up to 12, `x0-logrhoab1-mid-pc` on `quadratic_t` beyond. The peers include the flow_matching package's
-ODESolver (Runge-Kutta on uniform time), the best peer on the mixtures from NFE 15 and on the trained flow models at
-NFE 10 / 20 (patches-flow) and 20 (digits-flow): geometric mean over the mixtures 0.92 / 0.30 / 0.38 (worst 1.41 /
-1.10 / 2.01: no candidate stays within 1.5x at NFE 20), digits-flow 0.90 / 0.38 / 0.39. Flow models, large
+switches placed by the mixtures at NFE 8 and 15): `x0-tab2` (DEIS's tAB on the data prediction) on `quadratic_t` up
+to 6, `logrhoab1-pc` on `quadratic_t` up to 12, `x0-tab2` on `quadratic_t` beyond. The peers include the
+flow_matching package's ODESolver (Runge-Kutta on uniform time), the best peer on the mixtures from NFE 15 and on the
+trained flow models at NFE 10 / 20 (patches-flow) and 20 (digits-flow): geometric mean over the mixtures 0.81 / 0.30
+/ 0.20 (worst 1.35 / 1.10 / 1.04), digits-flow 0.89 / 0.38 / 0.25. Flow models, large
 (patches-flow): `x0-logrhoab2-pc` on `sd3_shift` up to 7, `ipndm` on `uniform_logrho` beyond: 0.75 / 1.07 / 0.58
 (1.07: no candidate beats flow_matching's midpoint rule at NFE 10 there). Calibrated grids and EMS (grid_opt.md,
 ems_trained.md) are the tool for a given model."""
