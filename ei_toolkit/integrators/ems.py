@@ -455,7 +455,6 @@ class EMSAdams(Integrator):
 
     evals_per_step = 1
     default_grid = "quadratic_t"  # for variance-preserving SDEs; uniform_logrho for the others (times())
-
     NAMES = tuple(f"ems-logrhoab{k}{pc}" for k in range(4) for pc in ("-pc", ""))
     """The names the method takes (``name``): ``ems-logrhoab<points - 1>``, ``-pc`` with the corrector."""
 
