@@ -342,8 +342,9 @@ def main() -> None:
         "carry the divergence as a channel of the state (quadrature='plan'); the others integrate it by the centred "
         "Lagrange quadrature (the default). 'quadrature alone (exact path)': the points of the uniform log-rho grid "
         "that the divergence quadrature needs on the exact trajectory, with no integrator error (one evaluation "
-        "each): a fixed-grid plan cannot do with fewer, so where it exceeds 0.2x the best peer the target is out of "
-        "reach of this design, and only a grid placed by the integrand (adaptive, as the peers are) could do better.",
+        "each): a fixed-grid plan needs about as many (its own errors partly cancel the quadrature's on some rows), "
+        "so where it exceeds 0.2x the best peer the target is out of reach of this design, and only a grid placed "
+        "by the integrand (adaptive, as the peers are) could do better.",
         "",
         "## The default: geometric mean over the problems of the error per dimension, by NFE",
         "",
