@@ -36,7 +36,7 @@ from .errors import positive_int
 from .integrators import Integrator
 from .integrators.base import cached_grid
 from .solution import Solution
-from .zero_snr import _shifted, alpha_sigma_at
+from .zero_snr import _shifted, alpha_sigma_at, budget_left
 
 if TYPE_CHECKING:
     from .integrators import Method, SolveRequest
@@ -121,11 +121,8 @@ def solve_from_data(method: Method, request: SolveRequest,
         out, times, evals = x1, torch.tensor([t0, t1], dtype=torch.float64), torch.tensor([t0], dtype=torch.float64)
         traj = torch.stack([x, x1]) if request.trajectory else None
     else:
-        # the budget after the data step, on a named grid too (a singlestep method's lower-order last step reads it)
-        left = (10 if nfe is None else nfe) - 1 if rest is not None and not request.explicit_grid else (
-            None if nfe is None else nfe - 1)
-        sub = dataclasses.replace(request, x=x1, t_start=t1,
-                                  grid=rest if rest is not None else request.grid, nfe=left,
+        sub = dataclasses.replace(request, x=x1, t_start=t1, grid=rest if rest is not None else request.grid,
+                                  nfe=budget_left(nfe, rest is not None and not request.explicit_grid, 1),
                                   callback=None if user is None else _shifted(user, 1))
         sol = run(method, sub)
         out = sol.x

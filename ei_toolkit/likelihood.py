@@ -63,7 +63,7 @@ from .noise import check_generator
 from .sampling import _working_dtype, default_t_end, grid_ends
 from .sde import LinearSDE, MatrixLinearSDE
 from .sde.matrix import apply_block
-from .zero_snr import alpha_sigma_at
+from .zero_snr import alpha_sigma_at, budget_left
 
 QUADRATURES = ("lagrange", "plan")
 """``quadrature=``: a centred Lagrange quadrature in log rho of the divergence at the plan's evaluation points
@@ -557,7 +557,7 @@ def _solve_plan_from_data(method: Integrator, fld: _Field, sde: LinearSDE, x: to
         _, _, div1 = fld(x1, torch.full((x.shape[0],), t1, dtype=tdtype, device=x.device), t1, a1, s1)
         term = 0.5 * float(sde.rho(torch.tensor(t1, dtype=torch.float64))) * (a0 * div0 + a1 * div1)
         return x1, term.to(torch.float64), {"grid": name, "steps": 1, "quadrature": quadrature}
-    left = None if nfe is None and not isinstance(grid, str) else (DEFAULT_NFE if nfe is None else nfe) - 1
+    left = budget_left(nfe, isinstance(grid, str), 1, DEFAULT_NFE)
     x_T, term, info = _solve_plan(method, fld, sde, x1, t1, hi, left, rest, progress, quadrature)
     info["steps"] += 1
     info["grid"] = name

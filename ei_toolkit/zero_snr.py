@@ -90,6 +90,17 @@ def check_prediction(prediction: str) -> None:
                          "prediction='flow'); or start below t_terminal")
 
 
+def budget_left(nfe: int | None, named: bool, spent: int, default: int = 10) -> int | None:
+    """The evaluations a method has left after ``spent`` special ones (at infinite noise, at the data, the last step
+    to infinite noise), for the method's own run on the rest of the grid: on a grid laid from a name the whole budget
+    (``default`` without ``nfe``) counts, since a singlestep method spends what its stages do not divide on a
+    lower-order last step (without it, nfe=8 from infinite noise took 9); on a grid given by the caller, ``nfe`` if
+    given, else the grid alone decides (None)."""
+    if named:
+        return (default if nfe is None else nfe) - spent
+    return None if nfe is None else nfe - spent
+
+
 def alpha_sigma_at(sde: Any, t: float) -> tuple[float, float]:
     """alpha(t), sigma(t) as Python floats, t_terminal included (alpha = 0 there)."""
     if t == getattr(sde, "t_terminal", None):
@@ -162,10 +173,7 @@ def solve_from_infinite_noise(method: Method, request: SolveRequest,
         out, times, evals = x1, torch.tensor([t_terminal, t1], dtype=torch.float64), torch.tensor([t_terminal])
         traj = torch.stack(states) if request.trajectory else None
     else:
-        # the method's budget after the evaluation at infinite noise, on a named grid too: a singlestep method
-        # spends it with a lower-order last step where its stages do not divide it (without it nfe=8 took 9)
-        left = (total - 1 if rest is not None and not request.explicit_grid
-                else None if nfe is None else nfe - 1)
+        left = budget_left(nfe, rest is not None and not request.explicit_grid, 1)
         sub = dataclasses.replace(request, x=x1, t_start=t1,
                                   grid=rest if rest is not None else request.grid, nfe=left,
                                   callback=None if user is None else _shifted(user, 1))
@@ -247,11 +255,10 @@ def _solve_keeping_the_terminal_evaluation(method: Method, request: SolveRequest
     a_max, s_max = alpha_sigma_at(sde, t_max)
     nfe0 = ev.nfe
     x0 = ev(x, t_terminal, "x0", alpha=0.0, sigma=1.0)
-    # the plan's own budget, the first evaluation included (a singlestep plan's lower-order last step reads it);
-    # a callback sees grid points 1, 2, ... as usual
+    # the plan's own budget, the first evaluation included; a callback sees grid points 1, 2, ... as usual
     sub = dataclasses.replace(request, evaluator=_FirstGiven(ev, x0, a_max, s_max),
-                              x=infinite_noise_step(x, x0, a_max, s_max),
-                              t_start=t_max, grid=grid, nfe=request.nfe if request.explicit_grid else total)
+                              x=infinite_noise_step(x, x0, a_max, s_max), t_start=t_max, grid=grid,
+                              nfe=budget_left(request.nfe, not request.explicit_grid, 0))
     if check is not None:
         check(method, sub)
     sol = method.solve(sub)
@@ -302,8 +309,8 @@ def solve_to_infinite_noise(method: Method, request: SolveRequest,
         times_run, evals = body, torch.empty(0, dtype=torch.float64)
         traj_head = x[None] if request.trajectory else None
     else:
-        left = total - 1 if not request.explicit_grid else None if nfe is None else nfe - 1  # before the last step
-        sub = dataclasses.replace(request, t_end=float(body[-1]), grid=body, nfe=left)
+        sub = dataclasses.replace(request, t_end=float(body[-1]), grid=body,
+                                  nfe=budget_left(nfe, not request.explicit_grid, 1))  # before the last step
         if check is not None:
             check(method, sub)
         sol = method.solve(sub)
