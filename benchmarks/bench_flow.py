@@ -56,9 +56,10 @@ SCHEDULER_METHODS = ("ddim", "logrhoab1", "logrhoab1-pc", "logrhoab2-pc", "logrh
 METHODS = ("ddim", "logrhoab1-mid", "logrhoab2", "logrhoab3", "x0-logrhoab1", "x0-logrhoab2", "x0-logrhoab3",
            "x0-logrhoab1-mid", "x0-logrhoab1-mid-pc", "logrhoab1-pc", "x0-logrhoab1-pc", "logrhoab2-pc",
            "x0-logrhoab2-pc", "ipndm", "logrhoss2", "logrhoss3", "x0-logrhoss2", "x0-logrhoss3", "tab1", "tab2", "tab3",
-           "x0-tab1", "x0-tab2", "x0-tab3")
+           "x0-tab1", "x0-tab2", "x0-tab3", "tss2", "tss3", "x0-tss2", "x0-tss3")
 """Our candidates: the multistep family in log rho and in t (tAB-DEIS, on eps and on x0), iPNDM and the singlestep
-methods (the flow_matching peers' Runge-Kutta steps on uniform time are strong from NFE 15 on)."""
+methods with stages in log rho and in t (the flow_matching peers' Runge-Kutta steps on uniform time are strong from
+NFE 15 on)."""
 
 
 def held_out(name: str) -> GaussianMixture:

@@ -130,6 +130,40 @@ def test_x0_midpoint_method_is_dpm_solver_2m_with_flow_sigmas(flow, gmm2d, steps
     torch.testing.assert_close(ours.trajectory, torch.stack(theirs), rtol=0, atol=steps * 1e-7 * 3 * 2)
 
 
+def test_x0_singlestep_in_t_is_the_midpoint_rule_into_the_data(flow, gmm2d):
+    """x0-tss2's step from t into the data (t = 0) is the classical midpoint rule in t on the velocity: the stage is
+    the Euler (= DDIM) step to t / 2, and the line in t through x0(t), x0(t / 2) read at t = 0 is 2 x0(t / 2) - x0(t),
+    which is x - t v(x_mid, t / 2). Float64 throughout: a few operations on |x| <= ~3, atol 1e-12."""
+    v = gmm2d.flow_model(flow)
+    x, t = _noise(), 0.6
+    ours = ei.sample(v, x, flow, method="x0-tss2", grid=torch.tensor([t, 0.0], dtype=torch.float64),
+                     prediction="flow")
+
+    def vel(y, s):
+        return v(y, torch.full((len(y),), s, dtype=torch.float64))
+
+    x_mid = x - 0.5 * t * vel(x, t)
+    torch.testing.assert_close(ours, x - t * vel(x_mid, 0.5 * t), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["x0-tss2", "x0-tss3"])
+def test_x0_singlestep_in_t_is_exact_for_a_data_prediction_linear_in_t(flow, name):
+    """With x0(x, t) = c0 + c1 t (a model whose data prediction is that line, whatever x) the exact solution of the
+    flow ODE dx/dt = (x - x0) / t is x(s) = s (x(t) / t + int_t^s -x0(tau) / tau^2 dtau) = (s / t) x(t) + c0 (1 - s / t)
+    - c1 s log(s / t); a method whose polynomial lives in t integrates it exactly (to round-off) on every step."""
+    c0 = torch.tensor([0.3, -0.7], dtype=torch.float64)
+    c1 = torch.tensor([1.1, 0.4], dtype=torch.float64)
+
+    def model(x, t):  # the velocity (x - x0) / t of that data prediction
+        tt = t.reshape(-1, 1).to(x.dtype)
+        return (x - (c0 + c1 * tt)) / tt
+
+    x, t0, t1 = _noise(8), 0.9, 0.05
+    out = ei.sample(model, x, flow, method=name, grid="uniform_t", nfe=12, t_start=t0, t_end=t1, prediction="flow")
+    exact = (t1 / t0) * x + c0 * (1 - t1 / t0) - c1 * t1 * math.log(t1 / t0)
+    torch.testing.assert_close(out, exact, rtol=0, atol=1e-10)
+
+
 # -- convergence -------------------------------------------------------------------------------------------------------
 
 

@@ -134,6 +134,8 @@ for _points in (2, 3):
 for _order in (2, 3):
     for _target, _prefix in (("eps", ""), ("x0", "x0-")):
         register(SinglestepExponential(f"{_prefix}logrhoss{_order}", _order, target=_target))
+        register(SinglestepExponential(f"{_prefix}tss{_order}", _order, target=_target, variable="t",
+                                       default_grid="quadratic_t"))
 register(StochasticDDIM(lam=1.0, name="sddim"))  # lam=1: the DDPM posterior; solve(..., lam= or eta=) reconfigures
 for _name in TORCHDIFFEQ_METHODS:
     register(TorchDiffEq(_name))

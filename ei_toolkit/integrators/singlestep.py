@@ -10,6 +10,11 @@ using {0, 1} and the step using {0, 2}, DPM-Solver-3 / DPM-Solver++(3S). The exa
 truncated phi-function expansions; the orders (2 and 3) are those of the classical tableaux these reduce to as
 the linear part vanishes (b = (0, 1) for order 2; b = (1/4, 0, 3/4), a_21 = 2/3 for order 3: Heun's third-order
 method), checked by the convergence tests.
+
+With ``variable="t"`` the stages sit uniformly in t and the polynomial is one in t (the kernel still integrated
+exactly): on rectified flow (t = sigma) the x0 form with c = (0, 1/2) updates exactly as the classical midpoint rule
+in t on the velocity does into the data, and its stages follow the time grid where log rho would crowd them at the
+ends; the flow benchmarks (benchmarks/results/flow.md) pick it at small budgets.
 """
 
 from __future__ import annotations
@@ -64,12 +69,14 @@ ONE_POINT = Collocation(c=(0.0,), uses=((0,),), order=1)  # DDIM: the last step 
 
 
 class SinglestepExponential(Integrator):
-    """An exponential Runge-Kutta method on a :class:`Collocation` in log rho, extrapolating ``target`` (eps or
-    x0). ``len(c)`` evaluations per step; an ``nfe`` that is not a multiple of it gives a last step of lower order
-    with the evaluations left (as DPM-Solver does). A last step into the data (rho = 0) places its stages in rho."""
+    """An exponential Runge-Kutta method on a :class:`Collocation` in log rho (or in t: ``variable="t"``),
+    extrapolating ``target`` (eps or x0). ``len(c)`` evaluations per step; an ``nfe`` that is not a multiple of it
+    gives a last step of lower order with the evaluations left (as DPM-Solver does). A last step into the data
+    (rho = 0) places its stages in rho (in t with ``variable="t"``)."""
 
     def __init__(self, name: str, collocation: Collocation | int, target: str = "eps",
-                 default_grid: str = "uniform_logrho", last_stages: int | None = None) -> None:
+                 default_grid: str = "uniform_logrho", last_stages: int | None = None,
+                 variable: str = "logrho") -> None:
         if isinstance(collocation, int) and not isinstance(collocation, bool):
             if collocation not in COLLOCATIONS:
                 raise ValueError(f"collocation must be a Collocation or one of the orders {sorted(COLLOCATIONS)}; "
@@ -79,7 +86,10 @@ class SinglestepExponential(Integrator):
             raise TypeError(f"collocation must be a Collocation or an order; got {type(collocation).__name__}")
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
-        self.name, self.collocation, self.target = name, collocation, target
+        if variable not in ("logrho", "t"):
+            raise ValueError(f"variable must be 'logrho' or 't' (where the stages sit and the polynomial lives); "
+                             f"got {variable!r}")
+        self.name, self.collocation, self.target, self.variable = name, collocation, target, variable
         self.order = collocation.order
         self.evals_per_step = len(collocation.c)
         self.default_grid = default_grid
@@ -96,7 +106,7 @@ class SinglestepExponential(Integrator):
         last = nfe - self.evals_per_step * (steps - 1)
         if last == self.evals_per_step:
             return self
-        return SinglestepExponential(self.name, self.collocation, self.target, self.default_grid, last)
+        return SinglestepExponential(self.name, self.collocation, self.target, self.default_grid, last, self.variable)
 
     def _collocations(self, n: int) -> list[Collocation]:
         cols = [self.collocation] * n
@@ -122,14 +132,21 @@ class SinglestepExponential(Integrator):
         c_all = np.concatenate([c.c for c in cols])
         into_data = ~np.isfinite(lam[1:])
         rho = sde.rho(t).numpy()
-        with np.errstate(invalid="ignore", over="ignore"):
-            rho_s = np.where(into_data[step_of], rho[step_of] * (1 - c_all),
-                             np.exp(-(lam[step_of] + c_all * (lam[step_of + 1] - lam[step_of]))))
-        t_s = sde.t_of_rho(torch.from_numpy(rho_s))
         first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        if self.variable == "t":  # stages uniform in t, the polynomial in t, a step into the data alike
+            ta, tb = t[:-1].numpy()[step_of], t[1:].numpy()[step_of]
+            t_s = torch.from_numpy(ta + c_all * (tb - ta))
+        else:
+            with np.errstate(invalid="ignore", over="ignore"):
+                rho_s = np.where(into_data[step_of], rho[step_of] * (1 - c_all),
+                                 np.exp(-(lam[step_of] + c_all * (lam[step_of + 1] - lam[step_of]))))
+            t_s = sde.t_of_rho(torch.from_numpy(rho_s))
         t_s[first] = t[:-1]
         t_s[torch.from_numpy(c_all == 1.0)] = t[1:][torch.from_numpy(step_of[c_all == 1.0])]
-        v_s = np.where(into_data[step_of], variable_at(sde, "rho", t_s), variable_at(sde, "logrho", t_s))
+        if self.variable == "t":
+            v_s = t_s.numpy()
+        else:
+            v_s = np.where(into_data[step_of], variable_at(sde, "rho", t_s), variable_at(sde, "logrho", t_s))
         # every target point: the stages after the first, then the new states; each from its step's start
         later = np.ones(len(c_all), dtype=bool)
         later[first] = False
@@ -138,9 +155,12 @@ class SinglestepExponential(Integrator):
         starts = t[:-1][torch.from_numpy(ends_step)]
         psi = transitions(sde, starts, ends, self.target)
         exact = one_point_weights(sde, starts, ends, self.target)
-        vq_log, k_q = kernel_quadrature(sde, starts, ends, "logrho", self.target)
-        vq_rho, _ = kernel_quadrature(sde, starts, ends, "rho", self.target)
-        v_q = np.where(into_data[ends_step][:, None], vq_rho, vq_log)
+        if self.variable == "t":
+            v_q, k_q = kernel_quadrature(sde, starts, ends, "t", self.target)
+        else:
+            vq_log, k_q = kernel_quadrature(sde, starts, ends, "logrho", self.target)
+            vq_rho, _ = kernel_quadrature(sde, starts, ends, "rho", self.target)
+            v_q = np.where(into_data[ends_step][:, None], vq_rho, vq_log)
         alpha_end = sde.alpha(ends).numpy()
         row_of_stage = np.cumsum(later) - 1  # the row in `ends` of each later stage
         final_row = len(ends) - n
@@ -156,7 +176,8 @@ class SinglestepExponential(Integrator):
                     values = [exact[row]]
                 elif self.target == "x0" and s == m - 1 and into_data[i]:
                     # x0 form into rho = 0: the kernel concentrates at the end, x_{i+1} = alpha_{i+1} p(rho = 0)
-                    values = [alpha_end[row] * ell for ell in lagrange_at(nodes, 0.0)]
+                    at_data = float(t[i + 1]) if self.variable == "t" else 0.0
+                    values = [alpha_end[row] * ell for ell in lagrange_at(nodes, at_data)]
                 else:
                     values = lagrange_integrals(nodes, v_q[row], k_q[row])
                 for j, value in zip(used, values, strict=True):
