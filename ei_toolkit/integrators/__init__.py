@@ -117,6 +117,9 @@ for _k in range(1, 4):
 for _target, _prefix in (("eps", ""), ("x0", "x0-")):
     register(ExponentialAdams(f"{_prefix}logrhoab1-mid", 2, "logrho", default_grid="uniform_logrho", target=_target,
                               rule="midpoint"))
+# DPM-Solver++(2M) as diffusers runs it below 15 steps (lower_order_final): the last step with one point.
+register(ExponentialAdams("x0-logrhoab1-mid-lof", 2, "logrho", default_grid="quadratic_t", target="x0",
+                          rule="midpoint", lower_order_final=True))
 # Midpoint predictor + exact corrector, data prediction: UniPC bh2's structure (order 3); the "-lof" form lowers the
 # order on the last steps, as UniPC does for short runs, and is the default under strong guidance (sampling.py).
 register(ExponentialAdams("x0-logrhoab1-mid-pc", 2, "logrho", default_grid="uniform_logrho", target="x0",
@@ -147,7 +150,8 @@ register(Adaptive())  # exponential Adams embedded pair with step-size control (
 # x / alpha is DDIM; on VE / EDM also this toolkit's `euler`); `ddim`, `euler` and `ipndm` are canonical names.
 for _alias, _name, _note in (
     ("dpmpp_2m", "x0-logrhoab1-mid", "exact: DPM-Solver++(2M), k-diffusion's sample_dpmpp_2m (diffusers' "
-                                     "DPMSolverMultistepScheduler 2M from 15 steps; below, it lowers the last order)"),
+                                     "DPMSolverMultistepScheduler 2M from 15 steps; below, it lowers the last order: "
+                                     "x0-logrhoab1-mid-lof)"),
     ("lms", "rhoab3", "exact: k-diffusion's sample_lms (order 4): Adams in sigma = rho, integrated exactly"),
     ("heun", "rhork-heun", "exact: k-diffusion's sample_heun without churn (Heun's method in sigma = rho; its step "
                            "into sigma = 0 is an Euler step, as in ei_toolkit.k_samplers)"),
