@@ -142,6 +142,20 @@ def trained_ratios(trained: dict, models: list[str], nfe: str) -> dict[str, list
     return {k: r for k, r in out.items() if len(r) == len(models)}
 
 
+def best_single_peer(trained: dict, models: list[str], nfe: str) -> tuple[str, list[float]] | None:
+    """The peer configuration with the lowest worst ratio to the per-model best peer over ``models`` at ``nfe``, and
+    its ratios: what one fixed peer configuration achieves against the target 'the best peer on every model'."""
+    per: dict[str, list[float]] = {}
+    for name in models:
+        configs = trained[name].get(nfe, {})
+        best = min((v for k, v in configs.items() if is_peer(k) and math.isfinite(v)), default=math.nan)
+        for k, v in configs.items():
+            if is_peer(k):
+                per.setdefault(k, []).append(v / best if math.isfinite(v) else math.inf)
+    full = {k: r for k, r in per.items() if len(r) == len(models)}
+    return min(full.items(), key=lambda kv: (max(kv[1]), geometric_mean(kv[1]))) if full else None
+
+
 def trained_rule(data: dict, trained: dict, models: list[str], nfe: str, by_mixtures: bool = True
                  ) -> list[tuple[float, float, float, float, str]]:
     """Candidates at ``nfe`` ranked by the rule with trained models: those within TRAINED_BOUND of the best peer on
@@ -210,6 +224,10 @@ def trained_lines(data: dict, trained: dict, top: int) -> list[str]:
             lines += [f"### {label}, NFE {nfe}", "", "| configuration | worst trained ratio | gm trained ratio | "
                       "worst mixture ratio | gm mixture ratio |", "|---|---|---|---|---|"]
             lines += [f"| {k} | {tw:.2f} | {tg:.2f} | {mw:.2f} | {mg:.2f} |" for tw, mw, mg, tg, k in ranked[:top]]
+            single = best_single_peer(trained, group, nfe) if len(group) > 1 else None
+            if single is not None:
+                lines += ["", f"The best single peer configuration on these {len(group)} models: {single[0]}, worst "
+                          f"ratio {max(single[1]):.2f} (" + ", ".join(f"{r:.2f}" for r in single[1]) + ")."]
             lines.append("")
     lines += ["### The rule's picks, switching at the geometric midpoints of the measured budgets", ""]
     for label, by_nfe in picks.items():
