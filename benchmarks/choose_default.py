@@ -35,8 +35,8 @@ NEAR_MISS = 1.25  # where no configuration holds FLOW_WORST: the worst mixture r
 GUIDED_ABOVE = 2.0  # ei_toolkit.sampling.GUIDED_ABOVE: above it the guided default applies
 
 
-DECISION = """Decision (issue 26): the default is chosen on trained networks as well as on the mixtures, and by the
-size of the data (rule and tables in the section "With the trained models" below; `ei.sampling.DEFAULTS_BY_NFE`,
+DECISION = """Decision (issue 26): the default is chosen on trained networks as well as on the mixtures, and by the size
+of the data (rule and tables in the section "With the trained models" below; `ei.sampling.DEFAULTS_BY_NFE`,
 `DEFAULTS_BY_NFE_HIGH_DIM`, `GUIDED_DEFAULTS_BY_NFE` and `RectifiedFlow`'s two tables hold the picks,
 tests/test_default_method.py and tests/test_flow.py check they agree). The trained networks disagree by size: the
 digits models (64 elements per sample), like every mixture (2-256), want their steps near the data (time-quadratic
@@ -52,19 +52,21 @@ beyond on `uniform_logrho`; ratio to the best peer on digits 1.00 / 0.85 / 1.00 
 geometric-mean 2.79 / 1.42, 11.26 / 2.77, 6.48 / 1.85 (mixtures with exact scores reward eps extrapolation on the
 log-rho grid, trained networks do not). Unguided, large: `logrhoab1-mid` on `karras` up to 7, `x0-logrhoab1-mid-pc`
 on `uniform_logrho` up to 14, `x0-logrhoab2-unipc` beyond: patches 0.92 / 0.92 / 1.00 (was 1.72 / 1.19 / 1.06). Under
-guidance above scale 2 (digits at scales 4 and 8): `euler` up to NFE 7 and `x0-logrhoab0-pc` up to 14, on
-`quadratic_t`, then `x0-logrhoab1-mid-pc` on `uniform_logrho` up to 20 (worst ratios 0.89 / 1.37 / 1.00); from 21 the
-unguided default. Flow models, small (the section "Rectified flow over the mixtures and the trained flow models"
-below, `--flow-raw`: bench_flow.py's four mixtures and digits-flow; per NFE the lowest max(geometric mean, worst
-trained ratio) within 1.5x on every mixture, or, where none is, the lowest such score among the near misses; the
-switches placed by the mixtures at NFE 8 and 15): `x0-tab2` (DEIS's tAB on the data prediction) on `quadratic_t` up
-to 6, `logrhoab1-pc` on `quadratic_t` up to 12, `x0-tab2` on `quadratic_t` beyond. The peers include the
-flow_matching package's ODESolver (Runge-Kutta on uniform time), the best peer on the mixtures from NFE 15 and on the
-trained flow models at NFE 10 / 20 (patches-flow) and 20 (digits-flow): geometric mean over the mixtures 0.81 / 0.30
-/ 0.20 (worst 1.35 / 1.10 / 1.04), digits-flow 0.89 / 0.38 / 0.25. Flow models, large
-(patches-flow): `x0-logrhoab2-pc` on `sd3_shift` up to 7, `ipndm` on `uniform_logrho` beyond: 0.75 / 1.07 / 0.58
-(1.07: no candidate beats flow_matching's midpoint rule at NFE 10 there). Calibrated grids and EMS (grid_opt.md,
-ems_trained.md) are the tool for a given model."""
+guidance above scale 2 (digits at scales 4 and 8): `euler` up to NFE 7 and `x0-logrhoab1-mid-lof` (DPM-Solver++(2M)
+as diffusers runs it) up to 14, on `quadratic_t`, then `x0-logrhoab1-mid-pc` on `uniform_logrho` up to 20 (worst
+ratios 0.89 / 1.35 / 1.00; at NFE 10 the best single peer configuration over both scales is the same 2M at 1.35, and
+no configuration of ours or theirs is within 1.0 on both); from 21 the unguided default. Flow models, small (the
+section "Rectified flow over the mixtures and the trained flow models" below, `--flow-raw`: bench_flow.py's four
+mixtures and digits-flow; per NFE the lowest max(geometric mean, worst trained ratio) within 1.5x on every mixture,
+or, where none is, the lowest such score among the near misses; the switches placed by the mixtures at NFE 8 and 15):
+`x0-tab2` (DEIS's tAB on the data prediction) on `quadratic_t` up to 6, `logrhoab1-pc` on `quadratic_t` up to 12,
+`x0-tab2` on `quadratic_t` beyond. The peers include the flow_matching package's ODESolver (Runge-Kutta on uniform
+time), the best peer on the mixtures from NFE 15 and on the trained flow models at NFE 10 / 20 (patches-flow) and 20
+(digits-flow): geometric mean over the mixtures 0.81 / 0.30 / 0.20 (worst 1.35 / 1.10 / 1.04), digits-flow 0.89 /
+0.38 / 0.25. Flow models, large (patches-flow): `x0-logrhoab2-pc` on `sd3_shift` up to 7, `x0-tss2` (singlestep,
+stages in t) on `sd3_shift` up to 14, `ipndm` on `uniform_logrho` beyond: 0.75 / 0.99 / 0.58 (at NFE 10
+flow_matching's midpoint rule is the best peer; x0-tss2 is its stage placement with the kernel integrated exactly,
+3.43e-2 against 3.45e-2). Calibrated grids and EMS (grid_opt.md, ems_trained.md) are the tool for a given model."""
 
 
 def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:

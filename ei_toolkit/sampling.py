@@ -57,8 +57,9 @@ DEFAULTS_BY_NFE_HIGH_DIM: tuple[tuple[int | None, str, str], ...] = (
 # entry, measured up to NFE 20, DEFAULTS_BY_NFE applies.
 GUIDED_ABOVE = 2.0
 GUIDED_DEFAULTS_BY_NFE: tuple[tuple[int, str, str], ...] = (
-    (7, "euler", VP_OR_LOGRHO), (14, "x0-logrhoab0-pc", VP_OR_LOGRHO), (20, "x0-logrhoab1-mid-pc", "uniform_logrho"))
-GUIDED_METHOD = "x0-logrhoab0-pc"  # the guided choice at nfe=10
+    (7, "euler", VP_OR_LOGRHO), (14, "x0-logrhoab1-mid-lof", VP_OR_LOGRHO),
+    (20, "x0-logrhoab1-mid-pc", "uniform_logrho"))
+GUIDED_METHOD = "x0-logrhoab1-mid-lof"  # the guided choice at nfe=10: DPM-Solver++(2M) as diffusers runs it
 GUIDED_UP_TO_NFE = GUIDED_DEFAULTS_BY_NFE[-1][0]
 # For matrix SDEs (no scalar rho): the most accurate method at NFE 10-20 in benchmarks/results/cld.md.
 DEFAULT_MATRIX_METHOD = "tab2"

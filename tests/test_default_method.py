@@ -86,9 +86,9 @@ def test_a_bad_nfe_is_reported_by_name(bad):
 
 @pytest.mark.parametrize(("scale", "nfe", "sde", "want"), [
     (4.0, 5, ei.DiscreteVP.linear(), ("euler", "quadratic_t")),
-    (4.0, 10, ei.DiscreteVP.linear(), ("x0-logrhoab0-pc", "quadratic_t")),
+    (4.0, 10, ei.DiscreteVP.linear(), ("x0-logrhoab1-mid-lof", "quadratic_t")),
     (8.0, 20, SDE, ("x0-logrhoab1-mid-pc", "uniform_logrho")),
-    (4.0, 10, ei.EDM(), ("x0-logrhoab0-pc", "uniform_logrho")),  # t is a noise level: no time-quadratic grid
+    (4.0, 10, ei.EDM(), ("x0-logrhoab1-mid-lof", "uniform_logrho")),  # t is a noise level: no time-quadratic grid
     (2.0, 10, SDE, ("x0-logrhoab1-mid-pc-lof", "quadratic_t")),  # mild guidance: the unguided default holds
     (8.0, 30, SDE, ("x0-logrhoab2-unipc-bh1", "uniform_logrho")),  # beyond the guided measurements: unguided
 ])
@@ -105,7 +105,7 @@ def test_a_guided_model_gets_the_guided_default():
 
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     labels = torch.arange(4)
-    for scale, want in ((5.0, ("x0-logrhoab0-pc", "quadratic_t")), (1.0, default_method(10))):
+    for scale, want in ((5.0, ("x0-logrhoab1-mid-lof", "quadratic_t")), (1.0, default_method(10))):
         model = ei.diffusion.classifier_free_guidance(conditional, labels, torch.zeros(4, dtype=torch.long), scale)
         assert model.guidance_scale == scale
         sol = ei.solve(model, x, sde, nfe=10)
