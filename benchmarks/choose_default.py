@@ -63,10 +63,11 @@ or, where none is, the lowest such score among the near misses; the switches pla
 `x0-tab2` on `quadratic_t` beyond. The peers include the flow_matching package's ODESolver (Runge-Kutta on uniform
 time), the best peer on the mixtures from NFE 15 and on the trained flow models at NFE 10 / 20 (patches-flow) and 20
 (digits-flow): geometric mean over the mixtures 0.81 / 0.30 / 0.20 (worst 1.35 / 1.10 / 1.04), digits-flow 0.89 /
-0.38 / 0.25. Flow models, large (patches-flow): `x0-logrhoab2-pc` on `sd3_shift` up to 7, `x0-tss2` (singlestep,
-stages in t) on `sd3_shift` up to 14, `ipndm` on `uniform_logrho` beyond: 0.75 / 0.99 / 0.58 (at NFE 10
-flow_matching's midpoint rule is the best peer; x0-tss2 is its stage placement with the kernel integrated exactly,
-3.43e-2 against 3.45e-2). Calibrated grids and EMS (grid_opt.md, ems_trained.md) are the tool for a given model."""
+0.38 / 0.25. Flow models, large (patches-flow): `x0-logrhoab2-pc` on `sd3_shift` up to 7, `ipndm` on
+`uniform_logrho` beyond: 0.75 / 1.07 / 0.58 (at NFE 10 flow_matching's midpoint rule is the best peer; x0-tss2 on
+sd3_shift, its stage placement with the kernel integrated exactly, is 0.99x there, but candidates spend one evaluation
+per step, `every_budget`: at odd budgets its last step is first order). Calibrated grids and EMS (grid_opt.md,
+ems_trained.md) are the tool for a given model."""
 
 
 def scores(data: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
@@ -128,6 +129,17 @@ def peers_alone(data: dict, nfe: str) -> list[tuple[float, float, int, int, floa
     return sorted(rows)
 
 
+def every_budget(config: str) -> bool:
+    """Whether the configuration's method spends one evaluation per step, so that a pick measured at NFE 5, 10 and 20
+    holds at the budgets between. A singlestep method takes a lower-order last step where its stages do not divide
+    the budget: x0-tss2 on patches-flow, 0.99x the best peer at NFE 10, was 1.3x / 1.7x / 2.4x worse than the
+    previous default at NFE 9 / 11 / 13 (a review's measurement), so singlestep methods are not default candidates."""
+    import ei_toolkit as ei
+
+    method = ei.INTEGRATORS.get(config.split(" / ")[0])
+    return method is not None and getattr(method, "evals_per_step", 1) == 1
+
+
 def trained_ratios(trained: dict, models: list[str], nfe: str) -> dict[str, list[float]]:
     """{config: [its error / the best peer's, per model in ``models``]} at ``nfe`` (bench_trained.py's JSON), for the
     configurations of ours that ran on every one of them."""
@@ -139,7 +151,7 @@ def trained_ratios(trained: dict, models: list[str], nfe: str) -> dict[str, list
         configs = {**configs, **{k.replace(" / quadratic_t", " / vp_or_logrho"): v for k, v in configs.items()
                                  if k.endswith(" / quadratic_t") and not is_peer(k)}}
         for k, v in configs.items():
-            if not is_peer(k) and k != "default":
+            if not is_peer(k) and k != "default" and every_budget(k):
                 out.setdefault(k, []).append(v / best if math.isfinite(v) else math.inf)
     return {k: r for k, r in out.items() if len(r) == len(models)}
 

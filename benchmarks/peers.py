@@ -129,7 +129,7 @@ def diffusers_peer(cls_name: str, grid: str, order: int, **config: object) -> Pe
             times, order_list = singlestep_times(sde, grid, nfe, order)
         else:
             times = time_grid(sde, PEER_GRIDS[grid], nfe, sde.t_max, sde.t_min)
-        sched = getattr(diffusers, cls_name)(solver_order=order, final_sigmas_type="sigma_min", **config)
+        sched = getattr(diffusers, cls_name)(solver_order=order, **{"final_sigmas_type": "sigma_min", **config})
         sched.set_timesteps(nfe)
         sched.sigmas = sde.rho(times).to(torch.float64)
         sched.timesteps = times[:-1].clone()

@@ -66,18 +66,23 @@ def test_diffusers_and_k_diffusion_dpmpp_2m_agree_on_karras_sigmas():
 
 @pytest.mark.parametrize("grid, peer_grid", [("quadratic_t", "time-quadratic"), ("uniform_logrho", "logSNR"),
                                              ("karras", "karras")])
-@pytest.mark.parametrize("nfe, method", [(6, "x0-logrhoab1-mid-lof"), (10, "x0-logrhoab1-mid-lof"),
-                                         (20, "x0-logrhoab1-mid")])
-def test_diffusers_dpmpp_2m_is_the_midpoint_method_with_its_lower_order_final(grid, peer_grid, nfe, method):
-    """diffusers' DPMSolverMultistepScheduler (2M) lowers the last step to one point below 15 steps: that is
-    x0-logrhoab1-mid-lof; from 15 it is x0-logrhoab1-mid. Same grid, same start and end; diffusers keeps its sigmas
-    and coefficients in float32, so each step's update carries ~eps32 relative error of |x| <= 3: atol = 4 nfe eps32 3.
-    """
+@pytest.mark.parametrize("nfe, method, final", [(6, "x0-logrhoab1-mid-lof", "sigma_min"),
+                                                (14, "x0-logrhoab1-mid-lof", "sigma_min"),
+                                                (15, "x0-logrhoab1-mid", "sigma_min"),
+                                                (20, "x0-logrhoab1-mid", "sigma_min"),
+                                                (20, "x0-logrhoab1-mid-lof", "zero")])
+def test_diffusers_dpmpp_2m_is_the_midpoint_method_with_its_lower_order_final(grid, peer_grid, nfe, method, final):
+    """diffusers' DPMSolverMultistepScheduler (2M) lowers the last step to one point below 15 steps, and at any count
+    with its default final_sigmas_type="zero": that is x0-logrhoab1-mid-lof; from 15 with "sigma_min" it is
+    x0-logrhoab1-mid. Same grid, start and end (the peer sets its sigmas to ours, so final_sigmas_type only decides the
+    last order); diffusers keeps its sigmas and coefficients in float32, so each step's update carries ~eps32 relative
+    error of |x| <= 3: atol = 4 nfe eps32 3."""
     pytest.importorskip("diffusers")
-    from peers import PEERS
+    from peers import diffusers_peer
 
     x = PROBLEM.sample_marginal(SDE, SDE.t_max, 16, torch.Generator().manual_seed(0))
-    theirs, t_end, used = PEERS[f"diffusers DPM++2M / {peer_grid}"](MODEL, x, SDE, nfe)
+    theirs, t_end, used = diffusers_peer("DPMSolverMultistepScheduler", peer_grid, 2, final_sigmas_type=final)(
+        MODEL, x, SDE, nfe)
     assert used == nfe and t_end == SDE.t_min
     ours = ei.sample(MODEL, x, SDE, method=method, nfe=nfe, grid=grid)
     torch.testing.assert_close(theirs, ours, rtol=0, atol=4 * nfe * torch.finfo(torch.float32).eps * 3)

@@ -531,8 +531,8 @@ def test_sample_uses_the_flow_default_measured_for_flow_models(flow, gmm2d):
         sol = ei.solve(v, _noise(8), flow, prediction="flow", nfe=nfe, t_end=0.0)
         assert (sol.stats["method"], sol.grid) == (method, grid) and sol.nfe == nfe
     assert flow.default_method(10) == ("logrhoab1-pc", "quadratic_t")
-    assert flow.default_method(10, high_dim=True) == ("x0-tss2", "sd3_shift")
-    assert ei.sampling.default_method(20, sde=flow, dim=3 * 16 * 16) == ("ipndm", "uniform_logrho")
+    assert flow.default_method(10, high_dim=True) == ("ipndm", "uniform_logrho")
+    assert ei.sampling.default_method(10, sde=flow, dim=3 * 16 * 16) == ("ipndm", "uniform_logrho")
     assert ei.sampling.default_method(10) == (ei.sampling.DEFAULT_METHOD, "quadratic_t")  # other SDEs keep theirs
     # the tables are the rule's picks in benchmarks/results/default.md
     text = (Path(__file__).parents[1] / "benchmarks" / "results" / "default.md").read_text().splitlines()

@@ -14,7 +14,12 @@ method), checked by the convergence tests.
 With ``variable="t"`` the stages sit uniformly in t and the polynomial is one in t (the kernel still integrated
 exactly): on rectified flow (t = sigma) the x0 form with c = (0, 1/2) updates exactly as the classical midpoint rule
 in t on the velocity does into the data, and its stages follow the time grid where log rho would crowd them at the
-ends; the flow benchmarks (benchmarks/results/flow.md) pick it at small budgets.
+ends (benchmarks/results/flow.md, trained.md rank it on the flow models).
+
+In the x0 form a step into the data (rho = 0) ends at the step's polynomial read at the data, through the stages its
+row uses: with three stages that is a line through stages 0 and 2, an extrapolation whose error is O(h^2), so
+x0-logrhoss3 and x0-tss3 reach order 2, not 3, when the last step into the data is not short (a review measured
+slopes 1.91 and 1.96 on uniform_t into t = 0 for rectified flow; 2.87 on quadratic_t, whose last step is short).
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ from .kernels import (
 
 @dataclass(frozen=True)
 class Collocation:
-    """Stage nodes c (fractions of the step in lam, c[0] = 0) and, for each stage after the first and for the new
-    state, the earlier stages whose evaluations its polynomial goes through."""
+    """Stage nodes c (fractions of the step in lam, or in t for ``variable="t"``; c[0] = 0) and, for each stage after
+    the first and for the new state, the earlier stages whose evaluations its polynomial goes through."""
 
     c: tuple[float, ...]
     uses: tuple[tuple[int, ...], ...]  # len(c) - 1 stage rows, then the row of the new state
@@ -120,7 +125,7 @@ class SinglestepExponential(Integrator):
         t = grid.to(torch.float64)
         lam = half_lambda(sde, t)
         if not np.all(np.isfinite(lam[:-1])):
-            raise ValueError(f"{self.name!r} places stages in log rho, which is infinite at t = "
+            raise ValueError(f"{self.name!r} integrates its kernel in log rho, which is infinite at t = "
                              f"{float(t[:-1][~torch.from_numpy(np.isfinite(lam[:-1]))][0]):g} (rho = inf, zero "
                              "terminal SNR): start below infinite noise, or use a multistep x0 method")
         n = len(t) - 1
@@ -131,12 +136,12 @@ class SinglestepExponential(Integrator):
         step_of = np.repeat(np.arange(n), counts)
         c_all = np.concatenate([c.c for c in cols])
         into_data = ~np.isfinite(lam[1:])
-        rho = sde.rho(t).numpy()
         first = np.concatenate([[0], np.cumsum(counts)[:-1]])
         if self.variable == "t":  # stages uniform in t, the polynomial in t, a step into the data alike
             ta, tb = t[:-1].numpy()[step_of], t[1:].numpy()[step_of]
             t_s = torch.from_numpy(ta + c_all * (tb - ta))
         else:
+            rho = sde.rho(t).numpy()
             with np.errstate(invalid="ignore", over="ignore"):
                 rho_s = np.where(into_data[step_of], rho[step_of] * (1 - c_all),
                                  np.exp(-(lam[step_of] + c_all * (lam[step_of + 1] - lam[step_of]))))

@@ -123,14 +123,14 @@ class RectifiedFlow(LinearSDE):
     # digits-flow), the two targets of issues 21 and 26, at NFE 5, 10, 20; the switches placed by the mixtures at NFE 8
     # and 15; (largest nfe, method, grid). DEFAULTS_BY_NFE_HIGH_DIM: the
     # rule on the flow models at or above it (patches-flow, 768), whose velocity needs steps at high noise, as SD3
-    # shifts its schedule for larger images (x0-tss2 at NFE 10: the midpoint rule's stages in t, with the kernel
-    # integrated exactly; an in-sample choice on that one model).
+    # shifts its schedule for larger images. Candidates spend one evaluation per step (choose_default.every_budget):
+    # x0-tss2, 0.99x the best peer at NFE 10 there, loses its order on the last step at odd budgets.
     # x0-tab2 is DEIS's tAB on the data prediction (Adams in t): against the flow_matching package's Runge-Kutta steps
     # on uniform time, the best peer from NFE 15, the log-rho methods lost up to 6x on a mixture, it stays within 1.7x.
     DEFAULTS_BY_NFE: tuple[tuple[int | None, str, str], ...] = (
         (6, "x0-tab2", "quadratic_t"), (12, "logrhoab1-pc", "quadratic_t"), (None, "x0-tab2", "quadratic_t"))
     DEFAULTS_BY_NFE_HIGH_DIM: tuple[tuple[int | None, str, str], ...] = (
-        (7, "x0-logrhoab2-pc", "sd3_shift"), (14, "x0-tss2", "sd3_shift"), (None, "ipndm", "uniform_logrho"))
+        (7, "x0-logrhoab2-pc", "sd3_shift"), (None, "ipndm", "uniform_logrho"))
 
     def __init__(self, *, t_min: float = 1e-3, t_max: float = 1.0 - 1e-4):
         if isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not 0 < t_max < 1:
