@@ -16,10 +16,11 @@ exactly): on rectified flow (t = sigma) the x0 form with c = (0, 1/2) updates ex
 in t on the velocity does into the data, and its stages follow the time grid where log rho would crowd them at the
 ends (benchmarks/results/flow.md, trained.md rank it on the flow models).
 
-In the x0 form a step into the data (rho = 0) ends at the step's polynomial read at the data, through the stages its
-row uses: with three stages that is a line through stages 0 and 2, an extrapolation whose error is O(h^2), so
-x0-logrhoss3 and x0-tss3 reach order 2, not 3, when the last step into the data is not short (a review measured
-slopes 1.91 and 1.96 on uniform_t into t = 0 for rectified flow; 2.87 on quadratic_t, whose last step is short).
+In the x0 form a step into the data (rho = 0) ends at the step's polynomial read at the data, an extrapolation: where
+that last step is long the methods lose order (rectified flow on gmm2d from t = 0.9 into t = 0, NFE 96 -> 192, max
+error slopes on uniform_t: x0-tss3 1.85, x0-logrhoss3 1.95, x0-tss2 and x0-logrhoss2 1.33; on quadratic_t, whose last
+step is short: 2.80, 2.81, 1.89, 1.87). Reading the quadratic through all three stages there did not restore order 3
+(1.90 on uniform_t), so the loss is not that row's alone.
 """
 
 from __future__ import annotations
