@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_accuracy import switch_rule
+from choose_default import every_budget
 
 import ei_toolkit as ei
 from ei_toolkit.diffusion.scheduler import FLOW_METHOD
@@ -228,7 +229,7 @@ def main() -> None:
     for nfe in NFES:
         peer = theirs[(best_peer(nfe, theirs), nfe)][:k]
         scored = [(gmean(ratios(e[:k], peer)), max(ratios(e[:k], peer)), m, g) for (m, g, n), e in ours.items()
-                  if n == nfe and ei.INTEGRATORS[m].evals_per_step == 1]  # choose_default.every_budget
+                  if n == nfe and every_budget(m)]
         within = [c for c in scored if c[1] <= WORST]
         picks[nfe] = (min(within) if within else min(scored, key=lambda c: c[1]))[2:]
     rule = [(top, *pick) for top, pick in switch_rule(picks)]

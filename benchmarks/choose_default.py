@@ -140,9 +140,9 @@ def every_budget(config: str) -> bool:
     return method is not None and getattr(method, "evals_per_step", 1) == 1
 
 
-def trained_ratios(trained: dict, models: list[str], nfe: str) -> dict[str, list[float]]:
+def ratios_to_best_peer(trained: dict, models: list[str], nfe: str, keep) -> dict[str, list[float]]:
     """{config: [its error / the best peer's, per model in ``models``]} at ``nfe`` (bench_trained.py's JSON), for the
-    configurations of ours that ran on every one of them."""
+    configurations ``keep`` accepts that ran on every one of them."""
     out: dict[str, list[float]] = {}
     for name in models:
         configs = trained[name].get(nfe, {})
@@ -151,22 +151,21 @@ def trained_ratios(trained: dict, models: list[str], nfe: str) -> dict[str, list
         configs = {**configs, **{k.replace(" / quadratic_t", " / vp_or_logrho"): v for k, v in configs.items()
                                  if k.endswith(" / quadratic_t") and not is_peer(k)}}
         for k, v in configs.items():
-            if not is_peer(k) and k != "default" and every_budget(k):
+            if keep(k):
                 out.setdefault(k, []).append(v / best if math.isfinite(v) else math.inf)
     return {k: r for k, r in out.items() if len(r) == len(models)}
+
+
+def trained_ratios(trained: dict, models: list[str], nfe: str) -> dict[str, list[float]]:
+    """:func:`ratios_to_best_peer` of our default candidates (one evaluation per step: :func:`every_budget`)."""
+    return ratios_to_best_peer(trained, models, nfe,
+                               lambda k: not is_peer(k) and k != "default" and every_budget(k))
 
 
 def best_single_peer(trained: dict, models: list[str], nfe: str) -> tuple[str, list[float]] | None:
     """The peer configuration with the lowest worst ratio to the per-model best peer over ``models`` at ``nfe``, and
     its ratios: what one fixed peer configuration achieves against the target 'the best peer on every model'."""
-    per: dict[str, list[float]] = {}
-    for name in models:
-        configs = trained[name].get(nfe, {})
-        best = min((v for k, v in configs.items() if is_peer(k) and math.isfinite(v)), default=math.nan)
-        for k, v in configs.items():
-            if is_peer(k):
-                per.setdefault(k, []).append(v / best if math.isfinite(v) else math.inf)
-    full = {k: r for k, r in per.items() if len(r) == len(models)}
+    full = ratios_to_best_peer(trained, models, nfe, is_peer)
     return min(full.items(), key=lambda kv: (max(kv[1]), geometric_mean(kv[1]))) if full else None
 
 
