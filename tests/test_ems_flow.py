@@ -115,7 +115,7 @@ def test_ems_default_grid_follows_the_data_size_for_flow_models(fitted):
     assert sol.stats["start"] == "infinite noise" and sol.grid == "uniform_logrho"
 
 
-def test_one_point_ems_keeps_the_evaluation_at_pure_noise(fitted, tmp_path):
+def test_one_point_ems_keeps_the_evaluation_at_pure_noise(fitted, tmp_path, runs_from_t_max_with_its_first_answer):
     """From t = 1, EMS with one point runs from t_max with the noise the evaluation at t = 1 implies there (eps = z
     at the exact step's state) as its first node: the same as that plan from t_max with a model whose first answer
     is that eps; nfe evaluations, the first at t = 1. Two points restart after the first step (measured on the flow
@@ -130,29 +130,8 @@ def test_one_point_ems_keeps_the_evaluation_at_pure_noise(fitted, tmp_path):
     ems = ei.EMSAdams(stats, 1)
     assert keeps_terminal_evaluation(ems, None) and not keeps_terminal_evaluation(ei.EMSAdams(stats, 2), None)
     z = _noise(16, 16, 0)
-    calls = []
-
-    def counted(x, t):
-        calls.append(float(t[0]))
-        return v(x, t)
-
-    sol = ei.solve(counted, z, flow, method=ems, nfe=8, prediction="flow", t_end=0.0)
-    assert sol.nfe == len(calls) == 8 and calls[0] == 1.0 and float(sol.times[0]) == 1.0
-    t_max = flow.t_max
-    x0_1 = z - v(z, torch.ones(16, dtype=torch.float64))
-    x_m = (1 - t_max) * x0_1 + t_max * z  # the exact step with x0 frozen, to t_max
-    first = [True]
-
-    def answers_z_first(x, t):
-        if first[0]:
-            first[0] = False
-            return (z - x) / (1 - t[:, None])  # the velocity whose eps = x + (1 - t) v is z
-        return v(x, t)
-
-    grid = sol.times.clone()
-    grid[0] = t_max
-    want = ei.sample(answers_z_first, x_m, flow, method=ems, grid=grid, prediction="flow")
-    torch.testing.assert_close(sol.x, want, rtol=0, atol=1e-12)
+    # the first answer: the velocity whose eps = x + (1 - t) v is z
+    runs_from_t_max_with_its_first_answer(v, z, flow, ems, lambda x, t, x0_1: (z - x) / (1 - t[:, None]))
     # the scheduler: statistics from a file, one model call per step, the same run on its grid
     stats.save(tmp_path / "stats.pt")
     sched = EIScheduler.from_config(FlowMatchEulerDiscreteScheduler(shift=3.0).config, method="ems-logrhoab0-pc",

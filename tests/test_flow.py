@@ -310,7 +310,8 @@ def test_generate_samples_a_flow_model(flow, gmm2d, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["x0-logrhoab2-unipc", "x0-logrhoab1-pc", "x0-logrhoab2", "x0-logrhoss2"])
-def test_from_pure_noise_a_data_prediction_plan_keeps_the_first_evaluation(flow, gmm2d, method):
+def test_from_pure_noise_a_data_prediction_plan_keeps_the_first_evaluation(flow, gmm2d, method,
+                                                                          runs_from_t_max_with_its_first_answer):
     """From t = 1 a data-prediction plan runs from t_max with the model's x0 at t = 1 as its first evaluation (after
     the exact step with x0 frozen to t_max; zero_snr.py): the same as that plan from t_max, started at the exact
     step's state, with a model that answers that x0 at its first call; nfe evaluations in all, the first at t = 1.
@@ -320,31 +321,9 @@ def test_from_pure_noise_a_data_prediction_plan_keeps_the_first_evaluation(flow,
     assert keeps_terminal_evaluation(ei.INTEGRATORS[method], None)
     assert not any(keeps_terminal_evaluation(ei.INTEGRATORS[m], None)
                    for m in ("x0-logrhoab1-mid-pc", "x0-logrhoab1-mid", "logrhoab2", "sddim"))
-    v = gmm2d.flow_model(flow)
-    z = _noise(16)
-    calls = []
-
-    def counted(x, t):
-        calls.append(float(t[0]))
-        return v(x, t)
-
-    sol = ei.solve(counted, z, flow, method=method, nfe=8, prediction="flow", t_end=0.0)
-    assert sol.nfe == len(calls) == 8 and calls[0] == 1.0 and float(sol.times[0]) == 1.0
-    t_max = flow.t_max
-    x0_1 = z - v(z, torch.ones(16, dtype=torch.float64))  # the data prediction at t = 1
-    x_m = (1 - t_max) * x0_1 + t_max * z  # the exact step with x0 frozen, to t_max
-    first = [True]
-
-    def answers_x0_1_first(x, t):
-        if first[0]:
-            first[0] = False
-            return (x - x0_1) / t[:, None]  # the velocity whose x0 = x - t v is x0_1
-        return v(x, t)
-
-    grid = sol.times.clone()
-    grid[0] = t_max
-    want = ei.sample(answers_x0_1_first, x_m, flow, method=method, grid=grid, prediction="flow")
-    torch.testing.assert_close(sol.x, want, rtol=0, atol=1e-12)
+    # the first answer: the velocity whose x0 = x - t v is x0_1
+    runs_from_t_max_with_its_first_answer(gmm2d.flow_model(flow), _noise(16), flow, method,
+                                          lambda x, t, x0_1: (x - x0_1) / t[:, None])
 
 
 # -- inversion ---------------------------------------------------------------------------------------------------------
